@@ -1,0 +1,1 @@
+"""Capture role: the packet codec and (later) live and offline packet sources."""

@@ -1,0 +1,1 @@
+"""Session role: the sans-IO TCP session engine and its sequence arithmetic."""

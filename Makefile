@@ -1,0 +1,39 @@
+# One entry point for people and CI. Every target does its own set-up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help deps venv test test-fast demo lab-down clean
+
+help:
+	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
+	@echo "make test-fast  the pure tests only (no namespaces, no root)"
+	@echo "make demo       the main job: see README.md for what it runs today"
+	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
+	@echo "make deps       install the Debian packages (libpcap-dev, iproute2, nginx-light, ethtool, curl)"
+	@echo "make venv       create $(VENV) and install the project (editable) with its test extras"
+
+deps:
+	@./deploy/install-deps.sh
+
+$(STAMP): pyproject.toml
+	$(MAKE) deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: deps venv
+	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not lab"
+
+lab-down: venv
+	$(BIN)/python -m tcpcopy.deploy.lab down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tcpcopy needs on this host, only those that are missing:
+#   libpcap-dev  headers that pypcap builds against
+#   iproute2     ip netns / veth for the lab
+#   nginx-light  the real HTTP server of the lab
+#   ethtool      turns off segmentation offloads on lab veths
+#   curl         a real HTTP client for lab checks
+set -euo pipefail
+wanted=(libpcap-dev iproute2 nginx-light ethtool curl)
+missing=()
+for pkg in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing Debian packages: ${missing[*]}; run 'sudo apt-get install ${missing[*]}' or run this as root" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d keeps the packaged nginx from starting a server in the host's own namespace.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+fi
+trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,182 @@
+"""The session table: every replayed connection of one owner, and one heap of deadlines.
+
+Pure like the engine: the owner's I/O loop feeds it captured client packets and response
+headers with ``now``, sends what ``take_packets`` returns, and sleeps until
+``next_deadline``. The table decides which captured packet starts a session, which one
+belongs to a new connection on a reused 4-tuple, and which response belongs to which
+session; it frees finished sessions and refuses new ones beyond its bound, counting both.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable
+
+from tcpcopy.capture import packet as pk
+from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats, should_start_session
+
+FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
+EndpointFor = Callable[[pk.Packet], "Endpoint | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    at: float
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFreed:
+    at: float
+    endpoint: Endpoint
+
+
+@dataclass(slots=True)
+class TableStats:
+    sessions_started: int = 0
+    sessions_freed: int = 0
+    sessions_refused: int = 0        # the table was full
+    sessions_superseded: int = 0     # the client reused a 4-tuple
+    client_packets_ignored: int = 0  # no session and none to start (or not mapped)
+    responses_unroutable: int = 0    # no session for the response's endpoint
+
+
+class SessionTable:
+    def __init__(self, config: SessionConfig, endpoint_for: EndpointFor,
+                 max_sessions: int = 100_000, stats: SessionStats | None = None):
+        self.config = config
+        self.stats = stats or SessionStats()
+        self.table_stats = TableStats()
+        self.max_sessions = max_sessions
+        self._endpoint_for = endpoint_for
+        self._by_flow: dict[FlowKey, Session] = {}
+        self._by_endpoint: dict[tuple, tuple[FlowKey, Session]] = {}
+        self._heap: list[tuple[float, int, FlowKey, Session]] = []
+        self._scheduled: dict[int, float] = {}   # id(session) -> earliest deadline in heap
+        self._tiebreak = 0
+        self._touched: list[Session] = []
+        self._events: list = []
+
+    def __len__(self) -> int:
+        return len(self._by_flow)
+
+    def sessions(self):
+        return self._by_flow.values()
+
+    # ------------------------------------------------------------------ inputs
+
+    def client_packet(self, pkt: pk.Packet, now: float) -> Session | None:
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        session = self._by_flow.get(key)
+        if session is not None and session.superseded_by(pkt):
+            self.table_stats.sessions_superseded += 1
+            session.abort(now, "superseded")
+            self._after(session, now)
+            self._free(key, session, now)
+            session = None
+        if session is None:
+            session = self._start(key, pkt, now)
+            if session is None:
+                self.table_stats.client_packets_ignored += 1
+                return None
+        session.handle_client(pkt, now)
+        self._after(session, now)
+        return session
+
+    def response(self, pkt: pk.Packet, now: float) -> Session | None:
+        entry = self._by_endpoint.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
+        if entry is None:
+            self.table_stats.responses_unroutable += 1
+            return None
+        session = entry[1]
+        session.handle_response(pkt, now)
+        self._after(session, now)
+        return session
+
+    def run_timers(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, key, session = heapq.heappop(heap)
+            if self._scheduled.get(id(session)) != deadline or self._by_flow.get(key) is not session:
+                continue  # a stale entry: the session moved its deadline or is gone
+            del self._scheduled[id(session)]
+            session.handle_timer(now)
+            self._after(session, now)
+            if session.finished:
+                self._free(key, session, now)
+
+    def shutdown(self, now: float) -> None:
+        """Reset every live session (TCPCopy does the same on exit)."""
+        for session in list(self._by_flow.values()):
+            session.abort(now, "shutdown")
+            self._after(session, now)
+
+    # ------------------------------------------------------------------ outputs
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            deadline, _, key, session = heap[0]
+            if self._scheduled.get(id(session)) == deadline and self._by_flow.get(key) is session:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def take_packets(self) -> list[bytes]:
+        packets: list[bytes] = []
+        for session in self._touched:
+            packets.extend(session.take_packets())
+        self._touched.clear()
+        return packets
+
+    def take_events(self) -> list:
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self, key: FlowKey, pkt: pk.Packet, now: float) -> Session | None:
+        if not should_start_session(pkt, self.config):
+            return None
+        endpoint = self._endpoint_for(pkt)
+        if endpoint is None:
+            return None
+        ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
+        if len(self._by_flow) >= self.max_sessions or ep_key in self._by_endpoint:
+            self.table_stats.sessions_refused += 1
+            return None
+        session = Session(endpoint, self.config, self.stats)
+        self._by_flow[key] = session
+        self._by_endpoint[ep_key] = (key, session)
+        self.table_stats.sessions_started += 1
+        self._events.append(SessionStarted(now, endpoint))
+        return session
+
+    def _after(self, session: Session, now: float) -> None:
+        """Collect what a session produced and (re)schedule its next deadline."""
+        self._touched.append(session)
+        for event in session.take_events():
+            self._events.append((session.endpoint, event))
+        deadline = session.next_deadline()
+        if deadline is None:
+            return
+        scheduled = self._scheduled.get(id(session))
+        if scheduled is not None and scheduled <= deadline and scheduled > now:
+            return  # an earlier wake-up is already queued; it will reschedule
+        self._scheduled[id(session)] = deadline
+        self._tiebreak += 1
+        key = self._flow_of(session)
+        heapq.heappush(self._heap, (deadline, self._tiebreak, key, session))
+
+    def _flow_of(self, session: Session) -> FlowKey:
+        ep = session.endpoint
+        return self._by_endpoint[(ep.client_ip, ep.client_port, ep.target_ip, ep.target_port)][0]
+
+    def _free(self, key: FlowKey, session: Session, now: float) -> None:
+        ep = session.endpoint
+        self._by_flow.pop(key, None)
+        self._by_endpoint.pop((ep.client_ip, ep.client_port, ep.target_ip, ep.target_port), None)
+        self._scheduled.pop(id(session), None)
+        self.table_stats.sessions_freed += 1
+        self._events.append(SessionFreed(now, ep))

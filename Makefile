@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
-	@echo "make demo       the main job: see README.md for what it runs today"
+	@echo "make demo       the main job: today, a recorded HTTP session replayed to nginx in a namespace lab"
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
 	@echo "make deps       install the Debian packages (libpcap-dev, iproute2, nginx-light, ethtool, curl)"
 	@echo "make venv       create $(VENV) and install the project (editable) with its test extras"
@@ -31,6 +31,9 @@ test: deps venv
 
 test-fast: venv
 	$(BIN)/pytest -m "not lab"
+
+demo: deps venv
+	$(BIN)/python -m tcpcopy.deploy.replay_demo
 
 lab-down: venv
 	$(BIN)/python -m tcpcopy.deploy.lab down

@@ -1,4 +1,4 @@
-"""Thin adapters over libpcap (pypcap): live capture handles and pcap files.
+"""Thin adapters over libpcap (pypcap): live capture handles. (Files: capture/pcapfile.py.)
 
 Everything here is I/O; decoding is capture/packet.py's job. Errors that a user can cause
 (no such interface, no permission, a bad filter, a missing or corrupt file) come out as
@@ -6,8 +6,6 @@ Everything here is I/O; decoding is capture/packet.py's job. Errors that a user 
 """
 
 from __future__ import annotations
-
-import os
 
 import pcap
 
@@ -19,8 +17,13 @@ class CaptureError(RuntimeError):
 
 
 def open_live(iface: str, bpf: str, *, snaplen: int = 65535, promisc: bool = True,
-              immediate: bool = True, buffer_bytes: int = 16 << 20, timeout_ms: int = 10):
-    """A non-blocking live handle on ``iface`` with ``bpf`` compiled into the kernel."""
+              immediate: bool = True, buffer_bytes: int = 16 << 20, timeout_ms: int = 10,
+              inbound_only: bool = False):
+    """A non-blocking live handle on ``iface`` with ``bpf`` compiled into the kernel.
+
+    ``inbound_only`` keeps packets the host sends out of the capture (a copier must not
+    capture its own replayed packets when the online and target ports are equal).
+    """
     try:
         handle = pcap.pcap(name=iface, snaplen=snaplen, promisc=promisc, immediate=immediate,
                            timeout_ms=timeout_ms, buffer_size=buffer_bytes)
@@ -28,6 +31,11 @@ def open_live(iface: str, bpf: str, *, snaplen: int = 65535, promisc: bool = Tru
         raise CaptureError(f"cannot capture on interface {iface!r}: {exc} "
                            "(check the name with 'ip link'; capturing needs root or CAP_NET_RAW)") from exc
     set_filter(handle, bpf, iface)
+    if inbound_only:
+        try:
+            handle.setdirection(pcap.PCAP_D_IN)
+        except OSError as exc:
+            raise CaptureError(f"cannot limit capture on {iface!r} to inbound packets: {exc}") from exc
     handle.setnonblock(True)
     return handle
 
@@ -38,26 +46,6 @@ def set_filter(handle, bpf: str, where: str) -> None:
     except OSError as exc:
         raise CaptureError(f"bad BPF filter {bpf!r} for {where}: {exc} "
                            "(see pcap-filter(7) for the syntax)") from exc
-
-
-def read_file(path: str, bpf: str | None = None) -> tuple[int, list[tuple[float, bytes]]]:
-    """All frames of a pcap file, with its link type: (linktype, [(timestamp, frame)])."""
-    if not os.path.isfile(path):
-        raise CaptureError(f"pcap file {path!r} does not exist")
-    try:
-        handle = pcap.pcap(name=path, timeout_ms=0)
-    except OSError as exc:
-        raise CaptureError(f"cannot read pcap file {path!r}: {exc} "
-                           "(is it a pcap or pcapng capture, and complete?)") from exc
-    if bpf:
-        set_filter(handle, bpf, path)
-    frames: list[tuple[float, bytes]] = []
-    try:
-        for ts, frame in handle:
-            frames.append((ts, bytes(frame)))
-    except OSError as exc:
-        raise CaptureError(f"pcap file {path!r} is corrupt after {len(frames)} packets: {exc}") from exc
-    return handle.datalink(), frames
 
 
 def dispatch(handle, linktype: int, on_packet, *, headers_only: bool = False) -> tuple[int, int]:

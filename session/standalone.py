@@ -25,7 +25,8 @@ import sys
 import time
 
 from tcpcopy.capture import packet as pk
-from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live, read_file
+from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
+from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.session.engine import Closed, Dropped, Endpoint, SessionConfig
 from tcpcopy.session.rawsend import DualSender, RawSendError
 from tcpcopy.session.table import SessionTable
@@ -68,13 +69,13 @@ def _address_port(text: str) -> tuple[bytes, int]:
 
 def load_client_packets(path: str, online_port: int):
     """The recording's client-to-server packets, decoded, with their timestamps."""
-    linktype, frames = read_file(path, bpf=f"tcp and dst port {online_port}")
     packets, malformed = [], 0
-    for ts, frame in frames:
-        try:
-            packets.append((ts, pk.decode_frame(frame, linktype)))
-        except pk.PacketError:
-            malformed += 1
+    with open_capture(path, f"tcp and dst port {online_port}") as frames:
+        for frame in frames:
+            try:
+                packets.append((frame.ts, pk.decode_frame(frame.data, frames.linktype)))
+            except pk.PacketError:
+                malformed += 1
     return packets, malformed
 
 
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (CaptureError, RawSendError) as exc:
+    except (CaptureError, CaptureFileError, RawSendError) as exc:
         print(f"standalone: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,305 @@
+"""The ``intercept`` command: run one intercept on the assistant host.
+
+Flags follow the C intercept (reference §1.3) where they still mean something:
+
+    intercept -F 'tcp and src port 8080' [-i dev[,dev]] [-p 36524] [-b ip]
+              [-l file] [-P pidfile] [-d] [--payload N] [--route-ttl S] [--identity NAME]
+
+C flags that belong to its other builds or wire format (-n, -s, -x, -q, -c) are accepted,
+explained and ignored, so existing scripts keep working; -t (which the C intercept rejects)
+and -D (not supported) stop with an explanation. Exit status: 0 after SIGINT/SIGTERM,
+2 for a bad command line, 1 when the capture or the control port cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from importlib import metadata
+
+import pcap
+import zmq
+
+from tcpcopy.capture.pcapio import CaptureError
+from tcpcopy.cluster import wire
+from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
+
+log = logging.getLogger("tcpcopy.intercept")
+
+FILTER_EXAMPLE = "-F 'tcp and src port 8080'"
+
+# C flags with no meaning here: (metavar, or None for no value; fatal; explanation).
+NOT_APPLICABLE = {
+    "-n": ("K", False, "combined-mode threshold does not apply: batching is adaptive "
+                        "(a RESPONSES message leaves at 64 records or 1 ms after its first)"),
+    "-s": ("N", False, "the delay-table hash size does not apply: answers that beat their "
+                        "registration wait in a bounded queue (65536 records, 2 s)"),
+    "-x": ("IP,...", False, "belongs to the C tool's iptables (traditional) mode: this intercept "
+                        "only captures, and ip_forward=0 on the assistant drops the answers"),
+    "-q": ("N", False, "belongs to the C tool's nfqueue mode: this intercept captures with libpcap"),
+    "-c": (None, False, "belongs to the C tool's --single build: owners here register "
+                         "every connection, so one intercept serves many copiers"),
+    "-t": ("[S]", True, "is not an intercept option (the C intercept rejects it too): idle routes "
+                       "expire after --route-ttl SECONDS (default 120)"),
+    "-D": ("DST-ORIG", True, "(Docker address rewrite) is not supported: run intercept where the target's "
+                       "answers still carry the replayed client address"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line naming the flag and the fix, exit 2 (argparse would add the whole usage)."""
+        self.exit(2, f"intercept: error: {message} (intercept -h for help)\n")
+
+
+class _NotApplicable(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        _metavar, fatal, why = NOT_APPLICABLE[option_string]
+        if fatal:
+            parser.error(f"{option_string} {why}")
+        namespace.notes = [*namespace.notes, f"{option_string} ignored: {why}"]
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1..65535, e.g. -p {DEFAULT_PORT}")
+    return int(text)
+
+
+def _bind_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address: give one of this host's "
+                                         "addresses, e.g. -b 10.0.0.2, or omit -b for all") from None
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give device names separated by commas, "
+                                         "e.g. -i eth0,eth1 (or -i any)")
+    return names
+
+
+def _payload(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_PAYLOAD:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a byte count 0..{MAX_PAYLOAD}, e.g. --payload 128")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, e.g. --route-ttl 120")
+    return value
+
+
+def _identity(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the identity is empty: give a name, e.g. --identity intercept-0@assist1")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="intercept",
+        description="Capture the target's answers to replayed clients and send their headers "
+                    "back to the tcpcopy session owners that registered them.",
+        epilog=f"Example: intercept -i eth0 {FILTER_EXAMPLE}")
+    parser.set_defaults(notes=[])
+    parser.add_argument("-F", dest="bpf", metavar="FILTER",
+                        help=f"pcap filter matching the target's answers (required), e.g. {FILTER_EXAMPLE}")
+    parser.add_argument("-i", dest="devices", type=_devices, default=("any",), metavar="DEV[,DEV]",
+                        help="capture devices (default: any, i.e. all)")
+    parser.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT,
+                        help=f"control port the session owners connect to (default {DEFAULT_PORT})")
+    parser.add_argument("-b", dest="bind", type=_bind_address, default="0.0.0.0", metavar="IP",
+                        help="address to listen on (default: all)")
+    parser.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
+    parser.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
+    parser.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
+    parser.add_argument("-v", action="version", version=_version(), help="print the version and exit")
+    parser.add_argument("--payload", type=_payload, default=0, metavar="N",
+                        help=f"also send the first N payload bytes of each answer (0..{MAX_PAYLOAD}; "
+                             "like the C tool's TC_PAYLOAD build)")
+    parser.add_argument("--route-ttl", type=_seconds, default=120.0, metavar="SECONDS",
+                        help="drop a route idle this long (default 120; owners also unregister)")
+    parser.add_argument("--identity", type=_identity, default=f"intercept@{socket.gethostname()}",
+                        metavar="NAME", help="name in HELLO messages and logs (default intercept@HOSTNAME)")
+    for flag, (metavar, _fatal, why) in NOT_APPLICABLE.items():
+        if metavar is None:
+            extra = {"nargs": 0}
+        elif metavar.startswith("["):
+            extra = {"nargs": "?", "metavar": metavar.strip("[]")}
+        else:
+            extra = {"nargs": None, "metavar": metavar}
+        parser.add_argument(flag, action=_NotApplicable, dest="c_flag_" + flag[1],
+                            help=f"(C flag) {why}", **extra)
+    return parser
+
+
+def _version() -> str:
+    try:
+        version = metadata.version("tcpcopy")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"intercept {version} (tcpcopy in Python, message format {wire.FORMAT_VERSION})"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.bpf:
+        parser.error(f"-F is required: give the pcap filter that matches the target's answers, "
+                     f"e.g. {FILTER_EXAMPLE}")
+    if not _filter_compiles(args.bpf):
+        parser.error(f"-F {args.bpf!r} is not a valid pcap filter: see pcap-filter(7), e.g. {FILTER_EXAMPLE}")
+    if args.daemon and not args.log_file:
+        parser.error("-d needs -l FILE: a daemon has no terminal to log to, e.g. -d -l /var/log/intercept.log")
+    for flag in ("log_file", "pid_file"):
+        path = getattr(args, flag)
+        if path is not None:
+            setattr(args, flag, os.path.abspath(path))
+    return args
+
+
+def _filter_compiles(bpf: str) -> bool:
+    """A syntax check before any device is opened (or the process daemonized): the filter
+    must compile for at least one link type a capture device can have."""
+    for linktype in (pcap.DLT_EN10MB, pcap.DLT_LINUX_SLL, pcap.DLT_RAW):
+        try:
+            pcap.bpf(bpf.encode(), linktype)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def config_from(args: argparse.Namespace) -> WorkerConfig:
+    host = f"[{args.bind}]" if ":" in args.bind else args.bind
+    return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=args.bpf,
+                        payload=args.payload, route_ttl=args.route_ttl, identity=args.identity)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        _setup_logging(args.log_file)
+    except OSError as exc:
+        print(f"intercept: error: -l {args.log_file}: cannot open the log file: {exc.strerror}", file=sys.stderr)
+        return 2
+    for note in args.notes:
+        log.warning("%s", note)
+    if args.daemon:
+        _daemonize()
+    try:
+        _write_pid_file(args.pid_file)
+    except OSError as exc:
+        log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
+        return 2
+    try:
+        return _run(config_from(args))
+    finally:
+        _remove_pid_file(args.pid_file)
+
+
+def _run(config: WorkerConfig) -> int:
+    worker = Worker(config)
+    try:
+        worker.open_captures()   # before bind: an answered HELLO means the capture is on
+        endpoint = worker.bind()
+    except CaptureError as exc:
+        log.error("%s", exc)
+        worker.close()
+        return 1
+    except zmq.ZMQError as exc:
+        log.error("cannot listen on %s: %s (is another intercept running there? pick another -p or -b)",
+                  config.endpoint, exc)
+        worker.close()
+        return 1
+    stop = _install_signal_handlers(worker)
+    log.info("%s (%s) listening on %s, capturing on %s with filter %r, payload %d bytes",
+             config.identity, worker.hello.instance, endpoint, ",".join(config.devices),
+             config.bpf, config.payload)
+    gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
+    code = 0
+    try:
+        worker.serve(lambda: stop)
+    except CaptureError as exc:
+        log.error("%s", exc)
+        code = 1
+    finally:
+        worker.close()
+        log.info("%s", worker.stats_line())
+    return code
+
+
+def _install_signal_handlers(worker: Worker) -> list:
+    """SIGINT/SIGTERM end the loop at once: a flag, plus a byte on a pipe the loop polls."""
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    worker.add_wake_fd(read_fd)
+    stop: list = []
+
+    def on_signal(signum, _frame):
+        if not stop:
+            log.info("%s: stopping", signal.Signals(signum).name)
+        stop.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    return stop
+
+
+def _setup_logging(path: str | None) -> None:
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s intercept[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _daemonize() -> None:
+    """Detach from the terminal (the classic double fork); stdio goes to /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _write_pid_file(path: str | None) -> None:
+    if path:
+        with open(path, "w") as out:
+            out.write(f"{os.getpid()}\n")
+
+
+def _remove_pid_file(path: str | None) -> None:
+    """Remove the pid file if it is still ours (a newer intercept may have replaced it)."""
+    if not path:
+        return
+    try:
+        with open(path) as pid_in:
+            if pid_in.read().strip() == str(os.getpid()):
+                os.remove(path)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

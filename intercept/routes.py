@@ -1,0 +1,203 @@
+"""The intercept's route table: replayed connection -> the session owner that registered it.
+
+Pure: no socket, zmq, pcap or clock; every call that needs the time takes ``now`` (seconds,
+monotonic, never decreasing between calls).
+
+Keys are the full replayed 4-tuple ``(client_ip, client_port, target_ip, target_port)`` with
+addresses as packed bytes, exactly as an owner registers it and as a captured answer of the
+target reads backwards (dst, dport, src, sport). The C intercept keys its table with a lossy
+32-bit sum of the four fields, so two owners' connections can collide and one receives the
+other's answers; a dict on the whole tuple cannot collide.
+
+Routes live until their owner unregisters them, the owner goes away, or they sit idle for
+``ttl`` seconds (a lookup or a re-register refreshes them; the C tool never expires a route).
+Routes are kept in least-recently-used order, so expiry and eviction at ``max_routes`` both
+take from the front in O(1) per route.
+
+Held records answer a race: the target's SYN-ACK (or RST) can be captured before the owner's
+REGISTER for that connection arrives, because the SYN goes out right after the REGISTER on a
+different path. Such records wait under their key, at most ``max_held`` records in all, and
+at most ``hold_time`` seconds counted from the first record held for that key (a handshake's
+answers come within that window or not at all), until ``release`` hands them over.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+Key = tuple[bytes, int, bytes, int]   # (client_ip, client_port, target_ip, target_port)
+
+DEFAULT_TTL = 120.0
+DEFAULT_MAX_ROUTES = 1_000_000
+DEFAULT_MAX_HELD = 65536
+DEFAULT_HOLD_TIME = 2.0
+
+COUNTERS = (
+    "registered",            # REGISTER endpoints accepted (new or refreshed)
+    "moved",                 # a re-register that moved a route to another owner
+    "unregistered",          # routes removed by their owner's UNREGISTER
+    "unregister_not_owner",  # UNREGISTER of a route another owner holds: ignored
+    "unregister_unknown",    # UNREGISTER of a route that is not there: ignored
+    "routes_expired",        # idle longer than ttl
+    "routes_evicted",        # oldest-idle route pushed out at max_routes
+    "routes_dropped_owner",  # removed because their owner left or was forgotten
+    "held",                  # records accepted to wait for their registration
+    "held_refused",          # records not held: max_held reached
+    "held_expired",          # held records whose registration never came within hold_time
+    "released",              # held records handed over on registration
+)
+
+
+class RouteTable:
+    """Maps replayed 4-tuples to owner identities (opaque bytes); bounded, with counters."""
+
+    def __init__(self, ttl: float = DEFAULT_TTL, max_routes: int = DEFAULT_MAX_ROUTES,
+                 max_held: int = DEFAULT_MAX_HELD, hold_time: float = DEFAULT_HOLD_TIME) -> None:
+        if ttl <= 0 or hold_time <= 0:
+            raise ValueError(f"ttl ({ttl}) and hold_time ({hold_time}) must be positive")
+        if max_routes < 1 or max_held < 0:
+            raise ValueError(f"max_routes ({max_routes}) must be >= 1 and max_held ({max_held}) >= 0")
+        self.ttl = ttl
+        self.max_routes = max_routes
+        self.max_held = max_held
+        self.hold_time = hold_time
+        # key -> [owner, last_used]; least recently used first.
+        self._routes: OrderedDict[Key, list] = OrderedDict()
+        self._by_owner: dict[bytes, set[Key]] = {}
+        # key -> [first_held_at, [record, ...]]; oldest first.
+        self._held: OrderedDict[Key, list] = OrderedDict()
+        self._held_count = 0
+        self._counts = dict.fromkeys(COUNTERS, 0)
+
+    # -- routes
+
+    def register(self, key: Key, owner: bytes, now: float) -> None:
+        """Route ``key`` to ``owner``; a re-register refreshes it and may move it."""
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= self.max_routes:
+                self._evict_oldest()
+            self._routes[key] = [owner, now]
+            self._by_owner.setdefault(owner, set()).add(key)
+        else:
+            if route[0] != owner:
+                self._forget_owner_key(route[0], key)
+                self._by_owner.setdefault(owner, set()).add(key)
+                route[0] = owner
+                self._counts["moved"] += 1
+            route[1] = now
+            self._routes.move_to_end(key)
+        self._counts["registered"] += 1
+
+    def unregister(self, key: Key, owner: bytes) -> bool:
+        """Remove ``key`` if ``owner`` holds it; True if removed."""
+        route = self._routes.get(key)
+        if route is None:
+            self._counts["unregister_unknown"] += 1
+            return False
+        if route[0] != owner:
+            self._counts["unregister_not_owner"] += 1
+            return False
+        del self._routes[key]
+        self._forget_owner_key(owner, key)
+        self._counts["unregistered"] += 1
+        return True
+
+    def drop_owner(self, owner: bytes) -> int:
+        """Remove every route of ``owner``; the number removed."""
+        keys = self._by_owner.pop(owner, ())
+        for key in keys:
+            del self._routes[key]
+        self._counts["routes_dropped_owner"] += len(keys)
+        return len(keys)
+
+    def lookup(self, key: Key, now: float) -> bytes | None:
+        """The owner of ``key``, or None; a hit refreshes the route's TTL. Per-packet path."""
+        route = self._routes.get(key)
+        if route is None:
+            return None
+        route[1] = now
+        self._routes.move_to_end(key)
+        return route[0]
+
+    def _evict_oldest(self) -> None:
+        key, (owner, _last) = self._routes.popitem(last=False)
+        self._forget_owner_key(owner, key)
+        self._counts["routes_evicted"] += 1
+
+    def _forget_owner_key(self, owner: bytes, key: Key) -> None:
+        keys = self._by_owner.get(owner)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_owner[owner]
+
+    # -- records waiting for their registration
+
+    def hold(self, key: Key, record: bytes, now: float) -> bool:
+        """Keep ``record`` until ``key`` is registered; False (counted) when full."""
+        if self._held_count >= self.max_held:
+            self._counts["held_refused"] += 1
+            return False
+        waiting = self._held.get(key)
+        if waiting is None:
+            self._held[key] = [now, [record]]
+        else:
+            waiting[1].append(record)
+        self._held_count += 1
+        self._counts["held"] += 1
+        return True
+
+    def release(self, key: Key) -> list[bytes]:
+        """The records held for ``key``, in arrival order, removed from the table."""
+        waiting = self._held.pop(key, None)
+        if waiting is None:
+            return []
+        records = waiting[1]
+        self._held_count -= len(records)
+        self._counts["released"] += len(records)
+        return records
+
+    # -- time
+
+    def expire(self, now: float) -> None:
+        """Remove routes idle for ttl and held records older than hold_time (counted)."""
+        routes = self._routes
+        while routes:
+            key, route = next(iter(routes.items()))
+            if now - route[1] < self.ttl:
+                break
+            del routes[key]
+            self._forget_owner_key(route[0], key)
+            self._counts["routes_expired"] += 1
+        held = self._held
+        while held:
+            key, (first_held_at, records) = next(iter(held.items()))
+            if now - first_held_at < self.hold_time:
+                break
+            del held[key]
+            self._held_count -= len(records)
+            self._counts["held_expired"] += len(records)
+
+    # -- views
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._routes
+
+    @property
+    def held_count(self) -> int:
+        return self._held_count
+
+    def owners(self) -> set[bytes]:
+        """Owners that hold at least one route."""
+        return set(self._by_owner)
+
+    def routes_of(self, owner: bytes) -> int:
+        return len(self._by_owner.get(owner, ()))
+
+    def counters(self) -> dict[str, int]:
+        """Every counter, plus the current sizes ``routes`` and ``held_now``."""
+        return {**self._counts, "routes": len(self._routes), "held_now": self._held_count}

@@ -1,0 +1,458 @@
+"""The intercept worker: libpcap in, ZeroMQ ROUTER out, a RouteTable in between.
+
+One thread, one poll loop over three kinds of file descriptor:
+
+- the ROUTER socket, where session owners (DEALER sockets) say HELLO, REGISTER and
+  UNREGISTER their replayed connections, send HEARTBEATs and leave with BYE;
+- one live pcap handle per capture device, filtered in the kernel by the user's -F, seeing
+  the target's answers to replayed clients;
+- optionally a wake-up pipe, written by signal handlers so a stop is noticed at once.
+
+Each captured answer becomes a record (its IP+TCP headers, plus the first ``payload`` bytes
+of its payload when asked), looked up by its replayed 4-tuple and appended to its owner's
+batch. A batch leaves as one RESPONSES message at ``BATCH_RECORDS`` records or
+``BATCH_DELAY`` after its first record, whichever comes first: under load the messages are
+full, when quiet an answer waits at most a millisecond (the C intercept adapts a count
+threshold for the same trade, reference §2.5).
+
+Sending never blocks: ROUTER_MANDATORY makes an owner that has gone raise EHOSTUNREACH
+instead of swallowing messages silently, and SNDHWM bounds what waits for a slow owner
+(``SEND_HWM`` messages of up to ``BATCH_RECORDS`` records each); both are counted drops, so
+a stalled owner costs its own answers, never the intercept's memory or the other owners.
+
+Time comes from ``clock`` (monotonic seconds), read once per wake-up and passed down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from tcpcopy.capture import packet as pk
+from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
+from tcpcopy.cluster import wire
+from tcpcopy.intercept.routes import DEFAULT_TTL, RouteTable
+
+log = logging.getLogger("tcpcopy.intercept")
+
+DEFAULT_PORT = 36524
+BATCH_RECORDS = 64         # records per RESPONSES message at most
+BATCH_DELAY = 0.001        # seconds a record may wait for company
+TICK = 1.0                 # heartbeats, expiry and owner checks, seconds
+OWNER_SILENCE = 10.0       # an owner silent this long is gone, with its routes
+SEND_HWM = 4096            # messages queued per owner before sends are dropped
+CLOSE_LINGER_MS = 500      # time BYE messages get to leave on shutdown
+CONTROL_BURST = 256        # control messages handled per wake-up before pcap's turn
+HEADER_SNAPLEN = 256       # link + IP (with options or IPv6 extensions) + TCP with options
+MAX_PAYLOAD = 1460
+PEER_LOG_MEMORY = 1024     # peers whose first fault was logged, remembered at most
+
+_SYN_OR_RST = pk.SYN | pk.RST
+
+COUNTERS = (
+    "all",                  # answers captured and decoded
+    "malformed",            # captured frames the codec rejected
+    "unroutable",           # answers for no registered connection, neither SYN nor RST
+    "resp_packs",           # RESPONSES messages sent
+    "resp_records",         # records in them
+    "send_drops",           # RESPONSES messages not sent: owner slow (HWM) or gone
+    "records_dropped",      # records in those messages
+    "control_unsent",       # HELLO/HEARTBEAT/BYE that could not be sent
+    "peer_errors",          # messages from peers that could not be understood or used
+    "owners_forgotten",     # owners dropped after OWNER_SILENCE without a message
+    "owners_restarted",     # an owner said HELLO with a new instance: old routes dropped
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What one intercept process does; built and validated by the ``intercept`` command."""
+
+    endpoint: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"   # where the ROUTER binds
+    devices: tuple[str, ...] = ("any",)
+    bpf: str = "tcp"
+    payload: int = 0                 # payload bytes kept in each record, 0..MAX_PAYLOAD
+    route_ttl: float = DEFAULT_TTL
+    identity: str = "intercept"
+    stats_every: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.payload <= MAX_PAYLOAD:
+            raise ValueError(f"payload {self.payload} out of range 0..{MAX_PAYLOAD}")
+
+    @property
+    def snaplen(self) -> int:
+        return HEADER_SNAPLEN + self.payload
+
+
+@dataclass(slots=True)
+class Owner:
+    """A session owner we have heard from. ``identity`` is None until its HELLO."""
+
+    identity: str | None
+    instance: str | None
+    address: str | None
+    last_seen: float
+
+
+class Worker:
+    """The intercept's I/O loop. ``bind`` and ``open_captures``, then ``serve`` or ``step``."""
+
+    def __init__(self, config: WorkerConfig, *, clock: Callable[[], float] = time.monotonic,
+                 context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.routes = RouteTable(ttl=config.route_ttl)
+        self.hello = wire.Hello("intercept", config.identity, secrets.token_hex(8))
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self._payload = config.payload
+        self.owners: dict[bytes, Owner] = {}
+        self._batches: dict[bytes, list] = {}   # owner -> [due, records]; earliest due first
+        self._captures: list = []                # (device, handle, linktype)
+        self._closed_pcap_drops = 0
+        self._logged_peers: set[bytes] = set()
+        self._now = clock()
+        self._next_tick = self._now + TICK
+        self._next_stats = self._now + config.stats_every
+        self._wake_fd: int | None = None
+        self._context = context or zmq.Context.instance()
+        self.socket = self._router()
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+
+    # -- set-up
+
+    def _router(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a gone owner is an error, not a silent sink
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)    # an owner reconnecting with its id takes over
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.config.endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        return sock
+
+    def bind(self) -> str:
+        """Bind the ROUTER; the endpoint actually bound (``*`` ports resolved)."""
+        self.socket.bind(self.config.endpoint)
+        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def open_captures(self) -> None:
+        """One live handle per device; raises CaptureError naming the device and the fix."""
+        for device in self.config.devices:
+            handle = open_live(device, self.config.bpf, snaplen=self.config.snaplen)
+            self._captures.append((device, handle, handle.datalink()))
+            self._poller.register(handle.fileno(), zmq.POLLIN)
+
+    def add_wake_fd(self, fd: int) -> None:
+        """Poll ``fd`` too (a signal wake-up pipe); whatever arrives on it is discarded."""
+        self._wake_fd = fd
+        self._poller.register(fd, zmq.POLLIN)
+
+    # -- the loop
+
+    def serve(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            self.step()
+
+    def step(self, max_wait: float = TICK) -> None:
+        """Wait for input or the next deadline (at most ``max_wait`` s), then handle it all."""
+        events = dict(self._poller.poll(self._timeout_ms(self.clock(), max_wait)))
+        now = self._now = self.clock()
+        if self.socket in events:
+            self._receive_control(now)
+        for capture in tuple(self._captures):   # a failed capture leaves the list
+            if capture[1].fileno() in events:
+                self._read_capture(capture)
+        if self._wake_fd is not None and self._wake_fd in events:
+            _drain(self._wake_fd)
+        self.flush_due(now)
+        if now >= self._next_tick:
+            self.tick(now)
+
+    def _timeout_ms(self, now: float, max_wait: float) -> int:
+        due = min(self._next_tick, now + max_wait)
+        if self._batches:
+            due = min(due, next(iter(self._batches.values()))[0])
+        return max(0, math.ceil((due - now) * 1000))
+
+    # -- control channel
+
+    def _receive_control(self, now: float) -> None:
+        for _ in range(CONTROL_BURST):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.on_control(frames, now)
+
+    def on_control(self, frames: list, now: float) -> None:
+        """One message from a peer: [routing id, frame] as zmq Frames (or bytes)."""
+        routing_id = _bytes(frames[0])
+        if len(frames) != 2:
+            self._peer_fault(routing_id, frames[-1], f"sent a message of {len(frames) - 1} frames, "
+                             "expected exactly one (is it a tcpcopy session owner?)")
+            return
+        try:
+            kind, body = wire.decode(_bytes(frames[1]))
+        except wire.WireError as exc:
+            self._peer_fault(routing_id, frames[1], str(exc))
+            return
+        if kind == wire.HELLO:
+            self._on_hello(routing_id, body, frames[1], now)
+            return
+        handler = self._HANDLERS.get(kind)
+        if handler is None:
+            self._peer_fault(routing_id, frames[1], f"sent {wire.KIND_NAMES[kind]}, which an intercept "
+                             "does not take (is another role connected to the intercept port?)")
+            return
+        if routing_id not in self.owners:
+            # An owner that knew an earlier instance of this intercept: greeting it tells it
+            # this one has no routes, so it registers its live endpoints again.
+            self._send_control(routing_id, wire.encode_hello(self.hello))
+        self._touch(routing_id, frames[1], now)
+        handler(self, routing_id, body, now)
+
+    def _on_hello(self, routing_id: bytes, hello: wire.Hello, frame, now: float) -> None:
+        if hello.role != "owner":
+            self._peer_fault(routing_id, frame, f"says it is a {hello.role!r} ({hello.identity}); "
+                             "only session owners talk to an intercept")
+            return
+        known = self.owners.get(routing_id)
+        if known is not None and known.instance not in (None, hello.instance):
+            self.routes.drop_owner(routing_id)   # a restarted owner knows nothing of them
+            self._batches.pop(routing_id, None)
+            self.counts["owners_restarted"] += 1
+            log.info("owner %s restarted: its old routes are dropped", hello.identity)
+        owner = self._touch(routing_id, frame, now)
+        owner.identity, owner.instance = hello.identity, hello.instance
+        log.info("owner %s connected from %s", hello.identity, owner.address or "?")
+        self._send_control(routing_id, wire.encode_hello(self.hello))
+
+    def _on_register(self, routing_id: bytes, endpoints: list, now: float) -> None:
+        for key in endpoints:
+            self.routes.register(key, routing_id, now)
+            for record in self.routes.release(key):
+                self._add(routing_id, record, now)
+
+    def _on_unregister(self, routing_id: bytes, endpoints: list, now: float) -> None:
+        for key in endpoints:
+            self.routes.unregister(key, routing_id)
+
+    def _on_heartbeat(self, routing_id: bytes, sent_at: float, now: float) -> None:
+        pass   # _touch did the work: the owner is alive
+
+    def _on_bye(self, routing_id: bytes, reason: str, now: float) -> None:
+        owner = self.owners.get(routing_id)
+        dropped = self._forget(routing_id)
+        log.info("owner %s left (%s): %d routes dropped",
+                 owner.identity if owner else routing_id.hex(), reason, dropped)
+
+    _HANDLERS = {wire.REGISTER: _on_register, wire.UNREGISTER: _on_unregister,
+                 wire.HEARTBEAT: _on_heartbeat, wire.BYE: _on_bye}
+
+    def _touch(self, routing_id: bytes, frame, now: float) -> Owner:
+        owner = self.owners.get(routing_id)
+        if owner is None:
+            owner = self.owners[routing_id] = Owner(None, None, _peer_address(frame), now)
+        owner.last_seen = now
+        return owner
+
+    def _forget(self, routing_id: bytes) -> int:
+        """Drop an owner, its routes and its unsent batch; the number of routes dropped."""
+        self.owners.pop(routing_id, None)
+        batch = self._batches.pop(routing_id, None)
+        if batch is not None:
+            self.counts["records_dropped"] += len(batch[1])
+        return self.routes.drop_owner(routing_id)
+
+    def _peer_fault(self, routing_id: bytes, frame, problem: str) -> None:
+        """Count a message we cannot use; log the first one from each peer, naming it."""
+        self.counts["peer_errors"] += 1
+        if routing_id in self._logged_peers:
+            return
+        if len(self._logged_peers) >= PEER_LOG_MEMORY:
+            self._logged_peers.clear()
+        self._logged_peers.add(routing_id)
+        log.warning("peer %s: %s; message dropped (further faults from this peer are only counted)",
+                    self._peer_name(routing_id, frame), problem)
+
+    def _peer_name(self, routing_id: bytes, frame) -> str:
+        owner = self.owners.get(routing_id)
+        name = owner.identity if owner and owner.identity else "(no HELLO yet)"
+        address = (owner.address if owner else None) or _peer_address(frame) or "?"
+        return f"{name} at {address}, routing id {routing_id.hex()}"
+
+    # -- captured answers
+
+    def _read_capture(self, capture: tuple) -> None:
+        _device, handle, linktype = capture
+        try:
+            _delivered, malformed = dispatch(handle, linktype, self._on_captured, headers_only=True)
+        except OSError as exc:   # the device went away or went down
+            self._drop_capture(capture, exc)
+            return
+        self.counts["malformed"] += malformed
+
+    def _drop_capture(self, capture: tuple, exc: OSError) -> None:
+        device, handle, _linktype = capture
+        self._poller.unregister(handle.fileno())
+        self._captures.remove(capture)
+        self._close_capture(handle)
+        if not self._captures:
+            raise CaptureError(f"capture on {device!r} failed: {exc}; no capture device is left "
+                               "(is the interface still up?)")
+        log.error("capture on %r failed: %s; it is closed, the other devices go on", device, exc)
+
+    def _on_captured(self, pkt: pk.Packet) -> None:
+        self.on_packet(pkt, self._now)
+
+    def on_packet(self, pkt: pk.Packet, now: float) -> None:
+        """Route one decoded answer of the target (per-packet path)."""
+        self.counts["all"] += 1
+        record = bytes(pkt.buf[:pkt.payload_off + self._payload])
+        key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        owner = self.routes.lookup(key, now)
+        if owner is not None:
+            self._add(owner, record, now)
+        elif pkt.flags & _SYN_OR_RST:
+            self.routes.hold(key, record, now)   # counted there, also when full
+        else:
+            self.counts["unroutable"] += 1
+
+    def _add(self, owner: bytes, record: bytes, now: float) -> None:
+        batch = self._batches.get(owner)
+        if batch is None:
+            self._batches[owner] = [now + BATCH_DELAY, [record]]
+        else:
+            batch[1].append(record)
+            if len(batch[1]) >= BATCH_RECORDS:
+                self._flush(owner)
+
+    def flush_due(self, now: float) -> None:
+        """Send every batch whose first record has waited BATCH_DELAY."""
+        while self._batches:
+            owner, (due, _records) = next(iter(self._batches.items()))
+            if due > now:
+                return
+            self._flush(owner)
+
+    def flush_all(self) -> None:
+        for owner in list(self._batches):
+            self._flush(owner)
+
+    def _flush(self, owner: bytes) -> None:
+        _due, records = self._batches.pop(owner)
+        if self._send(owner, wire.encode_responses(records)):
+            self.counts["resp_packs"] += 1
+            self.counts["resp_records"] += len(records)
+        else:
+            self.counts["send_drops"] += 1
+            self.counts["records_dropped"] += len(records)
+
+    # -- sending
+
+    def _send(self, routing_id: bytes, message: bytes) -> bool:
+        """Non-blocking send; False if the owner's queue is full or the owner is gone."""
+        try:
+            self.socket.send_multipart((routing_id, message), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+
+    def _send_control(self, routing_id: bytes, message: bytes) -> None:
+        if not self._send(routing_id, message):
+            self.counts["control_unsent"] += 1
+
+    # -- time
+
+    def tick(self, now: float) -> None:
+        """Once a second: expire routes, heartbeat live owners, forget silent ones, stats."""
+        self._next_tick = now + TICK
+        self.routes.expire(now)
+        heartbeat = wire.encode_heartbeat(time.time())
+        for routing_id, owner in list(self.owners.items()):
+            if now - owner.last_seen >= OWNER_SILENCE:
+                dropped = self._forget(routing_id)
+                self.counts["owners_forgotten"] += 1
+                log.warning("owner %s silent for %.0f s: forgotten with its %d routes",
+                            owner.identity or routing_id.hex(), now - owner.last_seen, dropped)
+            else:
+                self._send_control(routing_id, heartbeat)
+        if now >= self._next_stats:
+            self._next_stats = now + self.config.stats_every
+            log.info("%s", self.stats_line())
+
+    # -- shutdown and numbers
+
+    def close(self, reason: str = "intercept stopping") -> None:
+        """Flush what is batched, say BYE to every owner, close the socket and the captures."""
+        self.flush_all()
+        bye = wire.encode_bye(reason)
+        for routing_id in list(self.owners):
+            self._send_control(routing_id, bye)
+        self.socket.close(linger=CLOSE_LINGER_MS)
+        for _device, handle, _linktype in self._captures:
+            self._close_capture(handle)
+        self._captures.clear()
+
+    def _close_capture(self, handle) -> None:
+        self._closed_pcap_drops += _kernel_drops(handle)
+        handle.close()
+
+    def stats(self) -> dict[str, int]:
+        """Every counter of the worker and its route table, and the capture's kernel drops."""
+        numbers = {**self.counts, **self.routes.counters(), "owners": len(self.owners)}
+        numbers["pcap_dropped"] = self._closed_pcap_drops + sum(
+            _kernel_drops(handle) for _device, handle, _linktype in self._captures)
+        return numbers
+
+    def stats_line(self) -> str:
+        """The periodic summary, in the C tool's spirit (resp packs, all, ...)."""
+        s = self.stats()
+        fields = (("resp_packs", s["resp_packs"]), ("all", s["all"]), ("sent", s["resp_records"]),
+                  ("routes", s["routes"]), ("registers", s["registered"]),
+                  ("unroutable", s["unroutable"]), ("held", s["held"]), ("released", s["released"]),
+                  ("hold_expired", s["held_expired"]), ("hold_refused", s["held_refused"]),
+                  ("send_drops", s["send_drops"]), ("records_dropped", s["records_dropped"]),
+                  ("malformed", s["malformed"]), ("peer_errors", s["peer_errors"]),
+                  ("owners", s["owners"]), ("pcap_dropped", s["pcap_dropped"]))
+        return "stats: " + " ".join(f"{name}={value}" for name, value in fields)
+
+
+def _bytes(frame) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def _peer_address(frame) -> str | None:
+    """The remote address of the connection a frame came over (tcp:// only), if known."""
+    try:
+        return frame.get("Peer-Address")
+    except (AttributeError, zmq.ZMQError):
+        return None
+
+
+def _kernel_drops(handle) -> int:
+    try:
+        return int(handle.stats()[1])
+    except OSError:
+        return 0
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass

@@ -5,8 +5,10 @@
 #   nginx-light  the real HTTP server of the lab
 #   ethtool      turns off segmentation offloads on lab veths
 #   curl         a real HTTP client for lab checks
+#   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (deploy/load.py)
+#   socat        runs the lab's server-first greeter, one handler per connection
 set -euo pipefail
-wanted=(libpcap-dev iproute2 nginx-light ethtool curl)
+wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

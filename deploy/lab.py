@@ -19,6 +19,9 @@ Safety rules the code enforces:
 * Teardown on ``with`` exit, at interpreter exit (atexit), and on SIGTERM and SIGHUP (after
   which the signal takes its usual course and ends the process).
 
+Ready topologies: :func:`two_host` (copier and target on one veth) and :func:`four_host`
+(client, online server, target and assistant: the advanced architecture, design §2).
+
 Typical use::
 
     with two_host() as lab:
@@ -280,7 +283,81 @@ def two_host(tag: str | None = None) -> Lab:
     return Lab(two_host_topology(), tag)
 
 
-TOPOLOGIES: dict[str, Callable[[], Topology]] = {"two-host": two_host_topology}
+# The four hosts of the advanced architecture (design §2, §6).
+CLIENT = "client"
+ONLINE = "online"
+ASSISTANT = "assistant"
+CLIENT_ADDRESS = "198.18.1.2"          # the real client, on the client link
+ONLINE_ADDRESS = "198.18.1.1"          # the online server, as the client sees it
+ONLINE_TARGET_SIDE = "198.18.0.1"      # the online host on the replay link (copier's source side)
+ONLINE_CONTROL_SIDE = "198.18.2.2"     # the online host on the control link
+ASSISTANT_ADDRESS = "198.18.2.1"       # intercept's control channel listens here
+ASSISTANT_TARGET_SIDE = "198.18.4.1"   # where the target routes its answers to clients
+TARGET_ASSISTANT_SIDE = "198.18.4.2"
+CLIENT_NET = "198.18.1.0/24"
+# TARGET_ADDRESS (198.18.0.2) and FAKE_CLIENT_NET (198.18.3.0/24, the -c pool) as in two_host.
+
+
+def _rp_filter_off(*devices: str) -> dict[str, int]:
+    """rp_filter 0 on all, default and each named device (the kernel takes the maximum)."""
+    return {f"net.ipv4.conf.{scope}.rp_filter": 0 for scope in ("all", "default", *devices)}
+
+
+def four_host_topology() -> Topology:
+    """Client, online server, target and assistant: TCPCopy's advanced architecture.
+
+    ::
+
+        client 198.18.1.2 ── 198.18.1.1 online 198.18.0.1 ── 198.18.0.2 target
+                                        198.18.2.2              198.18.4.2
+                                            │                       │
+                                        198.18.2.1 assistant 198.18.4.1
+
+    * ``client`` (198.18.1.2/24): the real user. Its only peer, the online server, is on its
+      link, so it needs no route (the lab allows no default route).
+    * ``online`` (198.18.1.1 to the client, 198.18.0.1 to the target, 198.18.2.2 to the
+      assistant): runs the live service and the copier. ip_forward=0 (a server, not a
+      router: the client can reach nothing behind it); rp_filter 0.
+    * ``target`` (198.18.0.2, 198.18.4.2): the server under test. It routes the client
+      network 198.18.1.0/24 and the -c pool 198.18.3.0/24 via the assistant (198.18.4.1),
+      so its answers to replayed clients never reach them. rp_filter 0 everywhere, since a
+      replayed packet from 198.18.1.2 arrives on the online link while the route back
+      points to the assistant.
+    * ``assistant`` (198.18.2.1 for the control channel, 198.18.4.1 to the target): the
+      black hole. ip_forward=0 and no route to the clients, so answers addressed to them are
+      captured on its target-facing veth by intercept and then dropped without RST or ICMP.
+    """
+    online_dev, assistant_dev = "to-online", "to-assistant"
+    return Topology(
+        hosts=(
+            Host(CLIENT),
+            Host(ONLINE, sysctls={"net.ipv4.ip_forward": 0,
+                                  **_rp_filter_off("to-client", "to-target", "to-assistant")}),
+            Host(
+                TARGET,
+                routes=(Route(CLIENT_NET, ASSISTANT_TARGET_SIDE), Route(FAKE_CLIENT_NET, ASSISTANT_TARGET_SIDE)),
+                sysctls=_rp_filter_off(online_dev, assistant_dev),
+            ),
+            Host(ASSISTANT, sysctls={"net.ipv4.ip_forward": 0}),
+        ),
+        links=(
+            link(CLIENT, f"{CLIENT_ADDRESS}/24", ONLINE, f"{ONLINE_ADDRESS}/24"),
+            link(ONLINE, f"{ONLINE_TARGET_SIDE}/24", TARGET, f"{TARGET_ADDRESS}/24"),
+            link(ONLINE, f"{ONLINE_CONTROL_SIDE}/24", ASSISTANT, f"{ASSISTANT_ADDRESS}/24"),
+            link(TARGET, f"{TARGET_ASSISTANT_SIDE}/24", ASSISTANT, f"{ASSISTANT_TARGET_SIDE}/24"),
+        ),
+    )
+
+
+def four_host(tag: str | None = None) -> Lab:
+    """A :class:`Lab` (not yet up) of :func:`four_host_topology`."""
+    return Lab(four_host_topology(), tag)
+
+
+TOPOLOGIES: dict[str, Callable[[], Topology]] = {
+    "two-host": two_host_topology,
+    "four-host": four_host_topology,
+}
 
 
 # --------------------------------------------------------------------------- the lab

@@ -3,13 +3,19 @@
 :class:`Nginx` renders a minimal nginx.conf into its own temporary directory (pid, logs, temp
 paths and the served files all live there), runs nginx in the foreground inside a lab host
 (started with :meth:`Lab.popen`, so a lab teardown stops it too), and parses its access log,
-one JSON object per request.
+one JSON object per request. Under ``/upload/`` it accepts request bodies (any method, up to
+``MAX_BODY_BYTES``) and keeps each one in a file of its own, so a test can check the exact bytes
+a request carried (:meth:`Nginx.received_bodies`).
+
+:class:`Greeter` is a server-first line protocol (a greeting, then one reply per line) built
+on socat, logging every line it receives with the peer and a connection id.
 """
 
 from __future__ import annotations
 
 import functools
 import grp
+import hashlib
 import ipaddress
 import json
 import os
@@ -21,9 +27,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .lab import Lab, LabError, check_lab_address
 
@@ -42,7 +49,8 @@ def default_site() -> dict[str, bytes]:
     return {"index.html": INDEX_HTML, "big.bin": big_bin()}
 
 
-# Access log fields: request-body-independent only, so the log is the same whoever replays.
+# Access log fields. Nothing depends on the body's content, so the log reads the same whoever
+# replays; ``request_body_file`` names where a body under UPLOAD_PREFIX was kept ("" otherwise).
 ACCESS_LOG_FIELDS = {
     "time": "$msec",
     "remote_addr": "$remote_addr",
@@ -59,12 +67,19 @@ ACCESS_LOG_FIELDS = {
     "body_bytes_sent": "$body_bytes_sent",
     "connection": "$connection",
     "connection_requests": "$connection_requests",
+    "pipe": "$pipe",
     "request_time": "$request_time",
     "user_agent": "$http_user_agent",
+    "content_length": "$content_length",
+    "request_body_file": "$request_body_file",
 }
 INT_FIELDS = frozenset({"remote_port", "server_port", "status", "request_length", "bytes_sent",
-                        "body_bytes_sent", "connection", "connection_requests"})
+                        "body_bytes_sent", "connection", "connection_requests", "content_length"})
 FLOAT_FIELDS = frozenset({"time", "request_time"})
+
+UPLOAD_PREFIX = "/upload/"
+MAX_BODY_BYTES = 64 << 20
+UPLOAD_STATUS = 201
 
 # Modules whose compiled-in temp paths must be moved into the server's directory.
 TEMP_PATH_MODULES = ("proxy", "fastcgi", "uwsgi", "scgi")
@@ -79,7 +94,10 @@ class Nginx:
 
     ``with Nginx(lab, "target", "198.18.0.2", 8080) as web:`` starts it, waits until it
     accepts connections, and stops it on exit. The temporary directory is removed on stop
-    unless ``keep_dir`` is set (the access log is read before that).
+    unless ``keep_dir`` is set (the access log and the kept bodies are read before that).
+
+    It serves ``files`` (by default ``/index.html`` and the 1 MiB ``/big.bin``) and keeps the
+    body of every request under ``UPLOAD_PREFIX`` (answered with ``UPLOAD_STATUS``).
     """
 
     def __init__(self, lab: Lab, host: str, address: str, port: int = 80, *,
@@ -99,6 +117,7 @@ class Nginx:
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._cached_log: list[dict[str, Any]] = []
+        self._cached_bodies: list[ReceivedBody] = []
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -180,6 +199,7 @@ class Nginx:
             self.proc = None
         if self.dir is not None:
             self._cached_log = self._read_access_log()
+            self._cached_bodies = bodies_of(self._cached_log)
             if not self.keep_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
@@ -196,6 +216,16 @@ class Nginx:
         if self.dir is None:
             return list(self._cached_log)
         return self._read_access_log()
+
+    def received_bodies(self) -> list[ReceivedBody]:
+        """Per request that sent a body under ``UPLOAD_PREFIX``, in log order: the bytes kept.
+
+        A request with an empty body keeps no file and is not listed. Still available after
+        :meth:`stop` (hashed before the directory goes).
+        """
+        if self.dir is None:
+            return list(self._cached_bodies)
+        return bodies_of(self._read_access_log())
 
     def _read_access_log(self) -> list[dict[str, Any]]:
         try:
@@ -273,9 +303,56 @@ http {{
         root {d}/site;
         location / {{
         }}
+        # nginx stores a request body only for a handler that reads it; the proxy module is
+        # the core one that does. Each body stays in a file of its own (named in the access
+        # log); the sink behind it gets only the headers and answers {UPLOAD_STATUS}.
+        location {UPLOAD_PREFIX} {{
+            client_max_body_size {MAX_BODY_BYTES};
+            client_body_in_file_only on;
+            proxy_pass http://unix:{d}/body-sink.sock:/;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+
+    server {{
+        listen unix:{d}/body-sink.sock;
+        access_log off;
+        location / {{
+            return {UPLOAD_STATUS} "stored\\n";
+        }}
     }}
 }}
 """
+
+
+class ReceivedBody(NamedTuple):
+    """A request body nginx kept: its URI, its stored length and the SHA-256 of its bytes."""
+
+    uri: str
+    length: int
+    sha256: str
+
+
+def bodies_of(entries: list[dict[str, Any]]) -> list[ReceivedBody]:
+    """The kept bodies of the access-log ``entries`` that name a body file.
+
+    A body file that is missing (nginx could not keep it) is a fault, not an empty body.
+    """
+    bodies = []
+    for entry in entries:
+        path = entry.get("request_body_file")
+        if not path:
+            continue
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ServerError(f"body file {path} of {entry.get('request_method')} {entry.get('uri')} "
+                              "is gone: read bodies before the server's directory is removed") from None
+        bodies.append(ReceivedBody(entry["uri"], len(data), hashlib.sha256(data).hexdigest()))
+    return bodies
 
 
 def parse_access_log_line(line: str) -> dict[str, Any]:
@@ -336,3 +413,210 @@ def _user_directive() -> str:
         return f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};"
     except KeyError:
         return "user root root;"
+
+
+# --------------------------------------------------------------------------- greeter
+
+GREETING = "220 lab greeter ready"
+GREETER_BACKLOG = 1024
+GREETER_MAX_CHILDREN = 2000
+
+# One connection: socat (EXEC with nofork) makes the accepted socket this script's stdin and
+# stdout. Every event is one append of one short line to the shared log, so the lines of
+# concurrent connections never interleave: time, connection id, peer address, peer port,
+# event (open, line, close), text (the line received, or who closed).
+GREETER_SCRIPT = r"""#!/bin/bash
+# rendered by tcpcopy.deploy.servers: one connection of the lab greeter
+conn="$$-${EPOCHREALTIME/./}"
+note() {
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$EPOCHREALTIME" "$conn" "$SOCAT_PEERADDR" "$SOCAT_PEERPORT" "$1" "$2" \
+    >> "$GREETER_LOG"
+}
+note open ""
+printf '%s\r\n' "$GREETER_GREETING"
+n=0
+while IFS= read -r line || [ -n "$line" ]; do
+  line=${line%$'\r'}
+  n=$((n + 1))
+  note line "$line"
+  if [ "$line" = QUIT ]; then
+    printf '221 bye\r\n'
+    note close server
+    exit 0
+  fi
+  printf '250 %d %s\r\n' "$n" "$line"
+done
+note close client
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GreeterEntry:
+    """One logged greeter event: ``open``, ``line`` (with the line's text) or ``close``.
+
+    ``connection`` is unique per accepted connection; ``text`` of a ``close`` says who closed
+    (``client`` at end of input, ``server`` after QUIT).
+    """
+
+    time: float
+    connection: str
+    peer_addr: str
+    peer_port: int
+    event: str
+    text: str
+
+
+class Greeter:
+    """A server-first line service on ``address:port`` inside lab host ``host`` (socat + bash).
+
+    On connect it sends ``greeting`` and CRLF; it answers each line with ``250 <n> <line>``
+    (``n`` counting the connection's lines) and ``QUIT`` with ``221 bye``, closing after it.
+    socat forks one handler per connection, so many connections run concurrently (up to
+    ``max_children``). ``with Greeter(lab, "target", "198.18.0.2", 2525) as greeter:``
+    starts it, waits until it listens, and stops it (by PID, with its handlers) on exit.
+    """
+
+    def __init__(self, lab: Lab, host: str, address: str, port: int, *, greeting: str = GREETING,
+                 max_children: int = GREETER_MAX_CHILDREN, keep_dir: bool = False) -> None:
+        _check_listen_address(address)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 1..65535")
+        if any(ch in greeting for ch in "\r\n\0"):
+            raise ValueError("the greeting is one line: no CR, LF or NUL in it")
+        self.lab = lab
+        self.host = host
+        self.address = address
+        self.port = port
+        self.greeting = greeting
+        self.max_children = max_children
+        self.keep_dir = keep_dir
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._cached_log: list[GreeterEntry] = []
+
+    def __enter__(self) -> Greeter:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def log_path(self) -> Path:
+        if self.dir is None:
+            raise ServerError("the greeter has not been started")
+        return self.dir / "greeter.log"
+
+    def start(self) -> Greeter:
+        """Write the handler script and start socat inside the host."""
+        if self.proc is not None:
+            raise ServerError("the greeter is already started")
+        socat = shutil.which("socat")
+        if socat is None:
+            raise LabError("socat is not installed: apt-get install socat")
+        self.dir = Path(tempfile.mkdtemp(prefix=f"tcl-greeter-{self.lab.tag}-{self.host}-"))
+        script = self.dir / "greeter.sh"
+        script.write_text(GREETER_SCRIPT)
+        self.log_path.touch()
+        env = {**os.environ, "LC_ALL": "C", "GREETER_LOG": str(self.log_path), "GREETER_GREETING": self.greeting}
+        self.lab.add_cleanup(self.stop)
+        output = (self.dir / "socat.out").open("wb")
+        try:
+            self.proc = self.lab.popen(self.host, [socat, "-d", self._listen_spec(), f"EXEC:/bin/bash {script},nofork"],
+                                       stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        finally:
+            output.close()
+        return self
+
+    def _listen_spec(self) -> str:
+        ipv6 = ":" in self.address
+        kind, bind = ("TCP6-LISTEN", f"[{self.address}]") if ipv6 else ("TCP4-LISTEN", self.address)
+        return (f"{kind}:{self.port},bind={bind},reuseaddr,fork,backlog={GREETER_BACKLOG},"
+                f"max-children={self.max_children}")
+
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        """Return once socat listens (seen with ``ss``, so no connection enters the log)."""
+        if self.proc is None:
+            raise ServerError("the greeter has not been started")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"socat exited with {self.proc.returncode}: {self.diagnostics()}")
+            listening = self.lab.run(self.host, ["ss", "-Hltn", f"sport = :{self.port}"], check=False).stdout
+            if listening.strip():
+                return
+            time.sleep(0.02)
+        raise ServerError(f"greeter in {self.host} not listening on {self.address}:{self.port} "
+                          f"after {timeout} s: {self.diagnostics()}")
+
+    def stop(self, grace_s: float = 2.0) -> int | None:
+        """Stop socat and its connection handlers (its process group) by PID; keep the log.
+
+        Returns once the handlers are gone too (SIGKILL for those left after ``grace_s``).
+        """
+        code = None
+        if self.proc is not None:
+            group = self.proc.pid  # popen made socat the leader of its own process group
+            code = self.lab.stop(self.proc, grace_s, signal.SIGTERM)
+            _reap_group(group, grace_s)
+            self.proc = None
+        if self.dir is not None:
+            self._cached_log = self._read_log()
+            if not self.keep_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir = None
+        return code
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_entries(self) -> list[GreeterEntry]:
+        """Every logged event in log order (still available after :meth:`stop`)."""
+        if self.dir is None:
+            return list(self._cached_log)
+        return self._read_log()
+
+    def _read_log(self) -> list[GreeterEntry]:
+        try:
+            text = self.log_path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        return [parse_greeter_line(line) for line in text.split("\n") if line]
+
+    def diagnostics(self) -> str:
+        """socat's own messages (bind errors and the like), for error messages."""
+        text = ""
+        if self.dir is not None:
+            try:
+                text = (self.dir / "socat.out").read_text(errors="replace").strip()
+            except FileNotFoundError:
+                pass
+        return text[-1500:] or "(no output)"
+
+
+def _reap_group(group: int, grace_s: float) -> None:
+    """Wait until no process of ``group`` (ours, already sent SIGTERM) is left; SIGKILL after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def parse_greeter_line(line: str) -> GreeterEntry:
+    """One greeter log line (six tab-separated fields; the text may itself hold tabs)."""
+    stamp, connection, peer_addr, peer_port, event, text = line.split("\t", 5)
+    return GreeterEntry(float(stamp), connection, peer_addr.strip("[]"), int(peer_port), event, text)

@@ -110,7 +110,7 @@ def decode(frame: bytes):
     if version != FORMAT_VERSION:
         raise WireError(f"peer speaks message format {version!r}, this process speaks "
                         f"{FORMAT_VERSION}: run the same tcpcopy version on every host")
-    checker = _CHECKS.get(kind)
+    checker = _CHECKS.get(kind) if isinstance(kind, int) else None
     if checker is None:
         raise WireError(f"unknown message kind {kind!r} (format {FORMAT_VERSION})")
     try:
@@ -130,7 +130,8 @@ def _packets(body) -> list:
     if not isinstance(body, list):
         raise ValueError("batch is not a list")
     for item in body:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)
+                and isinstance(item[0], (int, float)) and not isinstance(item[0], bool)):
             raise ValueError("batch item is not [timestamp, bytes]")
     return body
 

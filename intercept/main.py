@@ -21,13 +21,13 @@ import os
 import signal
 import socket
 import sys
-from importlib import metadata
 
 import pcap
 import zmq
 
 from tcpcopy.capture.pcapio import CaptureError
-from tcpcopy.cluster import wire
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
+                                     remove_pid_file, setup_logging, version_text, write_pid_file)
 from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
 
 log = logging.getLogger("tcpcopy.intercept")
@@ -50,20 +50,6 @@ NOT_APPLICABLE = {
     "-D": ("DST-ORIG", True, "(Docker address rewrite) is not supported: run intercept where the target's "
                        "answers still carry the replayed client address"),
 }
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line naming the flag and the fix, exit 2 (argparse would add the whole usage)."""
-        self.exit(2, f"intercept: error: {message} (intercept -h for help)\n")
-
-
-class _NotApplicable(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        _metavar, fatal, why = NOT_APPLICABLE[option_string]
-        if fatal:
-            parser.error(f"{option_string} {why}")
-        namespace.notes = [*namespace.notes, f"{option_string} ignored: {why}"]
 
 
 def _port(text: str) -> int:
@@ -111,12 +97,11 @@ def _identity(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="intercept",
         description="Capture the target's answers to replayed clients and send their headers "
                     "back to the tcpcopy session owners that registered them.",
         epilog=f"Example: intercept -i eth0 {FILTER_EXAMPLE}")
-    parser.set_defaults(notes=[])
     parser.add_argument("-F", dest="bpf", metavar="FILTER",
                         help=f"pcap filter matching the target's answers (required), e.g. {FILTER_EXAMPLE}")
     parser.add_argument("-i", dest="devices", type=_devices, default=("any",), metavar="DEV[,DEV]",
@@ -128,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
     parser.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
     parser.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
-    parser.add_argument("-v", action="version", version=_version(), help="print the version and exit")
+    parser.add_argument("-v", action="version", version=version_text("intercept"), help="print the version and exit")
     parser.add_argument("--payload", type=_payload, default=0, metavar="N",
                         help=f"also send the first N payload bytes of each answer (0..{MAX_PAYLOAD}; "
                              "like the C tool's TC_PAYLOAD build)")
@@ -136,24 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop a route idle this long (default 120; owners also unregister)")
     parser.add_argument("--identity", type=_identity, default=f"intercept@{socket.gethostname()}",
                         metavar="NAME", help="name in HELLO messages and logs (default intercept@HOSTNAME)")
-    for flag, (metavar, _fatal, why) in NOT_APPLICABLE.items():
-        if metavar is None:
-            extra = {"nargs": 0}
-        elif metavar.startswith("["):
-            extra = {"nargs": "?", "metavar": metavar.strip("[]")}
-        else:
-            extra = {"nargs": None, "metavar": metavar}
-        parser.add_argument(flag, action=_NotApplicable, dest="c_flag_" + flag[1],
-                            help=f"(C flag) {why}", **extra)
+    add_not_applicable(parser, NOT_APPLICABLE)
     return parser
-
-
-def _version() -> str:
-    try:
-        version = metadata.version("tcpcopy")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"intercept {version} (tcpcopy in Python, message format {wire.FORMAT_VERSION})"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -166,10 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"-F {args.bpf!r} is not a valid pcap filter: see pcap-filter(7), e.g. {FILTER_EXAMPLE}")
     if args.daemon and not args.log_file:
         parser.error("-d needs -l FILE: a daemon has no terminal to log to, e.g. -d -l /var/log/intercept.log")
-    for flag in ("log_file", "pid_file"):
-        path = getattr(args, flag)
-        if path is not None:
-            setattr(args, flag, os.path.abspath(path))
+    absolute_paths(args, "log_file", "pid_file")
     return args
 
 
@@ -194,23 +160,23 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        _setup_logging(args.log_file)
+        setup_logging("intercept", args.log_file)
     except OSError as exc:
         print(f"intercept: error: -l {args.log_file}: cannot open the log file: {exc.strerror}", file=sys.stderr)
         return 2
     for note in args.notes:
         log.warning("%s", note)
     if args.daemon:
-        _daemonize()
+        daemonize()
     try:
-        _write_pid_file(args.pid_file)
+        write_pid_file(args.pid_file)
     except OSError as exc:
         log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
         return 2
     try:
         return _run(config_from(args))
     finally:
-        _remove_pid_file(args.pid_file)
+        remove_pid_file(args.pid_file)
 
 
 def _run(config: WorkerConfig) -> int:
@@ -259,46 +225,6 @@ def _install_signal_handlers(worker: Worker) -> list:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     return stop
-
-
-def _setup_logging(path: str | None) -> None:
-    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s intercept[%(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
-def _daemonize() -> None:
-    """Detach from the terminal (the classic double fork); stdio goes to /dev/null."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def _write_pid_file(path: str | None) -> None:
-    if path:
-        with open(path, "w") as out:
-            out.write(f"{os.getpid()}\n")
-
-
-def _remove_pid_file(path: str | None) -> None:
-    """Remove the pid file if it is still ours (a newer intercept may have replaced it)."""
-    if not path:
-        return
-    try:
-        with open(path) as pid_in:
-            if pid_in.read().strip() == str(os.getpid()):
-                os.remove(path)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""Typed values of the command-line flags that TCPCopy users know, parsed and validated once.
+
+``-x [onlineIP:]onlinePort-targetIP:targetPort[,...]``, ``-s ip[:port][,...]`` and
+``-c ip[,a.b.c.x,...]`` keep the C tool's syntax; IPv6 addresses go in brackets
+(``[2001:2::10]:80-[2001:2::2]:8080``). Every parse error is an ``OptionError`` whose text
+names the flag, the bad value and the expected form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+DEFAULT_INTERCEPT_PORT = 36524
+MAX_CLIENT_POOL = 65536
+
+
+class OptionError(ValueError):
+    """A flag value that cannot be used; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One ``-x`` entry: traffic to (online_ip or any local address, online_port) is copied
+    to (target_ip, target_port)."""
+
+    online_ip: str | None
+    online_port: int
+    target_ip: str
+    target_port: int
+
+    def matches(self, dst_ip: str, dst_port: int) -> bool:
+        return dst_port == self.online_port and (self.online_ip is None or self.online_ip == dst_ip)
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptAddress:
+    host: str
+    port: int
+
+    @property
+    def zmq_endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.zmq_endpoint[len("tcp://"):]
+
+
+def _address(text: str, flag: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise OptionError(f"{flag}: {text!r} is not an IP address ({what})") from None
+
+
+def _port(text: str, flag: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise OptionError(f"{flag}: {text!r} is not a port 1-65535 ({what})")
+    return int(text)
+
+
+def _split_host_port(text: str) -> tuple[str | None, str]:
+    """'1.2.3.4:80' -> ('1.2.3.4', '80'); '[2001:2::1]:80' -> ('2001:2::1', '80'); '80' -> (None, '80')."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            return text, ""
+        return host, port
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return None, text
+    return host, port
+
+
+def parse_mappings(value: str) -> tuple[Mapping, ...]:
+    """``-x``: comma-separated ``[onlineIP:]onlinePort-targetIP:targetPort``."""
+    form = "expected [onlineIP:]onlinePort-targetIP:targetPort, e.g. 80-198.18.0.2:8080"
+    mappings = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        online, sep, target = _split_mapping(item)
+        if not sep:
+            raise OptionError(f"-x: {item!r}: {form}")
+        online_host, online_port = _split_host_port(online)
+        target_host, target_port = _split_host_port(target)
+        if target_host is None:
+            raise OptionError(f"-x: {item!r}: the target needs an address ({form})")
+        mapping = Mapping(
+            None if online_host in (None, "", "0", "0.0.0.0", "::") else _address(online_host, "-x", form),
+            _port(online_port, "-x", form),
+            _address(target_host, "-x", form),
+            _port(target_port, "-x", form))
+        if mapping.online_ip is not None and (":" in mapping.online_ip) != (":" in mapping.target_ip):
+            raise OptionError(f"-x: {item!r}: online and target addresses must be the same IP version ({form})")
+        mappings.append(mapping)
+    if not mappings:
+        raise OptionError(f"-x: no mapping given ({form})")
+    return tuple(mappings)
+
+
+def _split_mapping(item: str) -> tuple[str, str, str]:
+    """Split at the '-' between the online and target parts (IPv6 brackets hold no '-')."""
+    depth = 0
+    for i, char in enumerate(item):
+        depth += char == "["
+        depth -= char == "]"
+        if char == "-" and depth == 0:
+            return item[:i], "-", item[i + 1:]
+    return item, "", ""
+
+
+def parse_intercepts(value: str, default_port: int = DEFAULT_INTERCEPT_PORT) -> tuple[InterceptAddress, ...]:
+    """``-s``: comma-separated ``ip[:port]``; the port defaults to ``-p``."""
+    form = "expected ip[:port][,ip[:port]...], e.g. 198.18.2.1:36524"
+    out = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item.startswith("[") or item.count(":") == 1:
+            host, port = _split_host_port(item)
+        else:
+            host, port = item, ""  # a bare address, IPv4 or IPv6: the default port
+        address = _address(host, "-s", form)
+        out.append(InterceptAddress(address, _port(port, "-s", form) if port else default_port))
+    if not out:
+        raise OptionError(f"-s: no intercept given ({form})")
+    if len(set(out)) != len(out):
+        raise OptionError("-s: the same intercept is listed twice")
+    return tuple(out)
+
+
+def parse_client_pool(value: str, exclude: set[str] = frozenset()) -> tuple[str, ...]:
+    """``-c``: addresses replayed sessions use as their source; ``a.b.c.x`` means
+    a.b.c.1-a.b.c.254. Target addresses are left out, as TCPCopy does."""
+    pool: list[str] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item.endswith(".x"):
+            prefix = item[:-2]
+            try:
+                ipaddress.IPv4Address(prefix + ".0")
+            except ValueError:
+                raise OptionError(f"-c: {item!r}: the .x form is for IPv4 (a.b.c.x, e.g. 198.18.3.x)") from None
+            pool.extend(f"{prefix}.{i}" for i in range(1, 255))
+        elif item == "*":
+            raise OptionError("-c: '*' is not an address; list addresses or use a.b.c.x")
+        else:
+            pool.append(_address(item, "-c", "expected an address or a.b.c.x"))
+    pool = [a for a in dict.fromkeys(pool) if a not in exclude]
+    if not pool:
+        raise OptionError("-c: no usable client address (target addresses are excluded)")
+    if len(pool) > MAX_CLIENT_POOL:
+        raise OptionError(f"-c: {len(pool)} addresses, at most {MAX_CLIENT_POOL}")
+    return tuple(pool)
+
+
+def capture_filter(mappings: tuple[Mapping, ...], user_filter: str | None = None) -> str:
+    """The BPF filter a capture worker compiles: client packets to any ``-x`` online
+    address, AND the user's ``-F`` when given."""
+    terms = []
+    for m in mappings:
+        term = f"dst port {m.online_port}"
+        if m.online_ip is not None:
+            term += f" and dst host {m.online_ip}"
+        terms.append(f"({term})")
+    auto = "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
+    return f"({auto}) and ({user_filter})" if user_filter else auto

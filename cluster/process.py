@@ -1,0 +1,100 @@
+"""What every tcpcopy command does the same way: its argument parser's error style, flags
+kept from the C tool that no longer apply, logging, daemonizing, pid files, the version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import metadata
+
+from tcpcopy.cluster import wire
+
+
+class CommandParser(argparse.ArgumentParser):
+    """One line naming the flag and the fix, exit 2 (argparse would add the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} -h for help)\n")
+
+
+def add_not_applicable(parser: argparse.ArgumentParser, flags: dict) -> None:
+    """C flags with no meaning here, ``{flag: (metavar or None, fatal, why)}``: a fatal one
+    stops with its explanation; the others are noted in ``args.notes`` and ignored, so
+    existing scripts keep working."""
+
+    class NotApplicable(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            _metavar, fatal, why = flags[option_string]
+            if fatal:
+                parser.error(f"{option_string} {why}")
+            namespace.notes = [*namespace.notes, f"{option_string} ignored: {why}"]
+
+    parser.set_defaults(notes=[])
+    for flag, (metavar, _fatal, why) in flags.items():
+        if metavar is None:
+            extra = {"nargs": 0}
+        elif metavar.startswith("["):
+            extra = {"nargs": "?", "metavar": metavar.strip("[]")}
+        else:
+            extra = {"nargs": None, "metavar": metavar}
+        parser.add_argument(flag, action=NotApplicable, dest="c_flag_" + flag.lstrip("-"),
+                            help=f"(C flag) {why}", **extra)
+
+
+def version_text(command: str) -> str:
+    try:
+        version = metadata.version("tcpcopy")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{command} {version} (tcpcopy in Python, message format {wire.FORMAT_VERSION})"
+
+
+def setup_logging(command: str, path: str | None) -> None:
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s {command}[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def daemonize() -> None:
+    """Detach from the terminal (the classic double fork); stdio goes to /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def write_pid_file(path: str | None) -> None:
+    if path:
+        with open(path, "w") as out:
+            out.write(f"{os.getpid()}\n")
+
+
+def remove_pid_file(path: str | None) -> None:
+    """Remove the pid file if it is still ours (a newer process may have replaced it)."""
+    if not path:
+        return
+    try:
+        with open(path) as pid_in:
+            if pid_in.read().strip() == str(os.getpid()):
+                os.remove(path)
+    except OSError:
+        pass
+
+
+def absolute_paths(args: argparse.Namespace, *names: str) -> None:
+    """-l and -P paths made absolute before a daemon changes directory to /."""
+    for name in names:
+        path = getattr(args, name)
+        if path is not None:
+            setattr(args, name, os.path.abspath(path))

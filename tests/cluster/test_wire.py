@@ -1,0 +1,257 @@
+"""Every cross-process message survives encode/decode, and anything else is a WireError.
+
+A user who mixes versions across hosts, or points another program at a tcpcopy port, must
+get a WireError that says what is wrong, never a traceback from deep inside msgpack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import msgpack
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.wire import Hello, WireError
+
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
+
+V4_CLIENT = ipaddress.ip_address("198.18.0.5").packed
+V4_TARGET = ipaddress.ip_address("198.18.0.2").packed
+V6_CLIENT = ipaddress.ip_address("2001:2::5").packed
+V6_TARGET = ipaddress.ip_address("2001:2::2").packed
+
+
+def raw(version, kind, body) -> bytes:
+    """A frame as some other program (or another build) might send it."""
+    return msgpack.packb([version, kind, body], use_bin_type=True)
+
+
+# ---------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("role", wire.ROLES)
+def test_hello_round_trips_to_a_hello_for_every_role(role):
+    hello = Hello(role, f"{role}-0@online1", "3f2a9c")
+    assert wire.decode(wire.encode_hello(hello)) == (wire.HELLO, hello)
+
+
+def test_packets_batch_keeps_timestamps_and_packet_bytes_exactly():
+    batch = [[1717171717.123456, bytes(range(256))],
+             [1717171717.123457, b"\x45\x00" + b"\x00" * 38],
+             [0.0, b""],
+             [1e-06, b"\xff" * 1500]]
+    kind, body = wire.decode(wire.encode_packets(batch))
+    assert kind == wire.PACKETS
+    assert body == batch
+    for (ts, data), (ts_in, data_in) in zip(body, batch):
+        assert ts == ts_in and type(ts) is float   # no rounding through a 32-bit float
+        assert data == data_in and type(data) is bytes
+
+
+def test_empty_packets_batch_round_trips():
+    assert wire.decode(wire.encode_packets([])) == (wire.PACKETS, [])
+
+
+@pytest.mark.parametrize("encode, kind", [(wire.encode_register, wire.REGISTER),
+                                          (wire.encode_unregister, wire.UNREGISTER)])
+def test_register_and_unregister_give_tuples_with_bytes_addresses(encode, kind):
+    endpoints = [(V4_CLIENT, 40000, V4_TARGET, 8080),
+                 (V6_CLIENT, 1024, V6_TARGET, 443),
+                 (V4_CLIENT, 0, V4_TARGET, 65535)]
+    got_kind, body = wire.decode(encode(endpoints))
+    assert got_kind == kind
+    assert body == endpoints
+    assert all(type(e) is tuple and type(e[0]) is bytes and type(e[2]) is bytes for e in body)
+
+
+def test_register_accepts_endpoints_given_as_lists():
+    endpoints = [[V4_CLIENT, 40000, V4_TARGET, 8080]]
+    assert wire.decode(wire.encode_register(endpoints)) == (
+        wire.REGISTER, [(V4_CLIENT, 40000, V4_TARGET, 8080)])
+
+
+def test_responses_keep_header_bytes_exactly():
+    headers = [bytes(range(40)), b"\x60" + b"\x00" * 59, b""]
+    assert wire.decode(wire.encode_responses(headers)) == (wire.RESPONSES, headers)
+
+
+def test_heartbeat_round_trips_its_send_time():
+    assert wire.decode(wire.encode_heartbeat(1717171717.25)) == (wire.HEARTBEAT, 1717171717.25)
+
+
+def test_stats_round_trip_with_nested_counters():
+    counters = {"sessions_started": 12, "fanout": {"sampled_out": 3, "unmapped": 0},
+                "loss_ratio": 0.125}
+    assert wire.decode(wire.encode_stats("owner", "owner-0@online1", counters)) == (
+        wire.STATS, ["owner", "owner-0@online1", counters])
+
+
+def test_bye_round_trips_its_reason():
+    assert wire.decode(wire.encode_bye("shutting down: SIGTERM")) == (
+        wire.BYE, "shutting down: SIGTERM")
+
+
+# ---------------------------------------------------------------- version mismatch
+
+@pytest.mark.parametrize("other", [wire.FORMAT_VERSION + 1, 0, "2.0"])
+def test_other_format_version_names_both_versions_and_says_run_same_version(other):
+    with pytest.raises(WireError) as err:
+        wire.decode(raw(other, wire.HELLO, ["owner", "owner-0", "x"]))
+    text = str(err.value)
+    assert repr(other) in text
+    assert str(wire.FORMAT_VERSION) in text
+    assert "same tcpcopy version" in text
+
+
+def test_newer_peer_with_unknown_kind_is_reported_as_a_version_mismatch():
+    with pytest.raises(WireError, match="same tcpcopy version"):
+        wire.decode(raw(wire.FORMAT_VERSION + 1, 99, None))
+
+
+# ---------------------------------------------------------------- rejects
+
+@pytest.mark.parametrize("frame", [
+    b"",
+    b"GET / HTTP/1.1\r\nHost: online1\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",    # a TLS ClientHello
+    b"\xc1",                                    # msgpack's never-used byte
+    b"\x93\x01",                                # a truncated array
+    raw(1, 1, ["owner", "a", "b"]) + b"\x00",   # trailing bytes after a message
+], ids=["empty", "http", "tls", "reserved-byte", "truncated", "trailing-bytes"])
+def test_garbage_bytes_are_a_wire_error(frame):
+    with pytest.raises(WireError, match="not a tcpcopy message"):
+        wire.decode(frame)
+
+
+@pytest.mark.parametrize("value", [
+    None, 1, "hello", b"bytes", {"version": 1}, [], [1, 1], [1, 1, None, None],
+], ids=repr)
+def test_msgpack_value_that_is_not_a_three_element_array_is_a_wire_error(value):
+    with pytest.raises(WireError, match="not a tcpcopy message"):
+        wire.decode(msgpack.packb(value, use_bin_type=True))
+
+
+@pytest.mark.parametrize("kind", [0, 9, 255, -1, "HELLO", None])
+def test_unknown_message_kind_is_a_wire_error(kind):
+    with pytest.raises(WireError, match="unknown message kind"):
+        wire.decode(raw(wire.FORMAT_VERSION, kind, None))
+
+
+@pytest.mark.parametrize("kind", [[], {}], ids=["list", "map"])
+def test_message_kind_that_is_a_list_or_map_is_a_wire_error(kind):
+    with pytest.raises(WireError):
+        wire.decode(raw(wire.FORMAT_VERSION, kind, None))
+
+
+@pytest.mark.parametrize("endpoint", [
+    [b"\xc6\x12\x00", 40000, b"\xc6\x12\x00\x02", 8080],           # 3-byte client address
+    [V4_CLIENT + b"\x00", 40000, V4_TARGET + b"\x00", 8080],      # 5-byte addresses
+    [V4_CLIENT, 65536, V4_TARGET, 8080],                          # client port too big
+    [V4_CLIENT, -1, V4_TARGET, 8080],                             # negative port
+    [V4_CLIENT, 40000, V4_TARGET, 70000],                         # target port too big
+    [V4_CLIENT, 40000, V6_TARGET, 8080],                          # IPv4 client, IPv6 target
+    [V6_CLIENT, 40000, V4_TARGET, 8080],                          # IPv6 client, IPv4 target
+    ["198.18.0.5", 40000, "198.18.0.2", 8080],                    # text addresses
+    [V4_CLIENT, "40000", V4_TARGET, 8080],                        # text port
+    [V4_CLIENT, 40000, V4_TARGET],                                # missing field
+    [V4_CLIENT, 40000, V4_TARGET, 8080, 0],                       # extra field
+    42,                                                           # not a list
+], ids=["addr3", "addr5", "cport65536", "cport-1", "tport70000", "v4-to-v6", "v6-to-v4",
+        "text-addr", "text-port", "short", "long", "int"])
+@pytest.mark.parametrize("kind", [wire.REGISTER, wire.UNREGISTER])
+def test_bad_endpoint_tuple_is_a_wire_error(kind, endpoint):
+    with pytest.raises(WireError, match="malformed"):
+        wire.decode(raw(wire.FORMAT_VERSION, kind, [endpoint]))
+
+
+def test_endpoint_list_that_is_not_a_list_is_a_wire_error():
+    with pytest.raises(WireError, match="malformed REGISTER"):
+        wire.decode(raw(wire.FORMAT_VERSION, wire.REGISTER, {"a": 1}))
+
+
+@pytest.mark.parametrize("body", [
+    ["tcpcopy", "x", "y"],          # unknown role
+    ["OWNER", "x", "y"],            # roles are exact
+    ["owner", 7, "y"],              # identity not text
+    ["owner", "x", b"y"],           # instance not text
+    ["owner", "x"],                 # too short
+    "owner",                        # not a list
+], ids=["unknown-role", "role-case", "identity-int", "instance-bytes", "short", "text"])
+def test_bad_hello_is_a_wire_error(body):
+    with pytest.raises(WireError, match="malformed HELLO"):
+        wire.decode(raw(wire.FORMAT_VERSION, wire.HELLO, body))
+
+
+@pytest.mark.parametrize("kind, body", [
+    (wire.PACKETS, "not a list"),
+    (wire.PACKETS, [[1.0, "text, not bytes"]]),
+    (wire.PACKETS, [[1.0]]),
+    (wire.PACKETS, [b"\x45"]),
+    (wire.RESPONSES, [b"\x45", "text"]),
+    (wire.RESPONSES, b"\x45"),
+    (wire.HEARTBEAT, "now"),
+    (wire.HEARTBEAT, None),
+    (wire.STATS, ["owner", "owner-0"]),
+    (wire.STATS, ["nobody", "owner-0", {}]),
+    (wire.STATS, ["owner", "owner-0", [1, 2]]),
+    (wire.BYE, 3),
+    (wire.BYE, None),
+], ids=lambda v: repr(v)[:30])
+def test_body_of_the_wrong_shape_is_a_wire_error(kind, body):
+    with pytest.raises(WireError, match=f"malformed {wire.KIND_NAMES[kind]}"):
+        wire.decode(raw(wire.FORMAT_VERSION, kind, body))
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", None, b"\x00"])
+def test_packets_batch_with_a_timestamp_that_is_not_a_number_is_a_wire_error(timestamp):
+    with pytest.raises(WireError):
+        wire.decode(raw(wire.FORMAT_VERSION, wire.PACKETS, [[timestamp, b"\x45"]]))
+
+
+# ---------------------------------------------------------------- fuzz
+
+def decodes_or_wire_error(frame: bytes) -> None:
+    try:
+        kind, _ = wire.decode(frame)
+    except WireError:
+        return
+    assert kind in wire.KIND_NAMES
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_wire_error(frame):
+    decodes_or_wire_error(frame)
+
+
+SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
+           | st.floats(allow_nan=False) | st.text(max_size=10) | st.binary(max_size=20))
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(SCALARS, inner, max_size=4),
+    max_leaves=20)
+VERSIONS = st.just(wire.FORMAT_VERSION) | VALUES
+KINDS_ALL = st.sampled_from(sorted(wire.KIND_NAMES)) | VALUES
+KINDS_SCALAR = st.sampled_from(sorted(wire.KIND_NAMES)) | SCALARS
+BODIES = st.builds(list, st.tuples(VALUES, VALUES, VALUES)) | st.lists(VALUES, max_size=5) | VALUES
+
+
+@FUZZ
+@given(VALUES)
+def test_arbitrary_msgpack_values_decode_or_raise_wire_error(value):
+    decodes_or_wire_error(msgpack.packb(value, use_bin_type=True))
+
+
+@FUZZ
+@given(VERSIONS, KINDS_SCALAR, BODIES)
+def test_arbitrary_three_element_messages_decode_or_raise_wire_error(version, kind, body):
+    decodes_or_wire_error(raw(version, kind, body))
+
+
+@FUZZ
+@given(VERSIONS, KINDS_ALL, BODIES)
+@example(wire.FORMAT_VERSION, [], None)
+def test_arbitrary_three_element_messages_with_any_kind_decode_or_raise_wire_error(version, kind, body):
+    decodes_or_wire_error(raw(version, kind, body))

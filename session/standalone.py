@@ -83,10 +83,10 @@ def run(args) -> dict:
     target_ip, target_port = args.target
     packets, malformed = load_client_packets(args.pcap, args.online_port)
 
-    def endpoint_for(pkt: pk.Packet) -> Endpoint:
-        return Endpoint(args.client_ip or pkt.src, pkt.sport, target_ip, target_port)
+    def endpoints_for(pkt: pk.Packet) -> list[Endpoint]:
+        return [Endpoint(args.client_ip or pkt.src, pkt.sport, target_ip, target_port)]
 
-    table = SessionTable(SessionConfig(), endpoint_for)
+    table = SessionTable(SessionConfig(), endpoints_for)
     family = 6 if len(target_ip) == 16 else 4
     answers = open_live(args.iface, f"ip{'6' if family == 6 else ''} and tcp and "
                                     f"src host {ipaddress.ip_address(target_ip)} and src port {target_port}")

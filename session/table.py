@@ -17,7 +17,8 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats, should_start_session
 
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
-EndpointFor = Callable[[pk.Packet], "Endpoint | None"]
+# The replayed endpoints of a new flow, one per copy (-n); [] when the flow is not copied.
+EndpointsFor = Callable[[pk.Packet], "list[Endpoint]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +44,14 @@ class TableStats:
 
 
 class SessionTable:
-    def __init__(self, config: SessionConfig, endpoint_for: EndpointFor,
+    def __init__(self, config: SessionConfig, endpoints_for: EndpointsFor,
                  max_sessions: int = 100_000, stats: SessionStats | None = None):
         self.config = config
         self.stats = stats or SessionStats()
         self.table_stats = TableStats()
         self.max_sessions = max_sessions
-        self._endpoint_for = endpoint_for
-        self._by_flow: dict[FlowKey, Session] = {}
+        self._endpoints_for = endpoints_for
+        self._by_flow: dict[FlowKey, list[Session]] = {}   # one session per copy
         self._by_endpoint: dict[tuple, tuple[FlowKey, Session]] = {}
         self._heap: list[tuple[float, int, FlowKey, Session]] = []
         self._scheduled: dict[int, float] = {}   # id(session) -> earliest deadline in heap
@@ -59,30 +60,36 @@ class SessionTable:
         self._events: list = []
 
     def __len__(self) -> int:
-        return len(self._by_flow)
+        return len(self._by_endpoint)
 
     def sessions(self):
-        return self._by_flow.values()
+        return (entry[1] for entry in self._by_endpoint.values())
 
     # ------------------------------------------------------------------ inputs
 
-    def client_packet(self, pkt: pk.Packet, now: float) -> Session | None:
+    def client_packet(self, pkt: pk.Packet, now: float) -> list[Session]:
+        """Feed a captured client packet to every copy of its flow (starting them if the
+        packet begins a session); returns the sessions it went to."""
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        session = self._by_flow.get(key)
-        if session is not None and session.superseded_by(pkt):
+        sessions = self._by_flow.get(key)
+        if sessions and sessions[0].superseded_by(pkt):
             self.table_stats.sessions_superseded += 1
-            session.abort(now, "superseded")
-            self._after(session, now)
-            self._free(key, session, now)
-            session = None
-        if session is None:
-            session = self._start(key, pkt, now)
-            if session is None:
+            for session in list(sessions):
+                session.abort(now, "superseded")
+                self._after(session, now)
+                self._free(key, session, now)
+            sessions = None
+        if not sessions:
+            sessions = self._start(key, pkt, now)
+            if not sessions:
                 self.table_stats.client_packets_ignored += 1
-                return None
-        session.handle_client(pkt, now)
-        self._after(session, now)
-        return session
+                return []
+        last = len(sessions) - 1
+        for i, session in enumerate(sessions):
+            # Each engine rewrites its packet in place: every copy but the last gets its own.
+            session.handle_client(pkt if i == last else pkt.copy(), now)
+            self._after(session, now)
+        return sessions
 
     def response(self, pkt: pk.Packet, now: float) -> Session | None:
         entry = self._by_endpoint.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
@@ -98,7 +105,7 @@ class SessionTable:
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, _, key, session = heapq.heappop(heap)
-            if self._scheduled.get(id(session)) != deadline or self._by_flow.get(key) is not session:
+            if self._scheduled.get(id(session)) != deadline or not self._holds(key, session):
                 continue  # a stale entry: the session moved its deadline or is gone
             del self._scheduled[id(session)]
             session.handle_timer(now)
@@ -108,7 +115,7 @@ class SessionTable:
 
     def shutdown(self, now: float) -> None:
         """Reset every live session (TCPCopy does the same on exit)."""
-        for session in list(self._by_flow.values()):
+        for session in list(self.sessions()):
             session.abort(now, "shutdown")
             self._after(session, now)
 
@@ -118,7 +125,7 @@ class SessionTable:
         heap = self._heap
         while heap:
             deadline, _, key, session = heap[0]
-            if self._scheduled.get(id(session)) == deadline and self._by_flow.get(key) is session:
+            if self._scheduled.get(id(session)) == deadline and self._holds(key, session):
                 return deadline
             heapq.heappop(heap)
         return None
@@ -136,22 +143,28 @@ class SessionTable:
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self, key: FlowKey, pkt: pk.Packet, now: float) -> Session | None:
+    def _holds(self, key: FlowKey, session: Session) -> bool:
+        return session in self._by_flow.get(key, ())
+
+    def _start(self, key: FlowKey, pkt: pk.Packet, now: float) -> list[Session]:
+        """A session per copy whose endpoint is free; a copy whose endpoint is busy, or
+        beyond max_sessions, is refused and counted."""
         if not should_start_session(pkt, self.config):
-            return None
-        endpoint = self._endpoint_for(pkt)
-        if endpoint is None:
-            return None
-        ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
-        if len(self._by_flow) >= self.max_sessions or ep_key in self._by_endpoint:
-            self.table_stats.sessions_refused += 1
-            return None
-        session = Session(endpoint, self.config, self.stats)
-        self._by_flow[key] = session
-        self._by_endpoint[ep_key] = (key, session)
-        self.table_stats.sessions_started += 1
-        self._events.append(SessionStarted(now, endpoint))
-        return session
+            return []
+        sessions = []
+        for endpoint in self._endpoints_for(pkt):
+            ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
+            if len(self._by_endpoint) >= self.max_sessions or ep_key in self._by_endpoint:
+                self.table_stats.sessions_refused += 1
+                continue
+            session = Session(endpoint, self.config, self.stats)
+            self._by_endpoint[ep_key] = (key, session)
+            self.table_stats.sessions_started += 1
+            self._events.append(SessionStarted(now, endpoint))
+            sessions.append(session)
+        if sessions:
+            self._by_flow[key] = sessions
+        return sessions
 
     def _after(self, session: Session, now: float) -> None:
         """Collect what a session produced and (re)schedule its next deadline."""
@@ -175,7 +188,11 @@ class SessionTable:
 
     def _free(self, key: FlowKey, session: Session, now: float) -> None:
         ep = session.endpoint
-        self._by_flow.pop(key, None)
+        sessions = self._by_flow.get(key)
+        if sessions is not None and session in sessions:
+            sessions.remove(session)
+            if not sessions:
+                del self._by_flow[key]
         self._by_endpoint.pop((ep.client_ip, ep.client_port, ep.target_ip, ep.target_port), None)
         self._scheduled.pop(id(session), None)
         self.table_stats.sessions_freed += 1

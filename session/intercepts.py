@@ -1,0 +1,191 @@
+"""The owner's side of the control channel: one ZeroMQ DEALER per intercept.
+
+Each link says HELLO, registers replayed client endpoints before their SYN leaves,
+unregisters them when their session is freed, sends a HEARTBEAT every second and takes back
+RESPONSES. A link that has heard nothing for ``DOWN_AFTER`` seconds is down; when it answers
+again with a new instance (the intercept restarted and lost its routes), every endpoint still
+live is registered again. Registrations are batched per loop turn; a full send queue drops
+the batch and counts it, it never blocks the owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import zmq
+
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.options import InterceptAddress
+
+HEARTBEAT_EVERY = 1.0
+DOWN_AFTER = 3.0
+SEND_HWM = 10_000
+
+
+@dataclass(slots=True)
+class LinkStats:
+    registered: int = 0
+    unregistered: int = 0
+    register_drops: int = 0
+    responses: int = 0
+    malformed_messages: int = 0
+    went_down: int = 0
+    came_back: int = 0
+
+
+@dataclass(eq=False)
+class InterceptLink:
+    address: InterceptAddress
+    socket: zmq.Socket
+    instance: str | None = None
+    last_heard: float | None = None
+    up: bool = False
+    pending_register: list = field(default_factory=list)
+    pending_unregister: list = field(default_factory=list)
+
+
+class InterceptLinks:
+    """All intercept links of one owner."""
+
+    def __init__(self, context: zmq.Context, addresses, identity: str):
+        self.identity = identity
+        self.instance = uuid.uuid4().hex
+        self.stats = LinkStats()
+        self.links: list[InterceptLink] = []
+        self.notices: list[str] = []   # state changes, for the owner's log
+        self._last_heartbeat = 0.0
+        for address in addresses:
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer not connected
+            sock.connect(address.zmq_endpoint)
+            self.links.append(InterceptLink(address, sock))
+        self._by_socket = {link.socket: link for link in self.links}
+
+    # ------------------------------------------------------------------ sockets
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [link.socket for link in self.links]
+
+    def link_of(self, sock: zmq.Socket) -> InterceptLink:
+        return self._by_socket[sock]
+
+    def say_hello(self) -> None:
+        hello = wire.encode_hello(wire.Hello("owner", self.identity, self.instance))
+        for link in self.links:
+            self._send(link, hello)
+
+    def close(self, reason: str) -> None:
+        bye = wire.encode_bye(reason)
+        for link in self.links:
+            self._send(link, bye)
+            link.socket.close(linger=200)
+
+    # ------------------------------------------------------------------ registrations
+
+    def register(self, endpoint: wire.EndpointTuple) -> None:
+        for link in self.links:
+            link.pending_register.append(endpoint)
+
+    def unregister(self, endpoint: wire.EndpointTuple) -> None:
+        for link in self.links:
+            link.pending_unregister.append(endpoint)
+
+    def flush(self) -> None:
+        """Send the registrations of this loop turn; REGISTER goes before any SYN is sent."""
+        for link in self.links:
+            if link.pending_register:
+                batch, link.pending_register = link.pending_register, []
+                if self._send(link, wire.encode_register(batch)):
+                    self.stats.registered += len(batch)
+                else:
+                    self.stats.register_drops += len(batch)
+            if link.pending_unregister:
+                batch, link.pending_unregister = link.pending_unregister, []
+                if self._send(link, wire.encode_unregister(batch)):
+                    self.stats.unregistered += len(batch)
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, sock: zmq.Socket, now: float, live_endpoints) -> list[bytes]:
+        """Drain one link; returns the response header records it delivered.
+
+        ``live_endpoints`` is called (no arguments) when a restarted intercept must be told
+        every endpoint again.
+        """
+        link = self._by_socket[sock]
+        records: list[bytes] = []
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return records
+            try:
+                kind, body = wire.decode(frame)
+            except wire.WireError as exc:
+                self.stats.malformed_messages += 1
+                self.notices.append(f"intercept {link.address}: {exc}")
+                continue
+            self._heard(link, now)
+            if kind == wire.RESPONSES:
+                self.stats.responses += len(body)
+                records.extend(body)
+            elif kind == wire.HELLO:
+                self._hello(link, body, now, live_endpoints)
+            elif kind == wire.BYE:
+                self._down(link, f"intercept {link.address} is shutting down ({body})")
+
+    def _hello(self, link: InterceptLink, hello: wire.Hello, now: float, live_endpoints) -> None:
+        restarted = link.instance is not None and link.instance != hello.instance
+        link.instance = hello.instance
+        if restarted:
+            link.pending_register.extend(live_endpoints())
+            self.notices.append(f"intercept {link.address} restarted: registered "
+                                f"{len(link.pending_register)} live endpoints again")
+
+    def _heard(self, link: InterceptLink, now: float) -> None:
+        link.last_heard = now
+        if not link.up:
+            link.up = True
+            if link.instance is not None:
+                self.stats.came_back += 1
+                self.notices.append(f"intercept {link.address} is reachable again")
+
+    def _down(self, link: InterceptLink, why: str) -> None:
+        if link.up:
+            link.up = False
+            self.stats.went_down += 1
+            self.notices.append(why)
+
+    # ------------------------------------------------------------------ liveness
+
+    def tick(self, now: float) -> None:
+        """Heartbeats out; links silent too long are marked down (and greeted again)."""
+        if now - self._last_heartbeat < HEARTBEAT_EVERY:
+            return
+        self._last_heartbeat = now
+        beat = wire.encode_heartbeat(now)
+        for link in self.links:
+            if link.up and link.last_heard is not None and now - link.last_heard > DOWN_AFTER:
+                self._down(link, f"intercept {link.address} unreachable: nothing heard for "
+                                 f"{now - link.last_heard:.0f} s (is intercept running, and the port open?)")
+            if link.up:
+                self._send(link, beat)
+            else:
+                self._send(link, wire.encode_hello(wire.Hello("owner", self.identity, self.instance)))
+
+    def all_down(self) -> bool:
+        return not any(link.up for link in self.links)
+
+    def down_links(self) -> list[InterceptLink]:
+        return [link for link in self.links if not link.up]
+
+    def _send(self, link: InterceptLink, frame: bytes) -> bool:
+        try:
+            link.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True

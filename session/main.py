@@ -1,0 +1,268 @@
+"""The ``tcpcopy`` command: copy live (or recorded) TCP traffic to a target server.
+
+Flags follow the C tcpcopy (reference §1.2), so an existing command line works:
+
+    tcpcopy -x 80-198.18.0.2:8080 -s 198.18.2.1 [-c 198.18.3.x] [-n 2 -f 1] [-r 50]
+            [-i eth0 | --offline -i file.pcap [-a 2] [-I 500] [-T 3]] [-F filter]
+            [-t 600] [-k 720] [-m MB] [-M 1500] [-D 1460] [-O] [-W] [-L]
+            [-l file] [-P pidfile] [-d]
+
+It runs one capture worker process (libpcap on the interface, or the pcap file) and one
+session owner (this process), joined by ZeroMQ over ipc://. Exit status: 0 after SIGINT or
+SIGTERM or the end of an offline file, 1 when the copy had to stop (every intercept lost
+without -L, the capture failed, -m reached), 2 for a bad command line or an intercept that
+is unreachable at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
+                                     parse_client_pool, parse_intercepts, parse_mappings)
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
+                                     remove_pid_file, setup_logging, version_text, write_pid_file)
+from tcpcopy.session.engine import SessionConfig
+from tcpcopy.session.fanout import FanoutOptions
+from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions
+from tcpcopy.session.rawsend import RawSendError
+
+log = logging.getLogger("tcpcopy")
+
+EXAMPLE = "tcpcopy -x 80-198.18.0.2:8080 -s 198.18.2.1 -c 198.18.3.x"
+
+NOT_APPLICABLE = {
+    "-C": ("N", False, "one ZeroMQ connection per intercept carries everything"),
+    "-R": ("MS", False, "the RTT is measured per session (the C flag was never applied either)"),
+    "-U": ("KB", False, "there are no per-session memory pools to size"),
+    "-o": ("DEV", True, "(pcap send) is not supported: replayed packets leave through raw IP sockets"),
+    "-g": (None, True, "(gradual sampling ramp) is not supported yet: use -r"),
+}
+
+
+def _positive_int(low: int, high: int, example: str):
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number {low}..{high}, e.g. {example}")
+        return int(text)
+    return parse
+
+
+def _positive_float(example: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < 1e9:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive number, e.g. {example}")
+        return value
+    return parse
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CommandParser(prog="tcpcopy", description="Copy live TCP traffic to a target server as "
+                      "real TCP sessions; intercept on the assistant host sends back the target's answers.",
+                      epilog=f"Example: {EXAMPLE}")
+    p.add_argument("-x", dest="mappings", metavar="MAP[,MAP]",
+                   help="[onlineIP:]onlinePort-targetIP:targetPort: copy traffic to the online port to the target (required)")
+    p.add_argument("-s", dest="intercepts", metavar="IP[:PORT][,...]", help="intercept servers (required)")
+    p.add_argument("-p", dest="intercept_port", type=_positive_int(1, 65535, "-p 36524"),
+                   default=DEFAULT_INTERCEPT_PORT, help="default port of -s entries (36524)")
+    p.add_argument("-c", dest="client_pool", metavar="IP[,a.b.c.x]",
+                   help="source addresses of replayed sessions (a.b.c.x means .1-.254); each client is pinned to one")
+    p.add_argument("-H", dest="localhost_ip", type=_address, metavar="IP",
+                   help="replace source 127.0.0.1 with IP")
+    p.add_argument("-n", dest="copies", type=_positive_int(1, 64, "-n 2"), default=1,
+                   help="copy every session N times (1..64)")
+    p.add_argument("-f", dest="port_offset", type=_positive_int(0, 31, "-f 1"), default=0,
+                   help="port offset factor, so several tcpcopy instances never share client ports (0..31)")
+    p.add_argument("-r", dest="sample_percent", type=_positive_int(0, 100, "-r 50"), default=100,
+                   help="copy this percentage of sessions, decided per session (1..100; 0 means all, as in TCPCopy)")
+    p.add_argument("-i", dest="source", metavar="DEV|FILE", default="any",
+                   help="capture interface (default any), or the pcap file with --offline")
+    p.add_argument("--offline", action="store_true", help="-i names a pcap or pcapng file to replay")
+    p.add_argument("-F", dest="user_filter", metavar="FILTER", help="pcap filter ANDed with the one built from -x")
+    p.add_argument("-B", dest="buffer_mb", type=_positive_int(1, 4096, "-B 64"), default=64,
+                   help="capture buffer in MB (64)")
+    p.add_argument("-S", dest="snaplen", type=_positive_int(128, 262144, "-S 65535"), default=65535,
+                   help="capture snaplen (65535: whole packets)")
+    p.add_argument("-a", dest="speed", type=_positive_float("-a 2"), default=1.0, help="offline speed-up factor")
+    p.add_argument("-I", dest="idle_gap_ms", type=_positive_float("-I 500"),
+                   help="offline: cut idle gaps longer than this many ms")
+    p.add_argument("-T", dest="repeat", type=_positive_int(1, 1000, "-T 3"), default=1,
+                   help="offline: replay the file this many times")
+    p.add_argument("-t", dest="session_timeout", type=_positive_float("-t 600"), default=600.0,
+                   help="drop a session when the target is silent this long while it is waited on (600 s)")
+    p.add_argument("-k", dest="keepalive_timeout", type=_positive_float("-k 720"),
+                   help="end an idle session after this long (default -t + 120 s)")
+    p.add_argument("-m", dest="memory_mb", type=_positive_int(16, 1 << 20, "-m 2048"),
+                   help="stop when the peak RSS passes this many MB")
+    p.add_argument("-M", dest="mtu", type=_positive_int(576, 65535, "-M 1500"), default=1500,
+                   help="split captured packets larger than this (1500)")
+    p.add_argument("-D", dest="mss", type=_positive_int(536, 65495, "-D 1460"), default=1460,
+                   help="MSS of fabricated SYNs (1460)")
+    p.add_argument("-O", dest="only_full", action="store_true", help="copy only sessions whose SYN was captured")
+    p.add_argument("-W", dest="no_wait", action="store_true", help="never hold a request for the previous response")
+    p.add_argument("-L", dest="lonely", action="store_true",
+                   help="keep copying while no intercept is reachable; resume when one comes back")
+    p.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
+    p.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
+    p.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
+    p.add_argument("-v", action="version", version=version_text("tcpcopy"))
+    p.add_argument("--summary-json", metavar="FILE", help="write the final counters as JSON to FILE")
+    p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
+                   help="name of this copier in intercept logs")
+    add_not_applicable(p, NOT_APPLICABLE)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.mappings:
+        parser.error(f"-x is required: say which traffic to copy where, e.g. {EXAMPLE}")
+    if not args.intercepts:
+        parser.error(f"-s is required: give the intercept address(es), e.g. {EXAMPLE}")
+    try:
+        args.mappings = parse_mappings(args.mappings)
+        args.intercepts = parse_intercepts(args.intercepts, args.intercept_port)
+        targets = {m.target_ip for m in args.mappings}
+        args.client_pool = parse_client_pool(args.client_pool, targets) if args.client_pool else ()
+    except OptionError as exc:
+        parser.error(str(exc))
+    if not args.offline and (args.speed != 1.0 or args.idle_gap_ms or args.repeat != 1):
+        parser.error("-a, -I and -T are for replaying a file: add --offline -i FILE")
+    if args.offline and not os.path.isfile(args.source):
+        parser.error(f"--offline -i {args.source!r}: no such file")
+    if args.daemon and not args.log_file:
+        parser.error("-d needs -l FILE: a daemon has no terminal to log to")
+    if args.sample_percent == 0:
+        args.sample_percent = 100
+    absolute_paths(args, "log_file", "pid_file", "summary_json")
+    if args.offline:
+        args.source = os.path.abspath(args.source)
+    return args
+
+
+def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOptions:
+    keepalive = args.keepalive_timeout or args.session_timeout + 120
+    return OwnerOptions(
+        fanout=FanoutOptions(args.mappings, args.client_pool, args.copies, args.port_offset,
+                             args.sample_percent, args.localhost_ip),
+        session=SessionConfig(fake_syn_mss=args.mss, only_full_sessions=args.only_full,
+                              no_wait=args.no_wait, session_timeout=args.session_timeout,
+                              keepalive_timeout=keepalive, mtu=args.mtu),
+        intercepts=args.intercepts, packet_endpoint=packet_endpoint, identity=args.identity,
+        lonely=args.lonely, memory_limit_mb=args.memory_mb)
+
+
+def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:
+    bpf = capture_filter(args.mappings, args.user_filter)
+    argv = [sys.executable, "-m", "tcpcopy.capture.worker", "--filter", bpf, "--owner", packet_endpoint]
+    if args.offline:
+        argv += ["--offline", args.source, "--speed", str(args.speed), "--repeat", str(args.repeat)]
+        if args.idle_gap_ms:
+            argv += ["--idle-gap-ms", str(args.idle_gap_ms)]
+    else:
+        argv += ["--iface", args.source, "--snaplen", str(args.snaplen), "--buffer-mb", str(args.buffer_mb)]
+    return argv
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        setup_logging("tcpcopy", args.log_file)
+    except OSError as exc:
+        print(f"tcpcopy: error: -l {args.log_file}: cannot open the log file: {exc.strerror}", file=sys.stderr)
+        return 2
+    for note in args.notes:
+        log.warning("%s", note)
+    if args.daemon:
+        daemonize()
+    try:
+        write_pid_file(args.pid_file)
+    except OSError as exc:
+        log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
+        return 2
+    run_dir = tempfile.mkdtemp(prefix="tcpcopy-")
+    try:
+        return _run(args, f"ipc://{run_dir}/owner-0")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_pid_file(args.pid_file)
+
+
+def _run(args: argparse.Namespace, packet_endpoint: str) -> int:
+    try:
+        owner = Owner(owner_options(args, packet_endpoint))
+        owner.wait_for_intercepts()
+    except (OwnerError, RawSendError) as exc:
+        log.error("%s", exc)
+        return 2
+    capture = subprocess.Popen(capture_command(args, packet_endpoint), start_new_session=True)
+    owner.watch(lambda: _capture_failure(capture))
+    _install_signal_handlers(owner)
+    log.info("copying %s to %s via intercept %s (%s, %d cop%s)",
+             ", ".join(f"{m.online_ip or '*'}:{m.online_port}" for m in args.mappings),
+             ", ".join(f"{m.target_ip}:{m.target_port}" for m in args.mappings),
+             ", ".join(map(str, args.intercepts)),
+             f"file {args.source}" if args.offline else f"interface {args.source}",
+             args.copies, "y" if args.copies == 1 else "ies")
+    try:
+        owner.run()
+    finally:
+        _stop_capture(capture)
+        log.info("%s", owner.stats_line())
+        log.info("stopped: %s; outcomes %s", owner.stop_reason, json.dumps(owner.counters.outcomes, sort_keys=True))
+        if args.summary_json:
+            with open(args.summary_json, "w") as out:
+                json.dump(owner.summary(), out, indent=2, sort_keys=True)
+    return 0 if owner.stop_reason in ("input ended", "signal") else 1
+
+
+def _capture_failure(capture: subprocess.Popen) -> str | None:
+    code = capture.poll()
+    if code is None or code == 0:
+        return None
+    return f"the capture worker exited with status {code} (see its message above)"
+
+
+def _stop_capture(capture: subprocess.Popen) -> None:
+    if capture.poll() is None:
+        capture.send_signal(signal.SIGTERM)
+        try:
+            capture.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            capture.kill()
+            capture.wait()
+
+
+def _install_signal_handlers(owner: Owner) -> None:
+    def on_signal(signum, _frame):
+        log.info("%s: stopping (every live session gets a RST)", signal.Signals(signum).name)
+        owner.stop("signal")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

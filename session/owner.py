@@ -1,0 +1,277 @@
+"""Session owner: the I/O loop around the session table.
+
+It pulls batches of captured client packets from capture workers (ZeroMQ PULL), runs one
+engine per replayed connection (``SessionTable``), registers each replayed endpoint with the
+intercepts before its SYN leaves, takes the target's response headers back from them, and
+sends the engines' packets through raw IP sockets. A send error is counted, never fatal.
+
+Time inside the table is seconds since the owner started (monotonic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from tcpcopy.capture import packet as pk
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.options import InterceptAddress
+from tcpcopy.session.engine import Closed, Dropped, SessionConfig
+from tcpcopy.session.fanout import Fanout, FanoutOptions
+from tcpcopy.session.intercepts import InterceptLinks
+from tcpcopy.session.rawsend import DualSender
+from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
+
+log = logging.getLogger("tcpcopy")
+
+MAX_MESSAGES_PER_TURN = 64   # packet batches taken per loop turn, so responses are not starved
+PULL_HWM = 2000
+STATS_EVERY = 30.0
+STARTUP_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class OwnerOptions:
+    fanout: FanoutOptions
+    session: SessionConfig
+    intercepts: tuple[InterceptAddress, ...]
+    packet_endpoint: str                 # where capture workers PUSH to (we bind)
+    identity: str = "owner-0"
+    lonely: bool = False                 # -L: keep going while no intercept is reachable
+    memory_limit_mb: int | None = None   # -m
+    max_sessions: int = 200_000
+    drain_timeout: float = 30.0          # after the input ends, wait this long for sessions
+
+
+class OwnerError(RuntimeError):
+    """The owner cannot start or must stop; the message says why."""
+
+
+@dataclass
+class OwnerCounters:
+    batches: int = 0
+    client_packets: int = 0
+    malformed_client: int = 0
+    malformed_responses: int = 0
+    outcomes: dict = field(default_factory=dict)
+
+
+class Owner:
+    def __init__(self, options: OwnerOptions):
+        self.options = options
+        self.context = zmq.Context.instance()
+        self.pull = self.context.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.bind(options.packet_endpoint)
+        self.links = InterceptLinks(self.context, options.intercepts, options.identity)
+        self.fanout = Fanout(options.fanout)
+        self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions)
+        self.sender = DualSender()
+        self.counters = OwnerCounters()
+        self.stopping = False
+        self.stop_reason = ""
+        self.input_ended_at: float | None = None
+        self._origin = time.monotonic()
+        self._last_stats = 0.0
+        self._watches = []
+
+    def now(self) -> float:
+        return time.monotonic() - self._origin
+
+    # ------------------------------------------------------------------ life cycle
+
+    def wait_for_intercepts(self) -> None:
+        """Greet every intercept and wait for its answer; unreachable ones are an error
+        unless -L (lonely) is set."""
+        self.links.say_hello()
+        poller = zmq.Poller()
+        for sock in self.links.sockets():
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + STARTUP_WAIT
+        while self.links.down_links() and time.monotonic() < deadline:
+            for sock, _ in poller.poll(100):
+                self._responses(sock, self.now())
+            self.links.tick(self.now())
+        missing = ", ".join(str(link.address) for link in self.links.down_links())
+        if missing and not self.options.lonely:
+            raise OwnerError(f"intercept {missing} unreachable: start intercept there first "
+                             "(and open its port), or pass -L to copy anyway and wait for it")
+        if missing:
+            log.warning("intercept %s unreachable; -L: copying anyway, its sessions will "
+                        "wait until it answers", missing)
+        self._log_notices()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        for sock in self.links.sockets():
+            poller.register(sock, zmq.POLLIN)
+        while not self.stopping:
+            timeout_ms = self._poll_timeout_ms()
+            ready = dict(poller.poll(timeout_ms))
+            now = self.now()
+            if self.pull in ready:
+                self._client_batches(now)
+            for sock in self.links.sockets():
+                if sock in ready:
+                    self._responses(sock, now)
+            self.table.run_timers(now)
+            self._flush()
+            self._housekeeping(now)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        now = self.now()
+        self.table.shutdown(now)
+        self._flush()
+        self.links.close(self.stop_reason or "owner stopped")
+        self.pull.close(linger=0)
+        self.sender.close()
+
+    def watch(self, check) -> None:
+        """``check()`` runs every loop turn; a non-empty string it returns stops the owner
+        with that reason (e.g. the capture worker died)."""
+        self._watches.append(check)
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+
+    # ------------------------------------------------------------------ inputs
+
+    def _client_batches(self, now: float) -> None:
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                frame = self.pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, body = wire.decode(frame)
+            except wire.WireError as exc:
+                log.error("capture channel: %s", exc)
+                continue
+            if kind == wire.BYE:
+                self.input_ended_at = now
+                log.info("capture: %s; waiting up to %.0f s for open sessions",
+                         body, self.options.drain_timeout)
+                continue
+            if kind != wire.PACKETS:
+                continue
+            self.counters.batches += 1
+            for _ts, ip in body:
+                self._client_packet(ip, now)
+
+    def _client_packet(self, ip: bytes, now: float) -> None:
+        self.counters.client_packets += 1
+        try:
+            packet = pk.decode(ip)
+        except pk.PacketError:
+            self.counters.malformed_client += 1
+            return
+        self.table.client_packet(packet, now)
+
+    def _responses(self, sock, now: float) -> None:
+        for record in self.links.receive(sock, now, self._live_endpoints):
+            try:
+                packet = pk.decode(record, headers_only=True)
+            except pk.PacketError:
+                self.counters.malformed_responses += 1
+                continue
+            self.table.response(packet, now)
+
+    def _live_endpoints(self) -> list:
+        return [_endpoint_tuple(s.endpoint) for s in self.table.sessions() if not s.over]
+
+    # ------------------------------------------------------------------ outputs
+
+    def _flush(self) -> None:
+        """Registrations first, then packets: an endpoint is registered before its SYN."""
+        for item in self.table.take_events():
+            if isinstance(item, SessionStarted):
+                self.links.register(_endpoint_tuple(item.endpoint))
+            elif isinstance(item, SessionFreed):
+                self.links.unregister(_endpoint_tuple(item.endpoint))
+            elif isinstance(item, tuple) and isinstance(item[1], (Closed, Dropped)):
+                kind = "closed" if isinstance(item[1], Closed) else "dropped"
+                key = f"{kind}:{item[1].reason}"
+                self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
+        self.links.flush()
+        send = self.sender.send
+        for raw in self.table.take_packets():
+            send(raw)
+
+    # ------------------------------------------------------------------ periodic work
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.table.next_deadline()
+        wait = 0.25 if deadline is None else min(0.25, max(0.0, deadline - self.now()))
+        return int(wait * 1000) + (1 if wait > 0 else 0)
+
+    def _housekeeping(self, now: float) -> None:
+        for check in self._watches:
+            reason = check()
+            if reason:
+                log.error("%s", reason)
+                self.stop(reason)
+        self.links.tick(now)
+        self._log_notices()
+        if self.links.all_down() and not self.options.lonely:
+            self.stop("no intercept is reachable (pass -L to keep copying and wait for it)")
+        if self.input_ended_at is not None:
+            idle = all(s.over for s in self.table.sessions())
+            if idle or now - self.input_ended_at > self.options.drain_timeout:
+                self.stop("input ended")
+        if now - self._last_stats >= STATS_EVERY:
+            self._last_stats = now
+            log.info("%s", self.stats_line())
+            self._check_memory()
+
+    def _check_memory(self) -> None:
+        limit = self.options.memory_limit_mb
+        if limit is None:
+            return
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if peak_mb > limit:
+            self.stop(f"memory limit reached: peak RSS {peak_mb:.0f} MB > -m {limit} MB")
+
+    def _log_notices(self) -> None:
+        for notice in self.links.notices:
+            log.warning("%s", notice)
+        self.links.notices.clear()
+
+    # ------------------------------------------------------------------ reporting
+
+    def stats_line(self) -> str:
+        e, t = self.table.stats, self.table.table_stats
+        return (f"active:{len(self.table)} started:{t.sessions_started} freed:{t.sessions_freed} "
+                f"refused:{t.sessions_refused} | conns:{e.established} syn sent:{e.syns_sent} "
+                f"for no syn:{e.fabricated_syns} reconnect:{e.reconnects} | "
+                f"clt packets:{e.client_packets} clt cont:{e.client_content_packets} "
+                f"send:{e.packets_sent} send content:{e.content_packets_sent} "
+                f"retransmit:{e.retransmits} | resp:{e.responses} c-resp:{e.responses_with_payload} "
+                f"resp fin:{e.response_fins} resp rst:{e.response_resets} | "
+                f"raw send failures:{sum(self.sender.failed.values())} "
+                f"unroutable resp:{t.responses_unroutable}")
+
+    def summary(self) -> dict:
+        return {
+            "owner": dataclasses.asdict(self.counters),
+            "table": dataclasses.asdict(self.table.table_stats),
+            "engine": dataclasses.asdict(self.table.stats),
+            "links": dataclasses.asdict(self.links.stats),
+            "fanout": {"sampled_out": self.fanout.sampled_out, "unmapped": self.fanout.unmapped},
+            "raw_sent": self.sender.sent,
+            "raw_send_failures": self.sender.failed,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def _endpoint_tuple(endpoint) -> wire.EndpointTuple:
+    return (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)

@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast demo lab-down clean
+.PHONY: help deps venv test test-fast demo replay-demo lab-down clean
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
-	@echo "make demo       the main job: today, a recorded HTTP session replayed to nginx in a namespace lab"
+	@echo "make demo       the main job: a live copy in the four-host lab (nginx, h2load, intercept, tcpcopy), ending in a report"
+	@echo "make replay-demo  a recorded HTTP session replayed through the engine alone to nginx"
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
 	@echo "make deps       install the Debian packages (libpcap-dev, iproute2, nginx-light, ethtool, curl)"
 	@echo "make venv       create $(VENV) and install the project (editable) with its test extras"
@@ -33,6 +34,9 @@ test-fast: venv
 	$(BIN)/pytest -m "not lab"
 
 demo: deps venv
+	$(BIN)/python -m tcpcopy.deploy.demo
+
+replay-demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.replay_demo
 
 lab-down: venv

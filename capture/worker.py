@@ -15,6 +15,7 @@ import select
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import zmq
@@ -121,6 +122,12 @@ class Worker:
         owner = flow_shard(src, sport, len(self.sockets))
         self.batcher.add(owner, ts, ip, now)
 
+    def announce(self, source: str) -> None:
+        """Tell the owners the capture is open: from now on nothing is missed."""
+        hello = wire.encode_hello(wire.Hello("capture", f"capture@{source}", uuid.uuid4().hex))
+        for sock in self.sockets:
+            sock.send(hello)
+
     def end_of_input(self) -> None:
         self.batcher.flush_all()
         for sock in self.sockets:
@@ -146,6 +153,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
     handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
                        buffer_bytes=buffer_mb << 20, timeout_ms=2, inbound_only=True)
     worker.linktype = handle.datalink()
+    worker.announce(iface)
     fd = handle.fileno()
 
     def each(ts, frame):
@@ -194,6 +202,7 @@ class OfflineClock:
 def run_offline(worker: Worker, path: str, bpf: str, pacing: OfflinePacing,
                 round_pause: float = 2.0) -> None:
     """Replay the file ``pacing.repeat`` times, then tell the owners the input has ended."""
+    worker.announce(path)
     for round_no in range(pacing.repeat):
         if round_no:
             _sleep_flushing(worker, time.monotonic() + round_pause)

@@ -220,12 +220,12 @@ def _run(args: argparse.Namespace, packet_endpoint: str) -> int:
     capture = subprocess.Popen(capture_command(args, packet_endpoint), start_new_session=True)
     owner.watch(lambda: _capture_failure(capture))
     _install_signal_handlers(owner)
-    log.info("copying %s to %s via intercept %s (%s, %d cop%s)",
-             ", ".join(f"{m.online_ip or '*'}:{m.online_port}" for m in args.mappings),
-             ", ".join(f"{m.target_ip}:{m.target_port}" for m in args.mappings),
-             ", ".join(map(str, args.intercepts)),
-             f"file {args.source}" if args.offline else f"interface {args.source}",
-             args.copies, "y" if args.copies == 1 else "ies")
+    owner.ready_message = "copying {} to {} via intercept {} ({}, {} cop{})".format(
+        ", ".join(f"{m.online_ip or '*'}:{m.online_port}" for m in args.mappings),
+        ", ".join(f"{m.target_ip}:{m.target_port}" for m in args.mappings),
+        ", ".join(map(str, args.intercepts)),
+        f"file {args.source}" if args.offline else f"interface {args.source}",
+        args.copies, "y" if args.copies == 1 else "ies")
     try:
         owner.run()
     finally:

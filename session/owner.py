@@ -80,6 +80,8 @@ class Owner:
         self._origin = time.monotonic()
         self._last_stats = 0.0
         self._watches = []
+        self.capture_ready = False
+        self.ready_message = ""   # logged when the capture worker says it is running
 
     def now(self) -> float:
         return time.monotonic() - self._origin
@@ -156,6 +158,10 @@ class Owner:
                 kind, body = wire.decode(frame)
             except wire.WireError as exc:
                 log.error("capture channel: %s", exc)
+                continue
+            if kind == wire.HELLO:
+                self.capture_ready = True
+                log.info("%s", self.ready_message or f"capture {body.identity} is running")
                 continue
             if kind == wire.BYE:
                 self.input_ended_at = now

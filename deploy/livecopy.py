@@ -1,0 +1,233 @@
+"""A live copy in the four-host lab: real nginx on the online and target hosts, intercept on
+the assistant, tcpcopy on the online host, and the numbers a user checks afterwards.
+
+``LiveCopy`` starts and stops the two commands exactly as a user would (their console
+entry points, their flags), measures each process with psutil, and collects the servers'
+access logs; ``CopyReport`` turns all of it into the figures of a run report: requests seen
+online and at the target, the loss ratio, session outcomes, CPU and memory per process.
+Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from tcpcopy.deploy import accesslog
+from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
+                                TARGET_ADDRESS, Lab)
+from tcpcopy.deploy.servers import Nginx
+
+ONLINE_PORT = 80
+TARGET_PORT = 8080
+READY_TIMEOUT = 10.0
+
+
+class LiveCopyError(RuntimeError):
+    """A command of the copy did not start or stop as it should; the message quotes its log."""
+
+
+@dataclass
+class ProcessFigures:
+    name: str
+    cpu_seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class CopyReport:
+    online_requests: int
+    target_requests: int
+    copies: int
+    loss_ratio: float
+    target_status: dict
+    outcomes: dict
+    tcpcopy_summary: dict
+    processes: list = field(default_factory=list)
+
+    def render(self) -> str:
+        engine = self.tcpcopy_summary.get("engine", {})
+        table = self.tcpcopy_summary.get("table", {})
+        lines = [
+            f"requests online            {self.online_requests}",
+            f"requests at the target     {self.target_requests}  (copies: {self.copies})",
+            f"request loss ratio         {self.loss_ratio:.6f}   (online x copies - target) / (online x copies)",
+            f"target status codes        {self.target_status}",
+            f"sessions started           {table.get('sessions_started', 0)}",
+            f"sessions established       {engine.get('established', 0)}",
+            f"session outcomes           {self.outcomes or 'none'}",
+            f"fabricated SYNs            {engine.get('fabricated_syns', 0)}   reconnects {engine.get('reconnects', 0)}"
+            f"   retransmits {engine.get('retransmits', 0)}",
+            "process                    CPU s    peak RSS MB",
+        ]
+        for p in self.processes:
+            lines.append(f"  {p.name:<24} {p.cpu_seconds:7.2f}  {p.peak_rss_mb:8.1f}")
+        return "\n".join(lines)
+
+
+class LiveCopy:
+    """nginx online and at the target, intercept, tcpcopy: started in order, stopped on exit."""
+
+    def __init__(self, lab: Lab, tcpcopy_flags: list[str] = (), intercept_flags: list[str] = (),
+                 copies: int = 1, target_files: dict | None = None):
+        self.lab = lab
+        self.tcpcopy_flags = list(tcpcopy_flags)
+        self.intercept_flags = list(intercept_flags)
+        self.copies = copies
+        self.dir = Path(tempfile.mkdtemp(prefix="tcpcopy-live-"))
+        self.online = Nginx(lab, ONLINE, ONLINE_ADDRESS, ONLINE_PORT)
+        self.target = Nginx(lab, TARGET, TARGET_ADDRESS, TARGET_PORT, files=target_files)
+        self.intercept: subprocess.Popen | None = None
+        self.tcpcopy: subprocess.Popen | None = None
+        self.summary_path = self.dir / "summary.json"
+        self.figures: dict[str, ProcessFigures] = {}
+
+    # ------------------------------------------------------------------ life cycle
+
+    def __enter__(self) -> "LiveCopy":
+        self.online.start()
+        self.target.start()
+        self.online.wait_ready()
+        self.target.wait_ready()
+        self.start_intercept()
+        self.start_tcpcopy()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_tcpcopy()
+        self.stop_intercept()
+        self.online.stop()
+        self.target.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{ONLINE_ADDRESS}:{ONLINE_PORT}"
+
+    def start_intercept(self) -> None:
+        argv = [sys.executable, "-m", "tcpcopy.intercept.main",
+                "-i", self.lab.interface(ASSISTANT, TARGET),
+                "-F", f"tcp and src host {TARGET_ADDRESS} and src port {TARGET_PORT}",
+                "-b", ASSISTANT_ADDRESS, *self.intercept_flags]
+        self.intercept = self._start(ASSISTANT, argv, "intercept", "listening on")
+
+    def start_tcpcopy(self) -> None:
+        argv = [sys.executable, "-m", "tcpcopy.session.main",
+                "-x", f"{ONLINE_PORT}-{TARGET_ADDRESS}:{TARGET_PORT}", "-s", ASSISTANT_ADDRESS,
+                "-i", self.lab.interface(ONLINE, CLIENT), "--summary-json", str(self.summary_path),
+                *self.tcpcopy_flags]
+        self.tcpcopy = self._start(ONLINE, argv, "tcpcopy", "copying")
+
+    def _start(self, host: str, argv: list[str], name: str, ready_text: str) -> subprocess.Popen:
+        log_path = self.dir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            proc = self.lab.popen(host, argv, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if ready_text in self.log(name):
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.kill()
+        raise LiveCopyError(f"{name} did not start:\n{self.log(name)[-2000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_tcpcopy(self) -> int | None:
+        code = self._stop(self.tcpcopy, "tcpcopy")
+        self.tcpcopy = None
+        return code
+
+    def stop_intercept(self) -> int | None:
+        code = self._stop(self.intercept, "intercept")
+        self.intercept = None
+        return code
+
+    def kill_intercept(self) -> None:
+        """End intercept abruptly (SIGKILL): no BYE reaches the owners."""
+        if self.intercept is not None:
+            self.intercept.kill()
+            self.intercept.wait(5)
+            self.intercept = None
+
+    def _stop(self, proc: subprocess.Popen | None, name: str) -> int | None:
+        if proc is None:
+            return None
+        self._measure(proc, name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return proc.returncode
+
+    def _measure(self, proc: subprocess.Popen, name: str) -> None:
+        """CPU seconds and peak RSS of the process and its children (the capture worker)."""
+        try:
+            root = psutil.Process(proc.pid)
+            members = [(name, root)] + [(f"{name}/{_role(c)}", c) for c in root.children(recursive=True)]
+            for label, member in members:
+                times = member.cpu_times()
+                self.figures[label] = ProcessFigures(label, times.user + times.system,
+                                                     _peak_rss_mb(member.pid))
+        except psutil.Error:
+            pass
+
+    # ------------------------------------------------------------------ results
+
+    def wait_for_target(self, expected: int, timeout: float = 10.0) -> int:
+        """Wait until the target has logged ``expected`` requests (or stops gaining)."""
+        deadline = time.monotonic() + timeout
+        count, last_change = 0, time.monotonic()
+        while time.monotonic() < deadline:
+            now_count = len(self.target.access_log_entries())
+            if now_count != count:
+                count, last_change = now_count, time.monotonic()
+            if count >= expected or time.monotonic() - last_change > 3.0:
+                break
+            time.sleep(0.2)
+        return count
+
+    def report(self) -> CopyReport:
+        online = self.online.access_log_entries()
+        target = self.target.access_log_entries()
+        summary = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
+        return CopyReport(
+            online_requests=len(online), target_requests=len(target), copies=self.copies,
+            loss_ratio=accesslog.loss_ratio(len(online), len(target), self.copies),
+            target_status=dict(accesslog.by_status(target)), outcomes=summary.get("owner", {}).get("outcomes", {}),
+            tcpcopy_summary=summary, processes=list(self.figures.values()))
+
+
+def _role(proc: psutil.Process) -> str:
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return str(proc.pid)
+    for part in cmdline:
+        if part.startswith("tcpcopy."):
+            return part.rsplit(".", 1)[-1]
+    return str(proc.pid)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM: the peak resident set size the kernel recorded for the process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -282,6 +282,7 @@ class Session:
         self._rttvar = 0.0
         self._rto = config.syn_rto
         self._syn_sent_at = 0.0
+        self._synchronized = False               # the current connection's SYN-ACK came
         self._syn_attempts = 0
         self._retransmit_count = 0
         self._reconnects = 0
@@ -390,6 +391,8 @@ class Session:
         self._run_timers(now)
         if not self.over:
             self._arm_watchdog()
+            if self._watchdog_deadline is not None and now >= self._watchdog_deadline:
+                self._watchdog(now)  # a wait that just ended left -k already expired
 
     def abort(self, now: float, reason: str) -> None:
         """End the session from outside (shutdown, 4-tuple reuse, table eviction)."""
@@ -401,8 +404,10 @@ class Session:
     def _client_packet(self, pkt: pk.Packet, now: float) -> None:
         self.stats.client_packets += 1
         self._last_activity_at = now
-        if self._last_response_at is None:
-            self._last_response_at = now  # -t counts from the start of the session
+        if self._last_response_at is None or not self._waiting_on_target():
+            # -t counts the target's silence while we wait on it: from the start of the
+            # session, or from this packet if it ends an idle time (which is -k's).
+            self._last_response_at = now
         flags = pkt.flags
         if flags & pk.SYN:
             self._client_syn(pkt, now)
@@ -563,6 +568,7 @@ class Session:
 
     def _send_syn(self, now: float) -> None:
         self.state = SYN_SENT
+        self._synchronized = False
         self._syn_attempts = 0
         self._rto = self.config.syn_rto
         self._snd_una = self._snd_nxt = self._iss
@@ -626,7 +632,7 @@ class Session:
         self._snd_una = self._snd_nxt = self._iss + 1
         self._rcv_nxt = synack.seq + 1
         scaling = synack.wscale is not None and not self._fabricated and self._client_wscale is not None
-        self._target_wscale = synack.wscale if scaling else 0
+        self._target_wscale = min(synack.wscale, 14) if scaling else 0  # RFC 7323 §2.3
         self._window_forced = self._fabricated or (self._client_wscale is not None and not scaling)
         self._ts_ok = (synack.tsval is not None and not self._fabricated
                        and self._syn is not None and self._syn.tsval is not None)
@@ -637,6 +643,7 @@ class Session:
         self._dupacks = 0
         self._target_fin = False
         self.state = ESTABLISHED
+        self._synchronized = True
         self.stats.established += 1
         self._events.append(Established(now, self._fabricated))
         self._send_ack()
@@ -659,6 +666,8 @@ class Session:
             self.stats.response_resets += 1
             self._target_reset(now)
             return
+        if self._ts_ok and pkt.tsval is not None and seq_le(self._ts_recent, pkt.tsval):
+            self._ts_recent = pkt.tsval  # from every segment, not only data (RFC 7323 §4.3)
         if flags & pk.SYN:
             self._send_ack()  # a retransmitted SYN-ACK: our ACK was lost
             return
@@ -668,6 +677,10 @@ class Session:
             return
         if pkt.payload_len:
             self._process_response_data(pkt, now)
+        elif not flags & pk.FIN and unwrap(pkt.seq, self._rcv_nxt) < self._rcv_nxt:
+            # A keep-alive probe (RFC 9293 §3.8.4) or an old duplicate: an unacceptable
+            # segment gets an ACK (§3.10.7.4), or the target's keep-alive gives up.
+            self._send_ack()
         if flags & pk.FIN:
             self._process_target_fin(pkt, now)
             return
@@ -721,8 +734,6 @@ class Session:
 
     def _process_response_data(self, pkt: pk.Packet, now: float) -> None:
         end = unwrap(pkt.seq, self._rcv_nxt) + pkt.payload_len
-        if self._ts_ok and pkt.tsval is not None and seq_le(self._ts_recent, pkt.tsval):
-            self._ts_recent = pkt.tsval
         if end <= self._rcv_nxt:
             self._send_ack()  # the target retransmitted: it missed our ACK
             return
@@ -915,7 +926,8 @@ class Session:
             return
         self.stats.window_probes += 1
         self._send_ack(seq=self._snd_una - 1)
-        self._persist_deadline = now + min(self._rto * 2, self.config.max_rto)
+        self._rto = min(self._rto * 2, self.config.max_rto)  # reset when an ACK advances
+        self._persist_deadline = now + self._rto
 
     def _send_ack(self, seq: int | None = None) -> None:
         self._unacked_responses = 0
@@ -934,8 +946,12 @@ class Session:
             options = pk.opt_timestamps(self._monotonic_tsval(None), self._ts_recent)
         window = MAX_WINDOW_UNSCALED if self._window_forced else min(self._client_window, 0xFFFF)
         ack = 0
-        if self.state == SYN_SENT:
-            flags &= ~pk.ACK  # nothing of the target's to acknowledge yet
+        if not self._synchronized:
+            # Nothing of the target's to acknowledge yet, also after the end: a target in
+            # SYN-RECEIVED checks a segment's ACK before its RST bit, so a RST with a wrong
+            # ACK would leave its half-open connection in place (RFC 9293 §3.10.7.1 and
+            # §3.5.3: <SEQ=SEG.ACK><CTL=RST>).
+            flags &= ~pk.ACK
         else:
             ack = wrap(self._rcv_nxt)
         pkt = pk.build(ep.client_ip, ep.target_ip, ep.client_port, ep.target_port,
@@ -1003,10 +1019,13 @@ class Session:
         -k: nothing at all has happened for too long on an otherwise healthy session."""
         cfg = self.config
         waiting = self._waiting_on_target()
-        if waiting and now - self._last_response_at >= cfg.session_timeout:
+        # Compared as the deadline was computed: in floating point, last + t <= now does
+        # not imply now - last >= t, and a timer that does not fire would be re-armed at
+        # the same past deadline.
+        if waiting and now >= self._last_response_at + cfg.session_timeout:
             self._drop(now, TARGET_TIMEOUT)
             return
-        if not waiting and now - self._last_activity_at >= cfg.keepalive_timeout:
+        if not waiting and now >= self._last_activity_at + cfg.keepalive_timeout:
             self._send_rst()
             self._close(now, IDLE_TIMEOUT)
             return

@@ -72,7 +72,10 @@ class SessionTable:
         packet begins a session); returns the sessions it went to."""
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         sessions = self._by_flow.get(key)
-        if sessions and sessions[0].superseded_by(pkt):
+        # A copy still running judges: after one copy's target ended it, in-order data is
+        # not a new connection (the copies that ended ignore it).
+        judge = next((s for s in sessions if not s.over), sessions[0]) if sessions else None
+        if judge is not None and judge.superseded_by(pkt):
             self.table_stats.sessions_superseded += 1
             for session in list(sessions):
                 session.abort(now, "superseded")

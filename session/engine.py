@@ -345,10 +345,10 @@ class Session:
             if self._client_isn is None:
                 return self._next_expected is not None  # a SYN for a session joined mid-stream
             return pkt.seq != self._client_isn
-        if self._next_expected is None:
-            return False
+        if self._next_expected is None or pkt.payload_len == 0:
+            return False  # only data can show a new connection; a stray ACK or RST cannot
         if self.over:
-            return pkt.payload_len > 0 and unwrap(pkt.seq, self._next_expected) >= self._next_expected
+            return unwrap(pkt.seq, self._next_expected) >= self._next_expected
         distance = abs(unwrap(pkt.seq, self._next_expected) - self._next_expected)
         return distance > self.config.conflict_jump
 
@@ -797,6 +797,7 @@ class Session:
         if send_reset:
             self._send_rst()
         self._reconnects += 1
+        self._retransmit_count = 0  # a new connection gets a fresh retransmission budget
         self.stats.reconnects += 1
         self._events.append(Reconnecting(now))
         while self._unacked:

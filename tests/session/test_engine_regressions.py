@@ -220,3 +220,16 @@ def test_zero_window_probes_back_off_exponentially():
     out = r.target(probes[-1] + 0.5, A, T_ISN + 1, C_ISN + 1 + len(GET), window=65535)
     assert [p.payload for p in out] == [GET]
     assert r.stats.window_probes == 4
+
+
+def test_a_stray_pure_ack_far_from_the_stream_does_not_supersede_the_session():
+    r = Replay()
+    r.handshake()
+    r.client(0.02, PA, C_ISN + 1, O_ISN + 1, b"GET / HTTP/1.1\r\n\r\n")
+    far = C_ISN + (1 << 26)
+    stray_ack = pk.decode(pk.build(b"\xc6\x12\x05\x05", b"\xc6\x12\x00\x0a", 51000, 80,
+                                   far, O_ISN, A, 1000).to_bytes())
+    stray_rst = pk.decode(pk.build(b"\xc6\x12\x05\x05", b"\xc6\x12\x00\x0a", 51000, 80,
+                                   far, O_ISN, pk.RST, 1000).to_bytes())
+    assert not r.session.superseded_by(stray_ack)
+    assert not r.session.superseded_by(stray_rst)

@@ -271,6 +271,7 @@ class Session:
         self._ts_ok = False                      # timestamps negotiated (RFC 7323 §3.2)
         self._ts_recent = 0
         self._target_fin = False
+        self._target_fin_first = False
         self._unacked_responses = 0
         # Request / response pacing.
         self._awaiting_response = False
@@ -308,6 +309,11 @@ class Session:
     def finished(self) -> bool:
         """The session is over and its linger time has passed: the owner may free it."""
         return self.state == FINISHED
+
+    @property
+    def target_closed_first(self) -> bool:
+        """The target sent its FIN before ours: it keeps the 4-tuple in TIME_WAIT."""
+        return self._target_fin_first
 
     @property
     def over(self) -> bool:
@@ -752,6 +758,7 @@ class Session:
         if fin_seq + 1 > self._rcv_nxt:
             self._rcv_nxt = fin_seq + 1
         self._target_fin = True
+        self._target_fin_first = self._target_fin_first or not self._fin_sent
         self._send_ack()
         self._response_complete(now)
         if self._fin_sent:

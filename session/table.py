@@ -15,6 +15,7 @@ from typing import Callable
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats, should_start_session
+from tcpcopy.session.ports import PortAllocator
 
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
 # The replayed endpoints of a new flow, one per copy (-n); [] when the flow is not copied.
@@ -45,12 +46,14 @@ class TableStats:
 
 class SessionTable:
     def __init__(self, config: SessionConfig, endpoints_for: EndpointsFor,
-                 max_sessions: int = 100_000, stats: SessionStats | None = None):
+                 max_sessions: int = 100_000, stats: SessionStats | None = None,
+                 ports: PortAllocator | None = None):
         self.config = config
         self.stats = stats or SessionStats()
         self.table_stats = TableStats()
         self.max_sessions = max_sessions
         self._endpoints_for = endpoints_for
+        self.ports = ports or PortAllocator()
         self._by_flow: dict[FlowKey, list[Session]] = {}   # one session per copy
         self._by_endpoint: dict[tuple, tuple[FlowKey, Session]] = {}
         self._heap: list[tuple[float, int, FlowKey, Session]] = []
@@ -155,11 +158,12 @@ class SessionTable:
         if not should_start_session(pkt, self.config):
             return []
         sessions = []
-        for endpoint in self._endpoints_for(pkt):
-            ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
-            if len(self._by_endpoint) >= self.max_sessions or ep_key in self._by_endpoint:
+        for wanted in self._endpoints_for(pkt):
+            endpoint = self._allocate(wanted, now)
+            if endpoint is None:
                 self.table_stats.sessions_refused += 1
                 continue
+            ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
             session = Session(endpoint, self.config, self.stats)
             self._by_endpoint[ep_key] = (key, session)
             self.table_stats.sessions_started += 1
@@ -168,6 +172,19 @@ class SessionTable:
         if sessions:
             self._by_flow[key] = sessions
         return sessions
+
+    def _allocate(self, wanted: Endpoint, now: float) -> Endpoint | None:
+        """The wanted endpoint, or the same with a free port; None when the table is full or
+        no port is free (the copy is refused, never given an endpoint in use)."""
+        if len(self._by_endpoint) >= self.max_sessions:
+            return None
+        target = (wanted.target_ip, wanted.target_port)
+        port = self.ports.allocate(wanted.client_ip, wanted.client_port, target, now)
+        if port is None:
+            return None
+        if port == wanted.client_port:
+            return wanted
+        return Endpoint(wanted.client_ip, port, wanted.target_ip, wanted.target_port)
 
     def _after(self, session: Session, now: float) -> None:
         """Collect what a session produced and (re)schedule its next deadline."""
@@ -196,7 +213,9 @@ class SessionTable:
             sessions.remove(session)
             if not sessions:
                 del self._by_flow[key]
-        self._by_endpoint.pop((ep.client_ip, ep.client_port, ep.target_ip, ep.target_port), None)
+        if self._by_endpoint.pop((ep.client_ip, ep.client_port, ep.target_ip, ep.target_port), None):
+            self.ports.release(ep.client_ip, ep.client_port, (ep.target_ip, ep.target_port), now,
+                               hold=session.target_closed_first)
         self._scheduled.pop(id(session), None)
         self.table_stats.sessions_freed += 1
         self._events.append(SessionFreed(now, ep))

@@ -382,20 +382,19 @@ def test_shutdown_resets_every_live_session():
     assert len(r.table) == 0
 
 
-def test_two_flows_mapped_to_one_endpoint_are_never_mixed():
+def test_two_flows_wanting_one_endpoint_get_different_ports_and_are_never_mixed():
     r = TableReplay()
     ep = r.open(0.0, 7, 41000)               # 198.18.5.7:41000
-    out = r.syn(0.1, 7, 41000, isn=777, net=6)  # 198.18.6.7:41000, the same endpoint
-    assert out == []
-    assert r.table.table_stats.sessions_refused == 1
-    assert r.table.table_stats.client_packets_ignored == 1
-    assert len(r.table) == 1
-    # The second flow's data goes nowhere; the first flow's goes to its session.
-    assert r.client(0.2, 7, 41000, PA, 778, O_ISN + 1, b"other", net=6) == []
+    out = r.syn(0.1, 7, 41000, isn=777, net=6)  # 198.18.6.7:41000 wants the same endpoint
+    assert len(out) == 1 and out[0].sport != 41000 and out[0].seq == 777
+    moved = Endpoint(ep.client_ip, out[0].sport, ep.target_ip, ep.target_port)
+    assert r.table.ports.stats.moved == 1
+    assert len(r.table) == 2
+    # Each flow's data goes to its own session, on its own endpoint.
     out = r.client(0.3, 7, 41000, PA, C_ISN + 1, O_ISN + 1, GET)
-    assert [seg(p) for p in out] == [(PA, C_ISN + 1, T_ISN + 1, GET)]
+    assert [(p.sport, seg(p)) for p in out] == [(41000, (PA, C_ISN + 1, T_ISN + 1, GET))]
     assert r.events()[-1] == (ep, RequestSent(0.3))
-    assert r.table.table_stats.client_packets_ignored == 2
+    assert moved.client_port != ep.client_port
 
 
 # --- copies (-n): one session per copy of a flow -----------------------------------------

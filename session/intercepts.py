@@ -17,6 +17,7 @@ import zmq
 
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.options import InterceptAddress
+from tcpcopy.cluster.shard import flow_shard
 
 HEARTBEAT_EVERY = 1.0
 DOWN_AFTER = 3.0
@@ -48,8 +49,12 @@ class InterceptLink:
 class InterceptLinks:
     """All intercept links of one owner."""
 
-    def __init__(self, context: zmq.Context, addresses, identity: str):
+    def __init__(self, context: zmq.Context, addresses, identity: str, sharded: bool = False):
+        """``sharded``: intercept i captures only the answers to replayed endpoints of shard
+        i (cluster.shard), so each endpoint is registered with that one intercept; otherwise
+        with every intercept, as TCPCopy does."""
         self.identity = identity
+        self.sharded = sharded
         self.instance = uuid.uuid4().hex
         self.stats = LinkStats()
         self.links: list[InterceptLink] = []
@@ -87,12 +92,17 @@ class InterceptLinks:
     # ------------------------------------------------------------------ registrations
 
     def register(self, endpoint: wire.EndpointTuple) -> None:
-        for link in self.links:
+        for link in self._links_for(endpoint):
             link.pending_register.append(endpoint)
 
     def unregister(self, endpoint: wire.EndpointTuple) -> None:
-        for link in self.links:
+        for link in self._links_for(endpoint):
             link.pending_unregister.append(endpoint)
+
+    def _links_for(self, endpoint: wire.EndpointTuple) -> list[InterceptLink]:
+        if not self.sharded:
+            return self.links
+        return [self.links[flow_shard(endpoint[0], endpoint[1], len(self.links))]]
 
     def flush(self) -> None:
         """Send the registrations of this loop turn; REGISTER goes before any SYN is sent."""
@@ -142,7 +152,7 @@ class InterceptLinks:
         restarted = link.instance is not None and link.instance != hello.instance
         link.instance = hello.instance
         if restarted:
-            link.pending_register.extend(live_endpoints())
+            link.pending_register.extend(e for e in live_endpoints() if link in self._links_for(e))
             self.notices.append(f"intercept {link.address} restarted: registered "
                                 f"{len(link.pending_register)} live endpoints again")
 

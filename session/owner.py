@@ -24,6 +24,7 @@ from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.session.engine import Closed, Dropped, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
+from tcpcopy.session.ports import PortAllocator
 from tcpcopy.session.rawsend import DualSender
 from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 
@@ -46,6 +47,9 @@ class OwnerOptions:
     memory_limit_mb: int | None = None   # -m
     max_sessions: int = 200_000
     drain_timeout: float = 30.0          # after the input ends, wait this long for sessions
+    shard: int = 0                       # this owner's number among `shards` owners
+    shards: int = 1
+    intercepts_sharded: bool = False     # intercept i sees only the answers of shard i
 
 
 class OwnerError(RuntimeError):
@@ -69,9 +73,11 @@ class Owner:
         self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.bind(options.packet_endpoint)
-        self.links = InterceptLinks(self.context, options.intercepts, options.identity)
+        self.links = InterceptLinks(self.context, options.intercepts, options.identity,
+                                    sharded=options.intercepts_sharded)
         self.fanout = Fanout(options.fanout)
-        self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions)
+        self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions,
+                                  ports=PortAllocator(options.shard, options.shards))
         self.sender = DualSender()
         self.counters = OwnerCounters()
         self.stopping = False

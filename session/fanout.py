@@ -36,6 +36,7 @@ class FanoutOptions:
     port_offset: int = 0            # -f
     sample_percent: int = 100       # -r
     localhost_ip: str | None = None  # -H
+    ramp: bool = False              # -g: admit 1% more of the sessions each second, up to -r
 
 
 def sampled_in(client_ip: bytes, client_port: int, percent: int) -> bool:
@@ -70,20 +71,30 @@ class Fanout:
         self._pinned: OrderedDict[bytes, bytes] = OrderedDict()
         self._next_pool_index = {4: 0, 16: 0}
         self._localhost = None if options.localhost_ip is None else ipaddress.ip_address(options.localhost_ip).packed
-        self.sampled_out = 0
+        self.sampled_out = 0        # decisions (a left-out flow is asked again for each packet)
+        self._ramp_start: float | None = None
         self.unmapped = 0
         self.family_mismatch = 0   # client and target of different IP versions, no -c to bridge
 
     def target_of(self, pkt: pk.Packet) -> tuple[bytes, int] | None:
         return self._targets.get((pkt.dst, pkt.dport)) or self._targets.get((None, pkt.dport))
 
-    def endpoints(self, pkt: pk.Packet) -> list[Endpoint]:
+    def sample_percent(self, now: float) -> int:
+        """-r, or under -g the ramp: 1% in the first second after the first new flow, one
+        more each second, up to -r. A flow left out may be admitted later, mid-stream."""
+        if not self.options.ramp:
+            return self.options.sample_percent
+        if self._ramp_start is None:
+            self._ramp_start = now
+        return min(self.options.sample_percent, 1 + int(now - self._ramp_start))
+
+    def endpoints(self, pkt: pk.Packet, now: float = 0.0) -> list[Endpoint]:
         """The replayed endpoints of a new flow, one per copy; [] if it is not copied."""
         target = self.target_of(pkt)
         if target is None:
             self.unmapped += 1
             return []
-        if not sampled_in(pkt.src, pkt.sport, self.options.sample_percent):
+        if not sampled_in(pkt.src, pkt.sport, self.sample_percent(now)):
             self.sampled_out += 1
             return []
         target_ip, target_port = target

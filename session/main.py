@@ -46,7 +46,6 @@ NOT_APPLICABLE = {
     "-R": ("MS", False, "the RTT is measured per session (the C flag was never applied either)"),
     "-U": ("KB", False, "there are no per-session memory pools to size"),
     "-o": ("DEV", True, "(pcap send) is not supported: replayed packets leave through raw IP sockets"),
-    "-g": (None, True, "(gradual sampling ramp) is not supported yet: use -r"),
 }
 
 
@@ -96,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port offset factor, so several tcpcopy instances never share client ports (0..31)")
     p.add_argument("-r", dest="sample_percent", type=_positive_int(0, 100, "-r 50"), default=100,
                    help="copy this percentage of sessions, decided per session (1..100; 0 means all, as in TCPCopy)")
+    p.add_argument("-g", dest="ramp", action="store_true",
+                   help="ramp sampling up gradually: 1%% of sessions in the first second, one more each second, up to -r")
     p.add_argument("-i", dest="source", metavar="DEV|FILE", default="any",
                    help="capture interface (default any), or the pcap file with --offline")
     p.add_argument("--offline", action="store_true", help="-i names a pcap or pcapng file to replay")
@@ -166,7 +167,7 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
     keepalive = args.keepalive_timeout or args.session_timeout + 120
     return OwnerOptions(
         fanout=FanoutOptions(args.mappings, args.client_pool, args.copies, args.port_offset,
-                             args.sample_percent, args.localhost_ip),
+                             args.sample_percent, args.localhost_ip, args.ramp),
         session=SessionConfig(fake_syn_mss=args.mss, only_full_sessions=args.only_full,
                               no_wait=args.no_wait, session_timeout=args.session_timeout,
                               keepalive_timeout=keepalive, mtu=args.mtu),

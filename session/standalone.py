@@ -83,7 +83,7 @@ def run(args) -> dict:
     target_ip, target_port = args.target
     packets, malformed = load_client_packets(args.pcap, args.online_port)
 
-    def endpoints_for(pkt: pk.Packet) -> list[Endpoint]:
+    def endpoints_for(pkt: pk.Packet, now: float) -> list[Endpoint]:
         return [Endpoint(args.client_ip or pkt.src, pkt.sport, target_ip, target_port)]
 
     table = SessionTable(SessionConfig(), endpoints_for)

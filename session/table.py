@@ -18,8 +18,8 @@ from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStat
 from tcpcopy.session.ports import PortAllocator
 
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
-# The replayed endpoints of a new flow, one per copy (-n); [] when the flow is not copied.
-EndpointsFor = Callable[[pk.Packet], "list[Endpoint]"]
+# The replayed endpoints of a new flow at a time, one per copy (-n); [] when it is not copied.
+EndpointsFor = Callable[[pk.Packet, float], "list[Endpoint]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,7 @@ class SessionTable:
         if not should_start_session(pkt, self.config):
             return []
         sessions = []
-        for wanted in self._endpoints_for(pkt):
+        for wanted in self._endpoints_for(pkt, now):
             endpoint = self._allocate(wanted, now)
             if endpoint is None:
                 self.table_stats.sessions_refused += 1

@@ -260,3 +260,10 @@ def test_h_leaves_other_sources_alone():
 
 def test_without_h_a_localhost_source_is_kept():
     assert fanout().endpoints(syn("127.0.0.1", 40000, dst="127.0.0.1"))[0].client_ip == ip("127.0.0.1")
+
+
+def test_ramp_admits_one_percent_more_each_second_up_to_the_sample_percent():
+    from tcpcopy.cluster.options import parse_mappings
+    from tcpcopy.session.fanout import Fanout, FanoutOptions
+    fanout = Fanout(FanoutOptions(parse_mappings("80-198.18.0.2:8080"), sample_percent=60, ramp=True))
+    assert [fanout.sample_percent(t) for t in (5.0, 5.5, 6.0, 30.0, 64.0, 200.0)] == [1, 1, 2, 26, 60, 60]

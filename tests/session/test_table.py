@@ -38,7 +38,7 @@ def real_client(host: int, net: int = 5) -> bytes:
 def endpoints_for(copies: int):
     """-c style mapping: the client IP's last octet is kept in the replay net (one net per
     copy), the port too; packets to anything but the online service are not replayed."""
-    def endpoints(pkt: pk.Packet) -> list[Endpoint]:
+    def endpoints(pkt: pk.Packet, now: float) -> list[Endpoint]:
         if (pkt.dst, pkt.dport) != (ONLINE, ONLINE_PORT):
             return []
         return [endpoint(pkt.src[3], pkt.sport, copy) for copy in range(copies)]

@@ -24,7 +24,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.shard import flow_shard
+from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, shard_argument
 
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
@@ -248,7 +248,11 @@ def parse_args(argv):
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--idle-gap-ms", type=float)
     parser.add_argument("--repeat", type=int, default=1)
-    return parser.parse_args(argv)
+    parser.add_argument("--shard", type=shard_argument, default=(0, 1), metavar="K/N",
+                        help="capture only flows of shard K of N (the kernel filters the rest)")
+    args = parser.parse_args(argv)
+    args.filter = combine_filters(args.filter, capture_shard_filter(*args.shard))
+    return args
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,8 @@ one of them.
 
 from __future__ import annotations
 
+import argparse
+
 import re
 from dataclasses import dataclass
 
@@ -134,3 +136,12 @@ def parse_shard(text: str) -> tuple[int, int]:
         raise ValueError(f"--shard {text}: the shard number must be below the count, "
                          f"e.g. 0/{count}")
     return shard, count
+
+
+def shard_argument(text: str) -> tuple[int, int]:
+    """``parse_shard`` for argparse: its message reaches the user (argparse would replace a
+    plain ValueError's text with its own)."""
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

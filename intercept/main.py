@@ -26,6 +26,7 @@ import pcap
 import zmq
 
 from tcpcopy.capture.pcapio import CaptureError
+from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter, shard_argument
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
                                      remove_pid_file, setup_logging, version_text, write_pid_file)
 from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop a route idle this long (default 120; owners also unregister)")
     parser.add_argument("--identity", type=_identity, default=f"intercept@{socket.gethostname()}",
                         metavar="NAME", help="name in HELLO messages and logs (default intercept@HOSTNAME)")
+    parser.add_argument("--shard", type=shard_argument, default=(0, 1), metavar="K/N",
+                        help="capture only the answers to replayed endpoints of shard K of N "
+                             "(several intercepts share one assistant host)")
     add_not_applicable(parser, NOT_APPLICABLE)
     return parser
 
@@ -153,7 +157,8 @@ def _filter_compiles(bpf: str) -> bool:
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
-    return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=args.bpf,
+    bpf = combine_filters(args.bpf, intercept_shard_filter(*args.shard))
+    return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
                         payload=args.payload, route_ttl=args.route_ttl, identity=args.identity)
 
 

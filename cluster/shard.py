@@ -21,8 +21,8 @@ one of them.
   chain, so their ports are out of reach). Shard 0 keeps them from being lost, so the union
   of the shards always equals the unsharded filter. Only the IPv6 ones can be replayed (the
   decoder walks extension headers); capture worker 0 then routes them to their owner like
-  any other packet, since a worker picks owners itself, in user space. An intercept therefore sees a target answer carrying IPv6 extension headers only on
-  shard 0, whatever intercept its owner registered with; a Linux target adds none to TCP
+  any other packet, since a worker picks owners itself, in user space. An intercept
+  therefore sees a target answer carrying IPv6 extension headers only on shard 0, whatever intercept its owner registered with; a Linux target adds none to TCP
   segments unless told to (IPsec, per-socket IPv6 options).
 - A frame too short to hold the fields a shard expression reads (an IP header cut before the
   ports, by a too-small snaplen or on the wire) is rejected by every shard, because BPF
@@ -33,7 +33,6 @@ one of them.
 from __future__ import annotations
 
 import argparse
-
 import re
 from dataclasses import dataclass
 

@@ -24,7 +24,8 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, shard_argument
+from tcpcopy.cluster.config import ConfigError, load_config
+from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, parse_shard
 
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
@@ -237,22 +238,47 @@ def parse_args(argv):
         prog="python -m tcpcopy.capture.worker",
         description="Capture client packets (live or from a pcap file) and batch them to "
                     "session owners over ZeroMQ. Normally started by the tcpcopy command.")
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--config", metavar="TOML",
+                        help="cluster config: take interface, filter and owners from it (with --shard N)")
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--iface", help="capture on this interface")
     source.add_argument("--offline", metavar="PCAP", help="replay this pcap file")
-    parser.add_argument("--filter", required=True, help="BPF filter (built by tcpcopy from -x and -F)")
-    parser.add_argument("--owner", action="append", required=True,
+    parser.add_argument("--filter", help="BPF filter (built by tcpcopy from -x and -F)")
+    parser.add_argument("--owner", action="append",
                         help="ZeroMQ endpoint of a session owner (repeat for several)")
     parser.add_argument("--snaplen", type=int, default=65535)
     parser.add_argument("--buffer-mb", type=int, default=64)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--idle-gap-ms", type=float)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--shard", type=shard_argument, default=(0, 1), metavar="K/N",
-                        help="capture only flows of shard K of N (the kernel filters the rest)")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="capture only flows of shard K of N (the kernel filters the rest); "
+                             "with --config just K")
     args = parser.parse_args(argv)
+    try:
+        if args.config:
+            _from_cluster_config(args)
+        else:
+            args.shard = parse_shard(args.shard)
+    except (ValueError, ConfigError) as exc:
+        parser.error(str(exc))
+    if not (args.iface or args.offline) or not args.filter or not args.owner:
+        parser.error("give --config TOML --shard N, or --iface/--offline with --filter and --owner")
     args.filter = combine_filters(args.filter, capture_shard_filter(*args.shard))
     return args
+
+
+def _from_cluster_config(args) -> None:
+    """Interface, filter, owners and buffer from the cluster config; --shard is this
+    worker's number among capture.workers."""
+    config = load_config(args.config)
+    if not args.shard.isdigit():
+        raise ValueError(f"--shard {args.shard}: with --config give the worker's number, e.g. --shard 0")
+    args.shard = parse_shard(f"{args.shard}/{config.capture.workers}")
+    args.iface = args.iface or config.capture.interface
+    args.filter = config.capture_bpf()
+    args.owner = list(config.owner_endpoints())
+    args.buffer_mb, args.snaplen = config.capture.buffer_mb, config.capture.snaplen
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
 """Which shard owns a flow: one pure function, and the BPF expressions that compute it.
 
 The function is chosen so a kernel BPF filter can compute it too (capture workers and
-intercepts filter their slice in the kernel): the client port plus the last byte of the
-client address, modulo the number of shards. Every packet of a connection, and every copy of
+intercepts filter their slice in the kernel): the client port with its high byte folded
+into the low one, plus the last two bytes of the client address, modulo the number of shards. Every packet of a connection, and every copy of
 it, lands on the same owner.
 
 Two sides look at the same client endpoint from opposite directions: a capture worker sees
@@ -32,16 +32,20 @@ one of them.
 
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass
 
 
 def flow_shard(client_ip: bytes, client_port: int, count: int) -> int:
-    """The shard (0..count-1) of a client endpoint."""
+    """The shard (0..count-1) of a client endpoint.
+
+    The port's high byte is folded into its low one before the sum: Linux clients pick even
+    ephemeral ports for connect() (since 4.2), so the port alone would put every flow of a
+    two-way split on one side. The address's last two bytes spread clients behind one port
+    pattern."""
     if count <= 1:
         return 0
-    return (client_port + client_ip[-1]) % count
+    return ((client_port ^ (client_port >> 8)) + client_ip[-2] + client_ip[-1]) % count
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +57,17 @@ class _Endpoint:
     so the IPv6 port is read at its fixed offset 40 after an explicit next-header check."""
 
     v4_port: str
-    v4_last_byte: str
+    v4_bytes: str     # the address's last two bytes, as a sum
     v6_port: str
-    v6_last_byte: str
+    v6_bytes: str
+
+    def key(self, port: str, address_bytes: str) -> str:
+        """flow_shard's sum before the modulo, in pcap-filter arithmetic."""
+        return f"(({port} ^ ({port} >> 8)) + {address_bytes})"
 
 
-_SOURCE = _Endpoint("tcp[0:2]", "ip[15]", "ip6[40:2]", "ip6[23]")
-_DESTINATION = _Endpoint("tcp[2:2]", "ip[19]", "ip6[42:2]", "ip6[39]")
+_SOURCE = _Endpoint("tcp[0:2]", "ip[14] + ip[15]", "ip6[40:2]", "ip6[22] + ip6[23]")
+_DESTINATION = _Endpoint("tcp[2:2]", "ip[18] + ip[19]", "ip6[42:2]", "ip6[38] + ip6[39]")
 
 # Frames the shard expressions can place by their ports: exactly the ones ``tcp[...]``
 # reads (IPv4, protocol 6, fragment offset 0) and IPv6 with TCP right after the fixed header.
@@ -83,15 +91,16 @@ def intercept_shard_filter(shard: int, count: int) -> str:
 def _shard_filter(endpoint: _Endpoint, shard: int, count: int) -> str:
     """``flow_shard`` as a pcap filter; shard 0 also takes what has no ports (module doc).
 
-    ``%`` is libpcap's modulo (pcap-filter(7)); the sum of a 16-bit port and a byte never
-    overflows BPF's 32-bit unsigned arithmetic, so the result equals ``flow_shard``'s. Every
+    ``%``, ``^`` and ``>>`` are libpcap arithmetic (pcap-filter(7)); the sum of a 16-bit
+    value and two bytes never overflows BPF's 32-bit unsigned arithmetic, so the result
+    equals ``flow_shard``'s. Every
     term is parenthesized because pcap-filter gives ``and`` and ``or`` the same precedence."""
     _check_shard(shard, count)
     if count == 1:
         return ""
-    v4 = f"(({endpoint.v4_port} + {endpoint.v4_last_byte}) % {count} = {shard})"
+    v4 = f"({endpoint.key(endpoint.v4_port, endpoint.v4_bytes)} % {count} = {shard})"
     v6 = (f"({_V6_TCP_WITH_PORTS} and "
-          f"({endpoint.v6_port} + {endpoint.v6_last_byte}) % {count} = {shard})")
+          f"{endpoint.key(endpoint.v6_port, endpoint.v6_bytes)} % {count} = {shard})")
     terms = [v4, v6] if shard else [_WITHOUT_PORTS, v4, v6]
     return "(" + " or ".join(terms) + ")"
 
@@ -136,11 +145,3 @@ def parse_shard(text: str) -> tuple[int, int]:
                          f"e.g. 0/{count}")
     return shard, count
 
-
-def shard_argument(text: str) -> tuple[int, int]:
-    """``parse_shard`` for argparse: its message reaches the user (argparse would replace a
-    plain ValueError's text with its own)."""
-    try:
-        return parse_shard(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

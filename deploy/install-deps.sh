@@ -7,8 +7,9 @@
 #   curl         a real HTTP client for lab checks
 #   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (deploy/load.py)
 #   socat        runs the lab's server-first greeter, one handler per connection
+#   supervisor   supervisord, which tcpcopy-cluster renders a config for and launches
 set -euo pipefail
-wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat)
+wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

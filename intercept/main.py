@@ -26,7 +26,8 @@ import pcap
 import zmq
 
 from tcpcopy.capture.pcapio import CaptureError
-from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter, shard_argument
+from tcpcopy.cluster.config import ConfigError, load_config
+from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter, parse_shard
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
                                      remove_pid_file, setup_logging, version_text, write_pid_file)
 from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
@@ -122,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop a route idle this long (default 120; owners also unregister)")
     parser.add_argument("--identity", type=_identity, default=f"intercept@{socket.gethostname()}",
                         metavar="NAME", help="name in HELLO messages and logs (default intercept@HOSTNAME)")
-    parser.add_argument("--shard", type=shard_argument, default=(0, 1), metavar="K/N",
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="capture only the answers to replayed endpoints of shard K of N "
-                             "(several intercepts share one assistant host)")
+                             "(several intercepts share one assistant host); with --config just K")
+    parser.add_argument("--config", metavar="TOML",
+                        help="cluster config: take -i, -F, -b, -p (base_port + K) and --payload from "
+                             "its [intercept] section, with --shard K")
     add_not_applicable(parser, NOT_APPLICABLE)
     return parser
 
@@ -132,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        if args.config:
+            _from_cluster_config(args)
+        else:
+            args.shard = parse_shard(args.shard)
+    except (ValueError, ConfigError) as exc:
+        parser.error(str(exc))
     if not args.bpf:
         parser.error(f"-F is required: give the pcap filter that matches the target's answers, "
                      f"e.g. {FILTER_EXAMPLE}")
@@ -141,6 +152,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("-d needs -l FILE: a daemon has no terminal to log to, e.g. -d -l /var/log/intercept.log")
     absolute_paths(args, "log_file", "pid_file")
     return args
+
+
+def _from_cluster_config(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    section = config.intercept
+    if not args.shard.isdigit():
+        raise ValueError(f"--shard {args.shard}: with --config give the instance number, e.g. --shard 0")
+    args.shard = parse_shard(f"{args.shard}/{section.count}")
+    args.bpf = section.filter
+    args.devices = section.interfaces
+    args.bind = section.bind
+    args.port = section.base_port + args.shard[0]
+    args.payload = section.payload
+    args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
 
 
 def _filter_compiles(bpf: str) -> bool:

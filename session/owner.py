@@ -11,8 +11,13 @@ Time inside the table is seconds since the owner started (monotonic).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import resource
+import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -20,12 +25,15 @@ import zmq
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.options import InterceptAddress
+from tcpcopy.cluster.process import CommandParser, setup_logging
+from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.session.engine import Closed, Dropped, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
 from tcpcopy.session.ports import PortAllocator
-from tcpcopy.session.rawsend import DualSender
+from tcpcopy.session.rawsend import DualSender, RawSendError
 from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 
 log = logging.getLogger("tcpcopy")
@@ -287,3 +295,61 @@ class Owner:
 
 def _endpoint_tuple(endpoint) -> wire.EndpointTuple:
     return (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
+
+
+# ---------------------------------------------------------------------- cluster entry point
+
+
+def options_from_config(config, shard: int) -> OwnerOptions:
+    """The options of owner ``shard`` of a cluster config (cluster/config.py)."""
+    copy = config.copy
+    return OwnerOptions(
+        fanout=FanoutOptions(copy.mappings, copy.client_pool, copy.copies, copy.port_offset,
+                             copy.sample_percent),
+        session=SessionConfig(fake_syn_mss=copy.fake_syn_mss, only_full_sessions=copy.only_full_sessions,
+                              no_wait=copy.no_wait, session_timeout=copy.session_timeout,
+                              keepalive_timeout=copy.keepalive_timeout, mtu=copy.mtu),
+        intercepts=copy.intercepts, packet_endpoint=config.owner_endpoint(shard),
+        identity=f"owner-{shard}@{socket.gethostname()}", lonely=copy.lonely,
+        memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
+        intercepts_sharded=True)
+
+
+def main(argv=None) -> int:
+    """``python -m tcpcopy.session.owner --config TOML --shard N``: one owner of a cluster,
+    as supervisord starts it. Its capture workers and intercepts run as their own programs."""
+    parser = CommandParser(prog="tcpcopy-owner", description=main.__doc__)
+    parser.add_argument("--config", required=True, metavar="TOML", help="cluster config")
+    parser.add_argument("--shard", required=True, metavar="N", help="this owner's number (0..owners.count-1)")
+    args = parser.parse_args(argv)
+    setup_logging(f"tcpcopy-owner-{args.shard}", None)
+    try:
+        config = load_config(args.config)
+        shard, _ = parse_shard(f"{args.shard}/{config.owners.count}")
+        os.makedirs(config.owners.run_dir, exist_ok=True)
+        owner = Owner(options_from_config(config, shard))
+        owner.wait_for_intercepts()
+    except (ConfigError, ValueError) as exc:
+        parser.error(str(exc))
+    except (OwnerError, RawSendError, zmq.ZMQError) as exc:
+        log.error("%s", exc)
+        return 2
+    owner.ready_message = f"owner {shard} of {config.owners.count}: a capture worker is feeding it"
+
+    def on_signal(signum, _frame):
+        owner.stop("signal")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    log.info("owner %d of %d ready on %s", shard, config.owners.count, options_from_config(config, shard).packet_endpoint)
+    try:
+        owner.run()
+    finally:
+        log.info("%s", owner.stats_line())
+        log.info("stopped: %s; outcomes %s", owner.stop_reason,
+                 json.dumps(owner.counters.outcomes, sort_keys=True))
+    return 0 if owner.stop_reason == "signal" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

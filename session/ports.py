@@ -9,14 +9,16 @@ after a session whose target closed first (the target then holds the 4-tuple in 
 RFC 9293 §3.6.1). When no port is free within the probe budget the copy is refused and
 counted, never given a busy endpoint.
 
-With M session owners each allocates only ports whose shard is its own, ``(port + last
-byte of the client address) % M == shard``, so two owners can never hand out one endpoint.
+With M session owners each allocates only endpoints whose ``flow_shard`` is its own, so two
+owners can never hand out one endpoint.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+
+from tcpcopy.cluster.shard import flow_shard
 
 PORT_FLOOR = 1024
 PORT_SPAN = 65536 - PORT_FLOOR
@@ -43,7 +45,6 @@ class PortAllocator:
         self.stats = PortStats()
         self._busy: dict[tuple, set[int]] = {}          # (client_ip, target) -> ports in use or held
         self._held: list[tuple[float, tuple, int]] = []  # (free_at, key, port) heap
-        self._span = shards * (PORT_SPAN // shards)      # keeps a port's residue when wrapping
 
     def allocate(self, client_ip: bytes, wanted: int, target: tuple, now: float) -> int | None:
         """A free client port for (client_ip -> target), as near ``wanted`` as the walk goes."""
@@ -87,12 +88,14 @@ class PortAllocator:
             self._free(key, port)
 
     def _candidates(self, client_ip: bytes, wanted: int):
-        """The wanted port if it is this owner's, else the nearest that is; then a
-        prime-stride walk over 1024-65535 that stays in this owner's residue class."""
-        if (wanted + client_ip[-1]) % self.shards == self.shard:
-            yield wanted
-        shift = (self.shard - (max(wanted, PORT_FLOOR) + client_ip[-1])) % self.shards
-        offset = (max(wanted, PORT_FLOOR) - PORT_FLOOR + shift) % self._span
-        step = self.shards * PROBE_STEP
-        for i in range(self.max_probes):
-            yield PORT_FLOOR + (offset + i * step) % self._span
+        """The wanted port, then a prime-stride walk over 1024-65535 from it; with several
+        owners only the ports of this owner's shard (about one in ``shards``)."""
+        offset = max(wanted, PORT_FLOOR) - PORT_FLOOR
+        walk = (wanted if i == 0 else PORT_FLOOR + (offset + i * PROBE_STEP) % PORT_SPAN
+                for i in range(self.max_probes * self.shards))
+        if self.shards == 1:
+            yield from walk
+            return
+        for port in walk:
+            if flow_shard(client_ip, port, self.shards) == self.shard:
+                yield port

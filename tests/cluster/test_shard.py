@@ -60,3 +60,13 @@ def test_many_connections_from_one_nat_address_spread_within_10_percent_of_even(
     per_shard = Counter(flow_shard(nat, rng.randint(32768, 60999), count) for _ in range(10_000))
     even = 10_000 / count
     assert all(abs(n - even) <= 0.10 * even for n in per_shard.values()), per_shard
+
+
+@pytest.mark.parametrize("count", range(2, 9))
+def test_linux_clients_even_ephemeral_ports_still_spread_evenly(count):
+    """Linux picks even ports for connect(): one client address, 10k connections."""
+    rng = random.Random(count)
+    client = bytes([198, 18, 1, 2])
+    shards = Counter(flow_shard(client, rng.randrange(32768, 61000, 2), count) for _ in range(10_000))
+    even = 10_000 / count
+    assert all(0.9 * even <= shards[s] <= 1.1 * even for s in range(count)), shards

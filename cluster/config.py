@@ -1,0 +1,447 @@
+"""The cluster config: one TOML file saying what to copy and how many of each process run.
+
+``load_config(path)`` reads it once and returns frozen, typed data; the annotated example
+is ``deploy/cluster-sample.toml``. Every fault is a ``ConfigError`` whose text names the
+file, the key path (``copy.copies``) and the fix. Unknown sections and keys are errors, with
+the closest known name offered, so a typo never falls back to a default silently.
+
+Checks made at load: types (a TOML boolean is not a number, a float is not a count),
+ranges, the ``-x``/``-s``/``-c`` values through the same parsers as the ``tcpcopy`` flags,
+both BPF filters compiled, socket paths short enough for AF_UNIX, and ``copy.intercepts``
+against ``[intercept]``: both describe the same intercept instances, instance ``i``
+listening on ``intercept.bind:intercept.base_port + i`` and capturing shard ``i``.
+
+Relative paths are taken from the config file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, InterceptAddress, Mapping,
+                                     OptionError, capture_filter, parse_client_pool,
+                                     parse_intercepts, parse_mappings)
+
+MAX_INSTANCES = 64        # per role: capture workers, owners, intercepts
+INTERCEPT_MAX_PAYLOAD = 1460   # the intercept's --payload limit (intercept.worker.MAX_PAYLOAD)
+UNIX_PATH_MAX = 107       # bytes of an AF_UNIX socket path, without the terminating NUL
+HOST_ROLES = ("online", "assistant")
+WILDCARD_BINDS = ("0.0.0.0", "::")
+SAMPLE = "deploy/cluster-sample.toml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: ``path: key: fault: fix``."""
+
+    def __init__(self, path: str, key: str, fault: str, fix: str):
+        self.path, self.key, self.fault, self.fix = path, key, fault, fix
+        super().__init__(f"{path}: {key}: {fault}: {fix}" if key else f"{path}: {fault}: {fix}")
+
+
+# ------------------------------------------------------------------------- typed config
+
+@dataclass(frozen=True, slots=True)
+class CopyConfig:
+    """What tcpcopy copies; field names follow SessionConfig and FanoutOptions."""
+
+    mappings: tuple[Mapping, ...]                # -x
+    intercepts: tuple[InterceptAddress, ...]     # -s, in shard order
+    client_pool: tuple[str, ...] = ()            # -c
+    copies: int = 1                              # -n
+    port_offset: int = 0                         # -f
+    sample_percent: int = 100                    # -r
+    session_timeout: float = 600.0               # -t
+    keepalive_timeout: float = 720.0             # -k
+    only_full_sessions: bool = False             # -O
+    no_wait: bool = False                        # -W
+    lonely: bool = False                         # -L
+    mtu: int = 1500                              # -M
+    fake_syn_mss: int = 1460                     # -D
+    memory_limit_mb: int | None = None           # -m (None: no limit)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    workers: int = 1
+    interface: str = "any"
+    filter: str = ""          # the user's -F, without the -x part or the shard part
+    buffer_mb: int = 64
+    snaplen: int = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class OwnersConfig:
+    count: int = 1
+    run_dir: str = "/run/tcpcopy"
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptConfig:
+    count: int
+    interfaces: tuple[str, ...] = ("any",)
+    filter: str = ""
+    bind: str = "0.0.0.0"
+    base_port: int = DEFAULT_INTERCEPT_PORT
+    payload: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    dir: str = "/run/tcpcopy-cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    path: str                 # the file it was loaded from, absolute
+    copy: CopyConfig
+    capture: CaptureConfig
+    owners: OwnersConfig
+    intercept: InterceptConfig
+    supervisor: SupervisorConfig
+
+    def owner_endpoint(self, shard: int) -> str:
+        """Where owner ``shard`` binds and every capture worker pushes its flows."""
+        return f"ipc://{self.owners.run_dir}/owner-{shard}.sock"
+
+    def owner_endpoints(self) -> tuple[str, ...]:
+        return tuple(self.owner_endpoint(n) for n in range(self.owners.count))
+
+    def capture_bpf(self) -> str:
+        """The -x filter AND the user's filter; each worker adds its shard expression."""
+        return capture_filter(self.copy.mappings, self.capture.filter or None)
+
+    def intercept_endpoint(self, shard: int) -> str:
+        """Where intercept ``shard`` binds its ROUTER."""
+        bind = self.intercept.bind
+        host = f"[{bind}]" if ":" in bind else bind
+        return f"tcp://{host}:{self.intercept.base_port + shard}"
+
+    def role_dir(self, host_role: str) -> str:
+        """The supervisord directory of one host role (both roles may share a file system)."""
+        return f"{self.supervisor.dir}/{host_role}"
+
+
+# ------------------------------------------------------------------------------ schema
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    kind: type                 # int, float, bool, str or list (of strings)
+    default: Any = REQUIRED
+    low: float | None = None   # int: low..high; float: above low, at most high
+    high: float | None = None
+    example: str = ""          # right-hand side shown in fixes
+    flag: str = ""             # the tcpcopy/intercept flag it stands for
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "copy": {
+        "mappings": Key(list, example='["80-198.18.0.2:8080"]', flag="-x"),
+        "intercepts": Key(list, example='["198.18.2.1:36524"]', flag="-s"),
+        "client_pool": Key(list, (), example='["198.18.3.x"]', flag="-c"),
+        "copies": Key(int, 1, 1, 64, flag="-n"),
+        "port_offset": Key(int, 0, 0, 31, flag="-f"),
+        "sample_percent": Key(int, 100, 1, 100, flag="-r"),
+        "session_timeout": Key(float, 600.0, 0.0, 1e9, flag="-t"),
+        "keepalive_timeout": Key(float, None, 0.0, 1e9, example="720.0", flag="-k"),
+        "only_full_sessions": Key(bool, False, flag="-O"),
+        "no_wait": Key(bool, False, flag="-W"),
+        "lonely": Key(bool, False, flag="-L"),
+        "mtu": Key(int, 1500, 576, 65535, flag="-M"),
+        "fake_syn_mss": Key(int, 1460, 536, 65495, flag="-D"),
+        "memory_limit_mb": Key(int, 0, 0, 1 << 20, example="2048", flag="-m"),
+    },
+    "capture": {
+        "workers": Key(int, 1, 1, MAX_INSTANCES),
+        "interface": Key(str, "any", example='"eth0"', flag="-i"),
+        "filter": Key(str, "", example='"not src net 198.18.9.0/24"', flag="-F"),
+        "buffer_mb": Key(int, 64, 1, 4096, flag="-B"),
+        "snaplen": Key(int, 65535, 128, 262144, flag="-S"),
+    },
+    "owners": {
+        "count": Key(int, 1, 1, MAX_INSTANCES),
+        "run_dir": Key(str, "/run/tcpcopy", example='"/run/tcpcopy"'),
+    },
+    "intercept": {
+        "count": Key(int, None, 1, MAX_INSTANCES, example="2"),
+        "interface": Key(str, "any", example='"eth0"', flag="intercept -i"),
+        "filter": Key(str, "", example='"tcp and src port 8080"', flag="intercept -F"),
+        "bind": Key(str, "0.0.0.0", example='"0.0.0.0"', flag="intercept -b"),
+        "base_port": Key(int, DEFAULT_INTERCEPT_PORT, 1, 65535, flag="intercept -p"),
+        "payload": Key(int, 0, 0, INTERCEPT_MAX_PAYLOAD, flag="intercept --payload"),
+    },
+    "supervisor": {
+        "dir": Key(str, "/run/tcpcopy-cluster", example='"/run/tcpcopy-cluster"'),
+    },
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read, type-check and validate the cluster config at ``path``."""
+    source = Path(path).absolute()
+    document = _parse_toml(source)
+    _check_sections(str(source), document)
+    values = {name: _Section(str(source), name, document.get(name, {})).read() for name in SCHEMA}
+    return _build(str(source), source.parent, values)
+
+
+def _parse_toml(source: Path) -> dict:
+    try:
+        with open(source, "rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(str(source), "", f"cannot read the cluster config ({exc.strerror})",
+                          f"give the path of an existing file (an annotated example: {SAMPLE})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(source), "", f"not valid TOML ({exc})",
+                          "fix the syntax there (see https://toml.io)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(source), "", "not UTF-8 text", "save the file as UTF-8") from None
+
+
+def _check_sections(source: str, document: dict) -> None:
+    for name, value in document.items():
+        if name not in SCHEMA:
+            homes = [f"[{section}]" for section, keys in SCHEMA.items() if name in keys]
+            fix = (f"move it under {' or '.join(homes)}" if homes
+                   else "remove it; the sections are " + ", ".join(f"[{s}]" for s in SCHEMA))
+            raise ConfigError(source, name, f"unknown section or top-level key{_did_you_mean(name, SCHEMA)}", fix)
+        if not isinstance(value, dict):
+            raise ConfigError(source, name, f"is {_toml_type(value)}, not a section",
+                              f"write its keys under a [{name}] header")
+    if "copy" not in document:
+        raise ConfigError(source, "copy", "the [copy] section is missing",
+                          "add it with at least mappings and intercepts, as in " + SAMPLE)
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+             dict: "a table"}
+    return next((label for kind, label in names.items() if isinstance(value, kind)), type(value).__name__)
+
+
+class _Section:
+    """The keys of one section, type- and range-checked against SCHEMA."""
+
+    def __init__(self, source: str, name: str, table: dict):
+        self.source, self.name, self.table, self.schema = source, name, table, SCHEMA[name]
+
+    def fail(self, key: str, fault: str, fix: str):
+        raise ConfigError(self.source, f"{self.name}.{key}", fault, fix)
+
+    def read(self) -> dict[str, Any]:
+        for key in self.table:
+            if key not in self.schema:
+                self.fail(key, f"unknown key{_did_you_mean(key, self.schema)}",
+                          f"remove it; [{self.name}] takes " + ", ".join(self.schema))
+        return {key: self.value(key, spec) for key, spec in self.schema.items()}
+
+    def value(self, key: str, spec: Key) -> Any:
+        if key not in self.table:
+            if spec.default is REQUIRED:
+                self.fail(key, "is required", f"add it to [{self.name}], e.g. {key} = {self.example(key, spec)}")
+            return spec.default
+        value = self.table[key]
+        self.check_type(key, spec, value)
+        if spec.kind in (int, float):
+            self.check_range(key, spec, value)
+        return float(value) if spec.kind is float else value
+
+    def check_type(self, key: str, spec: Key, value: Any) -> None:
+        kinds = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list,)}[spec.kind]
+        wrong = not isinstance(value, kinds) or (spec.kind is not bool and isinstance(value, bool))
+        if spec.kind is list and not wrong:
+            wrong = not all(isinstance(item, str) for item in value)
+        if wrong:
+            want = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+                    list: "an array of strings"}[spec.kind]
+            self.fail(key, f"is {_toml_type(value)}, expected {want}",
+                      f"write it as {key} = {self.example(key, spec)}")
+        if spec.kind is str and any(ord(char) < 32 for char in value):
+            self.fail(key, "contains a control character (a newline?)", "write it on one line")
+
+    def check_range(self, key: str, spec: Key, value: float) -> None:
+        if spec.kind is int and spec.low <= value <= spec.high:
+            return
+        if spec.kind is float and math.isfinite(value) and spec.low < value <= spec.high:
+            return
+        span = f"{spec.low}..{spec.high}" if spec.kind is int else f"greater than {spec.low:g} (seconds)"
+        flag = f" (like {spec.flag})" if spec.flag else ""
+        self.fail(key, f"{value} is out of range", f"give a value {span}{flag}, e.g. {key} = {self.example(key, spec)}")
+
+    @staticmethod
+    def example(key: str, spec: Key) -> str:
+        if spec.example:
+            return spec.example
+        if spec.kind is bool:
+            return "true"
+        default = spec.default if spec.default not in (REQUIRED, None) else spec.low
+        return repr(default) if spec.kind is float else str(default)
+
+
+# ---------------------------------------------------------------------------- building
+
+def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> ClusterConfig:
+    copy = _copy(source, values["copy"])
+    owners = OwnersConfig(values["owners"]["count"],
+                          _directory(source, base, "owners.run_dir", values["owners"]["run_dir"]))
+    supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]))
+    config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
+                           _intercept(source, copy, values["intercept"]), supervisor)
+    _check_filters(source, config)
+    _check_socket_paths(source, config)
+    _check_intercepts_match(source, config)
+    return config
+
+
+def _copy(source: str, raw: dict[str, Any]) -> CopyConfig:
+    mappings = tuple(_one(source, f"copy.mappings[{i}]", text, parse_mappings)
+                     for i, text in enumerate(raw["mappings"]))
+    if not mappings:
+        raise ConfigError(source, "copy.mappings", "is empty",
+                          'list what to copy where, e.g. mappings = ["80-198.18.0.2:8080"]')
+    intercepts = tuple(_one(source, f"copy.intercepts[{i}]", text, parse_intercepts)
+                       for i, text in enumerate(raw["intercepts"]))
+    if not intercepts:
+        raise ConfigError(source, "copy.intercepts", "is empty",
+                          'list the intercept instances, e.g. intercepts = ["198.18.2.1:36524"]')
+    if len(set(intercepts)) != len(intercepts):
+        raise ConfigError(source, "copy.intercepts", "lists the same intercept twice",
+                          "give each intercept instance its own address:port")
+    pool = _client_pool(source, raw["client_pool"], {m.target_ip for m in mappings})
+    session_timeout = raw["session_timeout"]
+    keepalive = raw["keepalive_timeout"] or session_timeout + 120
+    return CopyConfig(mappings, intercepts, pool, raw["copies"], raw["port_offset"], raw["sample_percent"],
+                      session_timeout, keepalive, raw["only_full_sessions"], raw["no_wait"], raw["lonely"],
+                      raw["mtu"], raw["fake_syn_mss"], raw["memory_limit_mb"] or None)
+
+
+def _one(source: str, key: str, text: str, parse):
+    """One entry of a list parsed by a flag parser; one value per entry."""
+    try:
+        parsed = parse(text)
+    except OptionError as exc:
+        raise ConfigError(source, key, str(exc), "correct this entry") from None
+    if len(parsed) != 1:
+        raise ConfigError(source, key, f"{text!r} holds {len(parsed)} values",
+                          "put each one in its own string of the array")
+    return parsed[0]
+
+
+def _client_pool(source: str, items: list[str], targets: set[str]) -> tuple[str, ...]:
+    if not items:
+        return ()
+    try:
+        return parse_client_pool(",".join(items), targets)
+    except OptionError as exc:
+        raise ConfigError(source, "copy.client_pool", str(exc), "correct the list") from None
+
+
+def _directory(source: str, base: Path, key: str, text: str) -> str:
+    """An absolute directory; a relative one is taken from the config file's directory."""
+    if not text:
+        section, name = key.split(".")
+        raise ConfigError(source, key, "is empty", f"give a directory, e.g. {name} = {SCHEMA[section][name].example}")
+    return str(base / text)
+
+
+def _capture(source: str, raw: dict[str, Any]) -> CaptureConfig:
+    if not raw["interface"]:
+        raise ConfigError(source, "capture.interface", "is empty",
+                          'give the interface the client traffic arrives on, e.g. interface = "eth0" (or "any")')
+    return CaptureConfig(**raw)
+
+
+def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any]) -> InterceptConfig:
+    interfaces = tuple(name.strip() for name in raw["interface"].split(","))
+    if not all(interfaces):
+        raise ConfigError(source, "intercept.interface", f"{raw['interface']!r} has an empty device name",
+                          'give device names separated by commas, e.g. interface = "eth0,eth1" (or "any")')
+    bind = _bind_address(source, raw["bind"])
+    count = raw["count"] or len(copy.intercepts)
+    if raw["base_port"] + count - 1 > 65535:
+        raise ConfigError(source, "intercept.base_port", f"{count} instances from port {raw['base_port']} "
+                          "go past 65535", "lower base_port or intercept.count")
+    bpf = raw["filter"] or _response_filter(copy.mappings)
+    return InterceptConfig(count, interfaces, bpf, bind, raw["base_port"], raw["payload"])
+
+
+def _bind_address(source: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(source, "intercept.bind", f"{text!r} is not an IP address",
+                          'give one of the assistant host\'s addresses, or "0.0.0.0" for all') from None
+
+
+def _response_filter(mappings: tuple[Mapping, ...]) -> str:
+    """The default intercept filter: what the targets send (their address and port)."""
+    terms = dict.fromkeys(f"(src host {m.target_ip} and src port {m.target_port})" for m in mappings)
+    return "tcp and (" + " or ".join(terms) + ")"
+
+
+def _check_filters(source: str, config: ClusterConfig) -> None:
+    if not _compiles(config.capture_bpf()):
+        raise ConfigError(source, "capture.filter", f"{config.capture.filter!r} is not a valid pcap filter "
+                          "(it is ANDed with the filter built from copy.mappings)",
+                          "fix the expression (see pcap-filter(7)), e.g. filter = \"not src net 198.18.9.0/24\"")
+    if not _compiles(config.intercept.filter):
+        raise ConfigError(source, "intercept.filter", f"{config.intercept.filter!r} is not a valid pcap filter",
+                          "fix the expression (see pcap-filter(7)), e.g. filter = \"tcp and src port 8080\"")
+
+
+def _compiles(bpf: str) -> bool:
+    """The filter compiles for a link type a capture device can have (no device opened)."""
+    import pcap   # the capture library; only its compiler is used here
+
+    for linktype in (pcap.DLT_EN10MB, pcap.DLT_LINUX_SLL, pcap.DLT_RAW):
+        try:
+            pcap.bpf(bpf.encode(), linktype)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _check_socket_paths(source: str, config: ClusterConfig) -> None:
+    longest = {"owners.run_dir": config.owner_endpoint(config.owners.count - 1)[len("ipc://"):],
+               "supervisor.dir": f"{config.role_dir('assistant')}/supervisor.sock"}
+    for key, path in longest.items():
+        if len(path.encode()) > UNIX_PATH_MAX:
+            raise ConfigError(source, key, f"the socket path {path!r} is longer than {UNIX_PATH_MAX} bytes "
+                              "(the AF_UNIX limit)", "choose a shorter directory")
+
+
+def _check_intercepts_match(source: str, config: ClusterConfig) -> None:
+    """copy.intercepts and [intercept] describe the same instances: address i is instance i."""
+    listed, spec = config.copy.intercepts, config.intercept
+    same = ("they describe the same intercept instances (copy.intercepts[i] is instance i, "
+            "listening on intercept.bind:intercept.base_port+i)")
+    if len(listed) != spec.count:
+        raise ConfigError(source, "copy.intercepts", f"lists {len(listed)} address(es) but intercept.count is "
+                          f"{spec.count}; {same}", "list one address per instance, or set intercept.count = "
+                          f"{len(listed)}")
+    for shard, address in enumerate(listed):
+        if address.port != spec.base_port + shard:
+            raise ConfigError(source, f"copy.intercepts[{shard}]", f"port {address.port} is not "
+                              f"intercept.base_port+{shard} = {spec.base_port + shard}; {same}",
+                              f"use port {spec.base_port + shard} or change intercept.base_port")
+        if spec.bind not in WILDCARD_BINDS and address.host != spec.bind:
+            raise ConfigError(source, f"copy.intercepts[{shard}]", f"address {address.host} is not "
+                              f"intercept.bind = {spec.bind}; {same}",
+                              f"use {spec.bind}, or set intercept.bind = \"0.0.0.0\"")

@@ -24,7 +24,7 @@ import psutil
 from tcpcopy.deploy import accesslog
 from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
                                 TARGET_ADDRESS, Lab)
-from tcpcopy.deploy.servers import Nginx
+from tcpcopy.deploy.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
 TARGET_PORT = 8080
@@ -74,17 +74,30 @@ class CopyReport:
 
 
 class LiveCopy:
-    """nginx online and at the target, intercept, tcpcopy: started in order, stopped on exit."""
+    """nginx online and at the target, intercept, tcpcopy: started in order, stopped on exit.
+
+    ``start_copy=False`` leaves tcpcopy to the caller (:meth:`start_tcpcopy`), so sessions can
+    begin before the copy does. ``greeter_port`` adds a :class:`Greeter` (a server-first line
+    protocol) on that port online and at the target, copied by a second ``-x`` mapping.
+    """
 
     def __init__(self, lab: Lab, tcpcopy_flags: list[str] = (), intercept_flags: list[str] = (),
-                 copies: int = 1, target_files: dict | None = None):
+                 copies: int = 1, target_files: dict | None = None, *, start_copy: bool = True,
+                 greeter_port: int | None = None):
         self.lab = lab
         self.tcpcopy_flags = list(tcpcopy_flags)
         self.intercept_flags = list(intercept_flags)
         self.copies = copies
+        self.start_copy = start_copy
+        self.greeter_port = greeter_port
         self.dir = Path(tempfile.mkdtemp(prefix="tcpcopy-live-"))
         self.online = Nginx(lab, ONLINE, ONLINE_ADDRESS, ONLINE_PORT)
         self.target = Nginx(lab, TARGET, TARGET_ADDRESS, TARGET_PORT, files=target_files)
+        self.online_greeter: Greeter | None = None
+        self.target_greeter: Greeter | None = None
+        if greeter_port is not None:
+            self.online_greeter = Greeter(lab, ONLINE, ONLINE_ADDRESS, greeter_port)
+            self.target_greeter = Greeter(lab, TARGET, TARGET_ADDRESS, greeter_port)
         self.intercept: subprocess.Popen | None = None
         self.tcpcopy: subprocess.Popen | None = None
         self.summary_path = self.dir / "summary.json"
@@ -97,8 +110,12 @@ class LiveCopy:
         self.target.start()
         self.online.wait_ready()
         self.target.wait_ready()
+        for greeter in self._greeters():
+            greeter.start()
+            greeter.wait_ready()
         self.start_intercept()
-        self.start_tcpcopy()
+        if self.start_copy:
+            self.start_tcpcopy()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,32 +123,46 @@ class LiveCopy:
         self.stop_intercept()
         self.online.stop()
         self.target.stop()
+        for greeter in self._greeters():
+            greeter.stop()
+
+    def _greeters(self) -> list[Greeter]:
+        return [g for g in (self.online_greeter, self.target_greeter) if g is not None]
 
     @property
     def url(self) -> str:
         return f"http://{ONLINE_ADDRESS}:{ONLINE_PORT}"
 
     def start_intercept(self) -> None:
+        ports = " or ".join(f"src port {target}" for _online, target in self._port_map())
         argv = [sys.executable, "-m", "tcpcopy.intercept.main",
                 "-i", self.lab.interface(ASSISTANT, TARGET),
-                "-F", f"tcp and src host {TARGET_ADDRESS} and src port {TARGET_PORT}",
+                "-F", f"tcp and src host {TARGET_ADDRESS} and ({ports})",
                 "-b", ASSISTANT_ADDRESS, *self.intercept_flags]
         self.intercept = self._start(ASSISTANT, argv, "intercept", "listening on")
 
     def start_tcpcopy(self) -> None:
         argv = [sys.executable, "-m", "tcpcopy.session.main",
-                "-x", f"{ONLINE_PORT}-{TARGET_ADDRESS}:{TARGET_PORT}", "-s", ASSISTANT_ADDRESS,
+                "-x", ",".join(f"{o}-{TARGET_ADDRESS}:{t}" for o, t in self._port_map()), "-s", ASSISTANT_ADDRESS,
                 "-i", self.lab.interface(ONLINE, CLIENT), "--summary-json", str(self.summary_path),
                 *self.tcpcopy_flags]
         self.tcpcopy = self._start(ONLINE, argv, "tcpcopy", "copying")
 
+    def _port_map(self) -> list[tuple[int, int]]:
+        """(online port, target port) of every copied service."""
+        ports = [(ONLINE_PORT, TARGET_PORT)]
+        if self.greeter_port is not None:
+            ports.append((self.greeter_port, self.greeter_port))
+        return ports
+
     def _start(self, host: str, argv: list[str], name: str, ready_text: str) -> subprocess.Popen:
         log_path = self.dir / f"{name}.log"
+        already = len(self.log(name))  # a restart appends: only what it writes counts
         with open(log_path, "ab") as log_file:
             proc = self.lab.popen(host, argv, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            if ready_text in self.log(name):
+            if ready_text in self.log(name)[already:]:
                 return proc
             if proc.poll() is not None:
                 break

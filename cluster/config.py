@@ -55,6 +55,7 @@ class CopyConfig:
     client_pool: tuple[str, ...] = ()            # -c
     copies: int = 1                              # -n
     port_offset: int = 0                         # -f
+    instances: int = 1                           # --instances: copiers sharing client addresses
     sample_percent: int = 100                    # -r
     session_timeout: float = 600.0               # -t
     keepalive_timeout: float = 720.0             # -k
@@ -149,6 +150,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "client_pool": Key(list, (), example='["198.18.3.x"]', flag="-c"),
         "copies": Key(int, 1, 1, 64, flag="-n"),
         "port_offset": Key(int, 0, 0, 31, flag="-f"),
+        "instances": Key(int, 1, 1, 32, flag="--instances"),
         "sample_percent": Key(int, 100, 1, 100, flag="-r"),
         "session_timeout": Key(float, 600.0, 0.0, 1e9, flag="-t"),
         "keepalive_timeout": Key(float, None, 0.0, 1e9, example="720.0", flag="-k"),
@@ -326,7 +328,11 @@ def _copy(source: str, raw: dict[str, Any]) -> CopyConfig:
     pool = _client_pool(source, raw["client_pool"], {m.target_ip for m in mappings})
     session_timeout = raw["session_timeout"]
     keepalive = raw["keepalive_timeout"] or session_timeout + 120
-    return CopyConfig(mappings, intercepts, pool, raw["copies"], raw["port_offset"], raw["sample_percent"],
+    if raw["instances"] > 1 and raw["port_offset"] >= raw["instances"]:
+        raise ConfigError(source, "copy.port_offset", f"{raw['port_offset']} is not below copy.instances "
+                          f"({raw['instances']})", "give each copier sharing the client addresses its own "
+                          "port_offset 0..instances-1")
+    return CopyConfig(mappings, intercepts, pool, raw["copies"], raw["port_offset"], raw["instances"], raw["sample_percent"],
                       session_timeout, keepalive, raw["only_full_sessions"], raw["no_wait"], raw["lonely"],
                       raw["mtu"], raw["fake_syn_mss"], raw["memory_limit_mb"] or None)
 

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy every session N times (1..64)")
     p.add_argument("-f", dest="port_offset", type=_positive_int(0, 31, "-f 1"), default=0,
                    help="port offset factor, so several tcpcopy instances never share client ports (0..31)")
+    p.add_argument("--instances", type=_positive_int(1, 32, "--instances 2"), default=1,
+                   help="copiers sharing client addresses and intercepts: with -f F of --instances N, "
+                        "this one uses only client ports with port %% N == F, so none clash")
     p.add_argument("-r", dest="sample_percent", type=_positive_int(0, 100, "-r 50"), default=100,
                    help="copy this percentage of sessions, decided per session (1..100; 0 means all, as in TCPCopy)")
     p.add_argument("-g", dest="ramp", action="store_true",
@@ -155,6 +158,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--offline -i {args.source!r}: no such file")
     if args.daemon and not args.log_file:
         parser.error("-d needs -l FILE: a daemon has no terminal to log to")
+    if args.instances > 1 and args.port_offset >= args.instances:
+        parser.error(f"-f {args.port_offset} with --instances {args.instances}: give each copier its own "
+                     f"-f below --instances, e.g. -f 0 and -f 1 with --instances 2")
     if args.sample_percent == 0:
         args.sample_percent = 100
     absolute_paths(args, "log_file", "pid_file", "summary_json")
@@ -172,7 +178,8 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
                               no_wait=args.no_wait, session_timeout=args.session_timeout,
                               keepalive_timeout=keepalive, mtu=args.mtu),
         intercepts=args.intercepts, packet_endpoint=packet_endpoint, identity=args.identity,
-        lonely=args.lonely, memory_limit_mb=args.memory_mb)
+        lonely=args.lonely, memory_limit_mb=args.memory_mb,
+        instance=args.port_offset if args.instances > 1 else 0, instances=args.instances)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:

@@ -58,6 +58,8 @@ class OwnerOptions:
     shard: int = 0                       # this owner's number among `shards` owners
     shards: int = 1
     intercepts_sharded: bool = False     # intercept i sees only the answers of shard i
+    instance: int = 0                    # -f, when --instances copiers share client addresses
+    instances: int = 1
 
 
 class OwnerError(RuntimeError):
@@ -85,7 +87,8 @@ class Owner:
                                     sharded=options.intercepts_sharded)
         self.fanout = Fanout(options.fanout)
         self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions,
-                                  ports=PortAllocator(options.shard, options.shards))
+                                  ports=PortAllocator(options.shard, options.shards,
+                                                      instance=options.instance, instances=options.instances))
         self.sender = DualSender()
         self.counters = OwnerCounters()
         self.stopping = False
@@ -312,7 +315,8 @@ def options_from_config(config, shard: int) -> OwnerOptions:
         intercepts=copy.intercepts, packet_endpoint=config.owner_endpoint(shard),
         identity=f"owner-{shard}@{socket.gethostname()}", lonely=copy.lonely,
         memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
-        intercepts_sharded=True)
+        intercepts_sharded=True, instance=copy.port_offset if copy.instances > 1 else 0,
+        instances=copy.instances)
 
 
 def main(argv=None) -> int:

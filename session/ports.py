@@ -10,7 +10,8 @@ RFC 9293 §3.6.1). When no port is free within the probe budget the copy is refu
 counted, never given a busy endpoint.
 
 With M session owners each allocates only endpoints whose ``flow_shard`` is its own, so two
-owners can never hand out one endpoint.
+owners can never hand out one endpoint. Several copier instances that share a client address
+(``-f F`` of ``--instances N``) likewise keep to the ports with ``port % N == F``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ class PortStats:
 
 class PortAllocator:
     def __init__(self, shard: int = 0, shards: int = 1, time_wait: float = 60.0, max_probes: int = 2048,
-                 max_held: int = 1_000_000):
+                 max_held: int = 1_000_000, instance: int = 0, instances: int = 1):
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} is not below the shard count {shards}")
+        if not 0 <= instance < instances:
+            raise ValueError(f"instance {instance} (-f) is not below the instance count {instances}")
+        self.instance, self.instances = instance, instances
         self.shard, self.shards = shard, shards
         self.time_wait = time_wait
         self.max_probes = max_probes
@@ -92,10 +96,10 @@ class PortAllocator:
         owners only the ports of this owner's shard (about one in ``shards``)."""
         offset = max(wanted, PORT_FLOOR) - PORT_FLOOR
         walk = (wanted if i == 0 else PORT_FLOOR + (offset + i * PROBE_STEP) % PORT_SPAN
-                for i in range(self.max_probes * self.shards))
-        if self.shards == 1:
+                for i in range(self.max_probes * self.shards * self.instances))
+        if self.shards == 1 and self.instances == 1:
             yield from walk
             return
         for port in walk:
-            if flow_shard(client_ip, port, self.shards) == self.shard:
+            if port % self.instances == self.instance and flow_shard(client_ip, port, self.shards) == self.shard:
                 yield port

@@ -67,3 +67,13 @@ def test_owners_never_hand_out_the_same_endpoint(owners):
 def test_a_bad_shard_is_refused():
     with pytest.raises(ValueError, match="below the shard count"):
         PortAllocator(shard=2, shards=2)
+
+
+def test_copier_instances_sharing_addresses_use_disjoint_ports():
+    first = PortAllocator(instance=0, instances=2)
+    second = PortAllocator(instance=1, instances=2)
+    ports_first = {first.allocate(CLIENT, 40000 + 2 * i, TARGET, 0.0) for i in range(300)}
+    ports_second = {second.allocate(CLIENT, 40000 + 2 * i, TARGET, 0.0) for i in range(300)}
+    assert not ports_first & ports_second
+    assert all(p % 2 == 1 for p in ports_second)
+    assert 40000 in ports_first  # instance 0 keeps the even captured ports it is given

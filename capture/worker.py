@@ -24,8 +24,9 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.config import ConfigError, load_config
-from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, parse_shard
+from tcpcopy.cluster.config import load_config
+from tcpcopy.cluster.process import resolve_shard, shard_of
+from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard
 
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
@@ -255,13 +256,7 @@ def parse_args(argv):
                         help="capture only flows of shard K of N (the kernel filters the rest); "
                              "with --config just K")
     args = parser.parse_args(argv)
-    try:
-        if args.config:
-            _from_cluster_config(args)
-        else:
-            args.shard = parse_shard(args.shard)
-    except (ValueError, ConfigError) as exc:
-        parser.error(str(exc))
+    resolve_shard(parser, args, _from_cluster_config)
     if not (args.iface or args.offline) or not args.filter or not args.owner:
         parser.error("give --config TOML --shard N, or --iface/--offline with --filter and --owner")
     args.filter = combine_filters(args.filter, capture_shard_filter(*args.shard))
@@ -272,9 +267,7 @@ def _from_cluster_config(args) -> None:
     """Interface, filter, owners and buffer from the cluster config; --shard is this
     worker's number among capture.workers."""
     config = load_config(args.config)
-    if not args.shard.isdigit():
-        raise ValueError(f"--shard {args.shard}: with --config give the worker's number, e.g. --shard 0")
-    args.shard = parse_shard(f"{args.shard}/{config.capture.workers}")
+    args.shard = shard_of(args.shard, config.capture.workers, "worker's")
     args.iface = args.iface or config.capture.interface
     args.filter = config.capture_bpf()
     args.owner = list(config.owner_endpoints())

@@ -413,15 +413,9 @@ def _check_filters(source: str, config: ClusterConfig) -> None:
 
 def _compiles(bpf: str) -> bool:
     """The filter compiles for a link type a capture device can have (no device opened)."""
-    import pcap   # the capture library; only its compiler is used here
+    from tcpcopy.capture.pcapio import filter_compiles   # needs libpcap: imported when used
 
-    for linktype in (pcap.DLT_EN10MB, pcap.DLT_LINUX_SLL, pcap.DLT_RAW):
-        try:
-            pcap.bpf(bpf.encode(), linktype)
-            return True
-        except OSError:
-            continue
-    return False
+    return filter_compiles(bpf)
 
 
 def _check_socket_paths(source: str, config: ClusterConfig) -> None:

@@ -10,6 +10,10 @@ import sys
 from importlib import metadata
 
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.config import ConfigError
+from tcpcopy.cluster.shard import parse_shard
+
+log = logging.getLogger("tcpcopy")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -98,3 +102,43 @@ def absolute_paths(args: argparse.Namespace, *names: str) -> None:
         path = getattr(args, name)
         if path is not None:
             setattr(args, name, os.path.abspath(path))
+
+
+def start_command(command: str, args: argparse.Namespace) -> int | None:
+    """Logging (-l), the notes about ignored C flags, daemonizing (-d) and the pid file (-P),
+    in that order; an exit status when one of them fails, else None."""
+    try:
+        setup_logging(command, args.log_file)
+    except OSError as exc:
+        print(f"{command}: error: -l {args.log_file}: cannot open the log file: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    for note in args.notes:
+        log.warning("%s", note)
+    if args.daemon:
+        daemonize()
+    try:
+        write_pid_file(args.pid_file)
+    except OSError as exc:
+        log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
+        return 2
+    return None
+
+
+def resolve_shard(parser: argparse.ArgumentParser, args: argparse.Namespace, from_config) -> None:
+    """``--shard K/N`` on its own, or ``--config FILE --shard K`` where ``from_config(args)``
+    fills the rest from the cluster config; a bad value stops with parser.error."""
+    try:
+        if args.config:
+            from_config(args)
+        else:
+            args.shard = parse_shard(args.shard)
+    except (ValueError, ConfigError) as exc:
+        parser.error(str(exc))
+
+
+def shard_of(text: str, count: int, what: str) -> tuple[int, int]:
+    """With --config, --shard is just this process's number among ``count``."""
+    if not text.isdigit():
+        raise ValueError(f"--shard {text}: with --config give the {what} number, e.g. --shard 0")
+    return parse_shard(f"{text}/{count}")

@@ -22,14 +22,13 @@ import signal
 import socket
 import sys
 
-import pcap
 import zmq
 
-from tcpcopy.capture.pcapio import CaptureError
-from tcpcopy.cluster.config import ConfigError, load_config
-from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter, parse_shard
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
-                                     remove_pid_file, setup_logging, version_text, write_pid_file)
+from tcpcopy.capture.pcapio import CaptureError, filter_compiles
+from tcpcopy.cluster.config import load_config
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, remove_pid_file,
+                                     resolve_shard, shard_of, start_command, version_text)
+from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
 from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
 
 log = logging.getLogger("tcpcopy.intercept")
@@ -136,17 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.config:
-            _from_cluster_config(args)
-        else:
-            args.shard = parse_shard(args.shard)
-    except (ValueError, ConfigError) as exc:
-        parser.error(str(exc))
+    resolve_shard(parser, args, _from_cluster_config)
     if not args.bpf:
         parser.error(f"-F is required: give the pcap filter that matches the target's answers, "
                      f"e.g. {FILTER_EXAMPLE}")
-    if not _filter_compiles(args.bpf):
+    if not filter_compiles(args.bpf):
         parser.error(f"-F {args.bpf!r} is not a valid pcap filter: see pcap-filter(7), e.g. {FILTER_EXAMPLE}")
     if args.daemon and not args.log_file:
         parser.error("-d needs -l FILE: a daemon has no terminal to log to, e.g. -d -l /var/log/intercept.log")
@@ -157,27 +150,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _from_cluster_config(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     section = config.intercept
-    if not args.shard.isdigit():
-        raise ValueError(f"--shard {args.shard}: with --config give the instance number, e.g. --shard 0")
-    args.shard = parse_shard(f"{args.shard}/{section.count}")
+    args.shard = shard_of(args.shard, section.count, "instance")
     args.bpf = section.filter
     args.devices = section.interfaces
     args.bind = section.bind
     args.port = section.base_port + args.shard[0]
     args.payload = section.payload
     args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
-
-
-def _filter_compiles(bpf: str) -> bool:
-    """A syntax check before any device is opened (or the process daemonized): the filter
-    must compile for at least one link type a capture device can have."""
-    for linktype in (pcap.DLT_EN10MB, pcap.DLT_LINUX_SLL, pcap.DLT_RAW):
-        try:
-            pcap.bpf(bpf.encode(), linktype)
-            return True
-        except OSError:
-            continue
-    return False
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
@@ -189,20 +168,9 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        setup_logging("intercept", args.log_file)
-    except OSError as exc:
-        print(f"intercept: error: -l {args.log_file}: cannot open the log file: {exc.strerror}", file=sys.stderr)
-        return 2
-    for note in args.notes:
-        log.warning("%s", note)
-    if args.daemon:
-        daemonize()
-    try:
-        write_pid_file(args.pid_file)
-    except OSError as exc:
-        log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
-        return 2
+    failed = start_command("intercept", args)
+    if failed is not None:
+        return failed
     try:
         return _run(config_from(args))
     finally:

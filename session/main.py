@@ -30,8 +30,8 @@ import tempfile
 
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
                                      parse_client_pool, parse_intercepts, parse_mappings)
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, daemonize,
-                                     remove_pid_file, setup_logging, version_text, write_pid_file)
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, remove_pid_file,
+                                     start_command, version_text)
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions
@@ -196,20 +196,9 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        setup_logging("tcpcopy", args.log_file)
-    except OSError as exc:
-        print(f"tcpcopy: error: -l {args.log_file}: cannot open the log file: {exc.strerror}", file=sys.stderr)
-        return 2
-    for note in args.notes:
-        log.warning("%s", note)
-    if args.daemon:
-        daemonize()
-    try:
-        write_pid_file(args.pid_file)
-    except OSError as exc:
-        log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
-        return 2
+    failed = start_command("tcpcopy", args)
+    if failed is not None:
+        return failed
     run_dir = tempfile.mkdtemp(prefix="tcpcopy-")
     try:
         return _run(args, f"ipc://{run_dir}/owner-0")

@@ -11,6 +11,7 @@ PUSH. A full owner queue never blocks capture: the batch is dropped and counted.
 from __future__ import annotations
 
 import argparse
+import gc
 import select
 import signal
 import sys
@@ -155,6 +156,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
     handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
                        buffer_bytes=buffer_mb << 20, timeout_ms=2, inbound_only=True)
     worker.linktype = handle.datalink()
+    gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     worker.announce(iface)
     fd = handle.fileno()
 

@@ -11,6 +11,7 @@ Time inside the table is seconds since the owner started (monotonic).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -127,6 +128,7 @@ class Owner:
         self._log_notices()
 
     def run(self) -> None:
+        gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         for sock in self.links.sockets():

@@ -1,0 +1,290 @@
+"""The live dashboard: one row per process of the cluster, refreshed every second.
+
+    python -m tcpcopy.cluster.top --stats ENDPOINT [--once] [--json] [--interval S]
+
+It binds the stats endpoint (every process's StatsPublisher connects to it) and redraws a
+plain-text frame with ANSI clear-screen codes, so it works over SSH and in any terminal;
+q or Ctrl-C quits. ``--once`` collects for a few seconds and prints one frame; with
+``--json`` it prints the aggregator's snapshot instead, for scripts.
+
+``render`` is a pure function of that snapshot. A column that does not apply to a role (a
+capture worker has no sessions) is left empty; every figure shown is a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from tcpcopy.cluster.process import CommandParser
+from tcpcopy.cluster.stats import Aggregator, figure, outcomes
+
+PROG = "python -m tcpcopy.cluster.top"
+ONCE_WAIT = 2.5          # seconds --once listens: two snapshots of every process, so rates
+SLICE = 0.1              # seconds between key checks while waiting for the next frame
+CLEAR = "\x1b[H\x1b[2J"
+ROLE_ORDER = ("capture", "owner", "intercept", "cluster")
+MIN_IDENTITY = 8
+
+
+@dataclass(frozen=True)
+class Column:
+    """One figure per row: the sum of ``names`` for the row's role, per second or as is."""
+
+    title: str
+    per_second: bool
+    names: dict                                   # role -> names (stats.figure)
+    outcome: dict = field(default_factory=dict)   # role -> outcome kind added (stats.outcomes)
+
+    def value(self, role: str, counters: dict, rates: dict) -> float | None:
+        if role not in self.names:
+            return None
+        source = rates if self.per_second else counters
+        total = sum(figure(source, name) for name in self.names[role])
+        if role in self.outcome:
+            total += outcomes(source, self.outcome[role])
+        return total
+
+
+COLUMNS = (
+    Column("capt/s", True, {"capture": ("captured",), "owner": ("client_packets",),
+                            "intercept": ("all",)}),
+    Column("sent/s", True, {"capture": ("packets_sent",), "owner": ("packets_sent",),
+                            "intercept": ("resp_records",)}),
+    Column("active", False, {"owner": ("sessions_active",), "intercept": ("routes",)}),
+    Column("estab/s", True, {"owner": ("established",)}),
+    Column("req/s", True, {"owner": ("requests_sent",)}),
+    Column("resp/s", True, {"owner": ("responses",)}),
+    Column("drops/s", True, {"capture": ("packets_dropped_full", "kernel_dropped"),
+                             "owner": ("sessions_refused", "register_drops"),
+                             "intercept": ("records_dropped", "held_refused", "held_expired",
+                                           "pcap_dropped")},
+           outcome={"owner": "dropped"}),
+    Column("senderr", False, {"owner": ("raw_send_failures",), "intercept": ("send_drops",)}),
+)
+
+
+# ---------------------------------------------------------------------- rendering
+
+def number_text(value: float | None) -> str:
+    """A short figure: 0.4, 12, 3456, 12.3k, 4.5M; empty when it does not apply."""
+    if value is None:
+        return ""
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if magnitude >= 1e5:
+        return f"{value / 1e3:.1f}k"
+    if magnitude >= 10 or float(value).is_integer():
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def age_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def render(snapshot: dict, width: int = 120, height: int | None = None) -> str:
+    """The dashboard frame for ``Aggregator.snapshot_json()``, cut to ``width`` columns and,
+    when given, ``height`` lines."""
+    rows = sorted(snapshot["processes"], key=_row_order)
+    lines = [*_header(snapshot), ""]
+    identity_width = _identity_width(rows, width)
+    lines.append(_table_line(("role", "identity", "state", "pid", "cpu%", "rssMB", "thr", "fds",
+                              *(c.title for c in COLUMNS)), identity_width))
+    lines += [_table_line(_cells(row), identity_width) for row in rows]
+    if height is not None and len(lines) > height:
+        hidden = len(lines) - height + 1
+        lines = lines[:height - 1] + [f"... {hidden} more lines: enlarge the terminal, or use --once --json"]
+    return "\n".join(line[:width] for line in lines) + "\n"
+
+
+def _role_order(role: str) -> int:
+    return ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
+
+
+def _row_order(row: dict):
+    shard = int(row["shard"]) if row["shard"].isdigit() else -1
+    return _role_order(row["role"]), row["host"], shard, row["identity"]
+
+
+def _header(snapshot: dict) -> list[str]:
+    processes = snapshot["processes"]
+    stale = sum(p["stale"] for p in processes)
+    bad = snapshot["aggregator"]["wire_errors"] + snapshot["aggregator"]["unexpected"]
+    clock = time.strftime("%H:%M:%S", time.localtime(snapshot["time"]))
+    first = (f"tcpcopy cluster  {clock}  stats {snapshot['endpoint']}  "
+             f"processes {len(processes)} ({stale} stale)  bad stats messages {bad}")
+    return [first, _totals_line(snapshot), _loss_line(snapshot["loss"])]
+
+
+def _totals_line(snapshot: dict) -> str:
+    parts = []
+    for role in sorted(snapshot["totals"], key=_role_order):
+        totals, rates = snapshot["totals"][role], snapshot["rates"].get(role, {})
+        figures = [f"{c.title} {number_text(c.value(role, totals, rates))}"
+                   for c in COLUMNS if role in c.names]
+        parts.append(f"{role} x{totals['processes']}: " + " ".join(figures))
+    return " | ".join(parts) if parts else "no process has published stats yet"
+
+
+def _loss_line(loss: dict) -> str:
+    ended = loss["sessions_closed"] + loss["sessions_dropped"]
+    return (f"loss ~ {percent(loss['content_loss'])} of content segments "
+            f"({number_text(loss['content_packets_sent'])} sent of "
+            f"{number_text(loss['expected_content'])} expected)  "
+            f"sessions dropped {number_text(loss['sessions_dropped'])} of {number_text(ended)} "
+            f"({percent(loss['session_drop_ratio'])})  "
+            f"requests {number_text(loss['requests_sent'])}  "
+            f"capture drops {number_text(loss['capture_dropped'])}")
+
+
+def _cells(row: dict) -> tuple:
+    counters, rates = row["counters"], row["rates"]
+    state = f"stale {age_text(row['age'])}" if row["stale"] else "ok"
+    return (row["role"], row["identity"], state, str(row["pid"]), f"{row['cpu_percent']:.1f}",
+            f"{counters.get('rss_bytes', 0) / 2**20:.0f}",
+            number_text(counters.get("num_threads", 0)), number_text(counters.get("num_fds", 0)),
+            *(number_text(c.value(row["role"], counters, rates)) for c in COLUMNS))
+
+
+FIXED = (9, None, 9, 7, 5, 5, 3, 4) + (7,) * len(COLUMNS)   # None: the identity's share
+
+
+def _identity_width(rows: list, width: int) -> int:
+    others = sum(w + 1 for w in FIXED if w is not None)
+    longest = max((len(r["identity"]) for r in rows), default=MIN_IDENTITY)
+    return max(MIN_IDENTITY, min(longest, width - others))
+
+
+def _table_line(cells, identity_width: int) -> str:
+    out = []
+    for i, (cell, w) in enumerate(zip(cells, FIXED)):
+        w = identity_width if w is None else w
+        text = cell[:w]
+        out.append(text.ljust(w) if i < 3 else text.rjust(w))
+    return " ".join(out).rstrip()
+
+
+# ---------------------------------------------------------------------- the command
+
+def collect(aggregator: Aggregator, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        aggregator.poll(left)
+
+
+def run_top(endpoint: str, once: bool = False, json_out: bool = False, interval: float = 1.0,
+            out=None) -> int:
+    """Bind ``endpoint`` and show the dashboard until q or Ctrl-C (or one frame ``once``)."""
+    out = out or sys.stdout
+    aggregator = Aggregator(endpoint)
+    try:
+        if once:
+            collect(aggregator, ONCE_WAIT)
+            snapshot = aggregator.snapshot_json()
+            out.write(json.dumps(snapshot, indent=2, sort_keys=True) + "\n" if json_out
+                      else render(snapshot, shutil.get_terminal_size().columns))
+            return 0
+        return _live(aggregator, interval, out)
+    finally:
+        aggregator.close()
+
+
+def _live(aggregator: Aggregator, interval: float, out) -> int:
+    with _keys() as quit_pressed:
+        try:
+            while True:
+                size = shutil.get_terminal_size()
+                out.write(CLEAR + render(aggregator.snapshot_json(), size.columns, size.lines - 1))
+                out.flush()
+                if _wait(aggregator, interval, quit_pressed):
+                    return 0
+        except KeyboardInterrupt:
+            return 0
+
+
+def _wait(aggregator: Aggregator, interval: float, quit_pressed) -> bool:
+    """Take stats until the next frame is due; True when the user asked to quit."""
+    deadline = time.monotonic() + interval
+    while (left := deadline - time.monotonic()) > 0:
+        aggregator.poll(min(SLICE, left))
+        if quit_pressed():
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _keys():
+    """A check for q on a terminal's stdin (cbreak mode, restored on exit); never true
+    when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        yield lambda: False
+        return
+    import termios
+    import tty
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+    try:
+        yield lambda: _q_pressed(fd)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        sys.stdout.write("\n")
+
+
+def _q_pressed(fd: int) -> bool:
+    while select.select([fd], [], [], 0)[0]:
+        key = os.read(fd, 1)
+        if key in (b"q", b"Q") or not key:
+            return True
+    return False
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog=PROG, description="Live view of a tcpcopy cluster's stats: one row per process.",
+                           epilog=f"Example: {PROG} --stats ipc:///run/tcpcopy/stats")
+    parser.add_argument("--stats", required=True, metavar="ENDPOINT",
+                        help="the stats endpoint to bind, where every process publishes "
+                             "(ipc://PATH or tcp://HOST:PORT)")
+    parser.add_argument("--once", action="store_true",
+                        help=f"listen {ONCE_WAIT:g} s, print one frame and exit")
+    parser.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and not args.once:
+        parser.error("--json prints one snapshot: add --once")
+    if args.interval <= 0:
+        parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
+    try:
+        return run_top(args.stats, once=args.once, json_out=args.json, interval=args.interval)
+    except zmq.ZMQError as exc:
+        print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc} "
+              "(is another top or metrics aggregator bound there? is the path's directory there?)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

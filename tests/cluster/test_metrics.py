@@ -1,0 +1,227 @@
+"""/metrics: the Prometheus text exposition of the cluster's stats.
+
+The page is parsed line by line as a scraper would (``# HELP``/``# TYPE`` before a family's
+samples, metric and label names from the allowed alphabets, quoted and escaped label
+values, one sample per series), on a page rendered from a snapshot and on one scraped over
+HTTP from 127.0.0.1 while real publishers send stats over ipc://.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.metrics import (escape, labels_text, listen_address, main, metric_for,
+                                     render_metrics, sanitize, serve_metrics)
+from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+
+METRIC = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\["\\n])*)"'
+SAMPLE = re.compile(rf"^({METRIC})(?:\{{({LABEL}(?:,{LABEL})*)\}})? (\S+)$")
+VALUE = re.compile(r"^[+-]?(\d+(\.\d*)?([eE][+-]?\d+)?|Inf|NaN)$")
+
+
+class Clock:
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def parse(page: str) -> dict:
+    """{(metric, ((label, value), ...)): float}, failing on anything a scraper would reject."""
+    assert page.endswith("\n")
+    types, helps, samples = {}, set(), {}
+    for line in page.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            assert re.fullmatch(METRIC, name) and name not in helps, line
+            helps.add(name)
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert re.fullmatch(METRIC, name) and name not in types, line
+            assert kind in ("counter", "gauge"), line
+            types[name] = kind
+        else:
+            match = SAMPLE.match(line)
+            assert match, f"not a sample line: {line!r}"
+            name, labels, value = match.group(1), match.group(2) or "", match.group(len(match.groups()))
+            assert name in types, f"{name} has no # TYPE before it"
+            assert not types[name] == "counter" or name.endswith("_total"), name
+            assert VALUE.match(value), line
+            pairs = tuple(re.findall(LABEL, labels))
+            assert len({k for k, _ in pairs}) == len(pairs), line
+            assert (name, pairs) not in samples, f"duplicate series {line!r}"
+            samples[(name, pairs)] = float(value)
+    return samples
+
+
+def labels(role: str, identity: str, host: str = "", shard: str = "") -> tuple:
+    return (("role", role), ("identity", identity), ("host", host), ("shard", shard))
+
+
+def feed(aggregator: Aggregator, role: str, identity: str, **counters) -> None:
+    assert aggregator.ingest(wire.encode_stats(role, identity, counters))
+
+
+# ---------------------------------------------------------------- pure
+
+@pytest.mark.parametrize("name, expected", [
+    ("captured", "captured"), ("outcomes.closed:completed", "outcomes_closed_completed"),
+    ("raw_send_failures.EPERM", "raw_send_failures_EPERM"), ("a--b..c", "a_b_c"), ("::", "unnamed")])
+def test_figure_names_become_metric_names(name, expected):
+    assert sanitize(name) == expected
+
+
+def test_counters_gauges_and_resource_figures_get_their_types():
+    assert metric_for("requests_sent")[:2] == ("tcpcopy_requests_sent_total", "counter")
+    assert metric_for("sessions_active")[:2] == ("tcpcopy_sessions_active", "gauge")
+    assert metric_for("held_now")[:2] == ("tcpcopy_held_now", "gauge")
+    assert metric_for("cpu_user_s")[:2] == ("tcpcopy_cpu_user_seconds_total", "counter")
+    assert metric_for("rss_bytes")[:2] == ("tcpcopy_resident_memory_bytes", "gauge")
+
+
+def test_label_values_are_quoted_and_escaped():
+    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    assert labels_text({"identity": 'x"y'}) == '{identity="x\\"y"}'
+
+
+def test_a_rendered_page_parses_and_carries_every_figure(tmp_path):
+    clock = Clock()
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=clock)
+    try:
+        feed(aggregator, "owner", 'owner-0@on"line', pid=7, published_at=1.0, requests_sent=12,
+             sessions_active=4, outcomes={"dropped:syn_timeout": 2}, rtt=0.125, cpu_user_s=1.5,
+             client_content_packets=100, content_packets_sent=99)
+        feed(aggregator, "intercept", "intercept-2@assist1", pid=8, published_at=1.0,
+             routes=3, resp_records=40, num_fds=12)
+        samples = parse(render_metrics(aggregator.snapshot_json()))
+    finally:
+        aggregator.close()
+    owner = labels("owner", 'owner-0@on\\"line', 'on\\"line', "0")
+    intercept = labels("intercept", "intercept-2@assist1", "assist1", "2")
+    assert samples[("tcpcopy_requests_sent_total", owner)] == 12
+    assert samples[("tcpcopy_sessions_active", owner)] == 4
+    assert samples[("tcpcopy_outcomes_dropped_syn_timeout_total", owner)] == 2
+    assert samples[("tcpcopy_rtt_total", owner)] == 0.125
+    assert samples[("tcpcopy_cpu_user_seconds_total", owner)] == 1.5
+    assert samples[("tcpcopy_routes", intercept)] == 3
+    assert samples[("tcpcopy_open_fds", intercept)] == 12
+    assert samples[("tcpcopy_up", owner)] == 1
+    assert samples[("tcpcopy_content_loss_ratio", ())] == pytest.approx(0.01)
+    assert not any(name in ("tcpcopy_pid_total", "tcpcopy_pid", "tcpcopy_published_at")
+                   for name, _ in samples)
+
+
+def test_names_that_collide_after_sanitizing_still_give_one_series(tmp_path):
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=Clock())
+    try:
+        feed(aggregator, "owner", "owner-0", **{"a.b": 1, "a_b": 2, "a:b": 3})
+        samples = parse(render_metrics(aggregator.snapshot_json()))
+    finally:
+        aggregator.close()
+    assert [v for (name, _), v in samples.items() if name == "tcpcopy_a_b_total"] == [2]
+
+
+@pytest.mark.parametrize("text, expected", [("127.0.0.1:9108", ("127.0.0.1", 9108)),
+                                            ("[::1]:0", ("::1", 0)), ("localhost:80", ("localhost", 80))])
+def test_listen_addresses(text, expected):
+    assert listen_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9108", "::1:9108", "host:99999", "host:"])
+def test_bad_listen_addresses_say_how_to_write_one(text):
+    with pytest.raises(ValueError, match="--listen"):
+        listen_address(text)
+
+
+# ---------------------------------------------------------------- over HTTP
+
+def scrape(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.headers["Content-Type"], answer.read().decode()
+
+
+def test_metrics_scraped_over_http_equal_the_published_counters(tmp_path):
+    endpoint = f"ipc://{tmp_path}/stats"
+    clock = Clock()
+    aggregator = Aggregator(endpoint, clock=clock)
+    owner = StatsPublisher(endpoint, "owner", "owner-1@online1")
+    capture = StatsPublisher(endpoint, "capture", "capture-0@online1")
+    server = serve_metrics(aggregator, "127.0.0.1", 0)
+    try:
+        for publisher, counters in ((owner, {"requests_sent": 1234, "sessions_active": 56,
+                                             "raw_send_failures": {"EPERM": 3}}),
+                                    (capture, {"captured": 98765, "kernel_dropped": 0})):
+            key = (publisher.role, publisher.identity)
+            deadline = time.monotonic() + 3
+            while key not in aggregator.processes:
+                assert time.monotonic() < deadline, f"{key} never arrived"
+                publisher.publish(counters)
+                aggregator.poll(0.02)
+            if publisher is owner:
+                clock.now += 3.5     # the owner has now been silent for 3.5 s
+        content_type, page = scrape(server.url)
+        assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+        samples = parse(page)
+        o = labels("owner", "owner-1@online1", "online1", "1")
+        c = labels("capture", "capture-0@online1", "online1", "0")
+        assert samples[("tcpcopy_requests_sent_total", o)] == 1234
+        assert samples[("tcpcopy_sessions_active", o)] == 56
+        assert samples[("tcpcopy_raw_send_failures_EPERM_total", o)] == 3
+        assert samples[("tcpcopy_captured_total", c)] == 98765
+        assert samples[("tcpcopy_kernel_dropped_total", c)] == 0
+        assert samples[("tcpcopy_resident_memory_bytes", c)] > 0
+        assert samples[("tcpcopy_up", c)] == 1 and samples[("tcpcopy_up", o)] == 0
+        assert samples[("tcpcopy_stats_age_seconds", o)] == 3.5
+        with pytest.raises(urllib.error.HTTPError) as error:
+            scrape(server.url.replace("/metrics", "/"))
+        assert error.value.code == 404
+    finally:
+        server.close()
+        owner.close()
+        capture.close()
+        aggregator.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_command_serves_until_terminated(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.metrics", "--stats",
+                             f"ipc://{tmp_path}/stats", "--listen", f"127.0.0.1:{port}"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _, page = scrape(f"http://127.0.0.1:{port}/metrics")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        assert ("tcpcopy_stats_messages_total", ()) in parse(page)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=5)
+    assert proc.returncode == 0
+
+
+def test_the_command_refuses_a_bad_listen_address(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--stats", "ipc:///nonexistent/x", "--listen", "9108"])
+    assert exit_.value.code == 2 and "HOST:PORT" in capsys.readouterr().err

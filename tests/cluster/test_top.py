@@ -1,0 +1,239 @@
+"""The dashboard: the frame drawn from a snapshot, and the command as a user runs it.
+
+``render`` is checked on a snapshot from a real Aggregator fed frames with a hand-driven
+clock (four processes, one of them silent); the command runs as a subprocess against
+publishers in this test, once as ``--once --json`` for scripts and once live until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from tcpcopy.cluster import top, wire
+from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+from tcpcopy.cluster.top import CLEAR, _wait, main, number_text, render, run_top
+
+MB = 2**20
+
+
+class Clock:
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(aggregator: Aggregator, role: str, identity: str, published_at: float, **counters) -> None:
+    assert aggregator.ingest(wire.encode_stats(role, identity, {**counters, "published_at": published_at}))
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    """capture-0, owner-0 and intercept-1 publish twice, 2 s apart; owner-1 once, 5 s ago."""
+    clock = Clock()
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=clock)
+    base = {"rss_bytes": 64 * MB, "num_threads": 3, "num_fds": 17}
+    feed(aggregator, "owner", "owner-1@online1", 1.0, pid=202, cpu_user_s=1.0, cpu_system_s=0.0,
+         sessions_active=5, requests_sent=50, **base)
+    for step in (0, 1):
+        clock.now = 103.0 + 2 * step
+        t = 10.0 + 2 * step
+        feed(aggregator, "capture", "capture-0@online1", t, pid=101, cpu_user_s=1.0 + 0.5 * step,
+             cpu_system_s=0.0, captured=1000 + 2000 * step, packets_sent=1000 + 2000 * step,
+             packets_dropped_full=4 * step, kernel_dropped=0, **base)
+        feed(aggregator, "owner", "owner-0@online1", t, pid=201, cpu_user_s=2.0, cpu_system_s=0.2 * step,
+             client_packets=500 + 1000 * step, packets_sent=600 + 1200 * step, sessions_active=37,
+             established=10 + 20 * step, requests_sent=100 + 60 * step, responses=80 + 60 * step,
+             client_content_packets=400, content_packets_sent=398, raw_send_failures={"EPERM": 3},
+             outcomes={"closed:completed": 90, "dropped:syn_timeout": 2 + 2 * step}, **base)
+        feed(aggregator, "intercept", "intercept-1@assist1", t, pid=301, cpu_user_s=0.5,
+             cpu_system_s=0.5, all=2000 + 4000 * step, resp_records=1900 + 3800 * step, routes=12,
+             records_dropped=0, send_drops=1, **base)
+    try:
+        yield aggregator.snapshot_json()
+    finally:
+        aggregator.close()
+
+
+def row_of(text: str, identity: str) -> list[str]:
+    line, = [line for line in text.splitlines() if f" {identity} " in line]
+    return line.split()
+
+
+def test_every_process_has_a_row_in_pipeline_order(snapshot):
+    text = render(snapshot, 200)
+    order = [line.split()[1] for line in text.splitlines()[5:]]
+    assert order == ["capture-0@online1", "owner-0@online1", "owner-1@online1", "intercept-1@assist1"]
+
+
+def test_rows_show_resources_and_the_key_rates(snapshot):
+    text = render(snapshot, 200)
+    assert row_of(text, "capture-0@online1") == [
+        "capture", "capture-0@online1", "ok", "101", "25.0", "64", "3", "17",
+        "1000", "1000", "2"]                          # captured/s, sent/s, drops/s
+    assert row_of(text, "owner-0@online1") == [
+        "owner", "owner-0@online1", "ok", "201", "10.0", "64", "3", "17",
+        "500", "600", "37", "10", "30", "30", "1", "3"]  # ..., active, estab/s, req/s, resp/s, drops/s, senderr
+    assert row_of(text, "intercept-1@assist1") == [
+        "intercept", "intercept-1@assist1", "ok", "301", "0.0", "64", "3", "17",
+        "2000", "1900", "12", "0", "1"]
+
+
+def test_a_silent_process_is_marked_stale_with_its_age_and_its_last_figures(snapshot):
+    assert row_of(render(snapshot, 200), "owner-1@online1")[:10] == [
+        "owner", "owner-1@online1", "stale", "5s", "202", "0.0", "64", "3", "17", "0"]
+
+
+def test_the_header_has_totals_and_the_loss_estimate(snapshot):
+    first, totals, loss = render(snapshot, 300).splitlines()[:3]
+    assert "processes 4 (1 stale)" in first and "bad stats messages 0" in first
+    assert "capture x1: capt/s 1000 sent/s 1000 drops/s 2" in totals
+    assert "owner x2:" in totals and "active 42" in totals
+    assert loss.startswith("loss ~ 0.50% of content segments (398 sent of 400 expected)")
+    assert "sessions dropped 4 of 94 (4.26%)" in loss
+
+
+def test_the_frame_has_numbers_only(snapshot):
+    text = render(snapshot, 200)
+    for word in ("N/A", "None", "nan", "inf"):
+        assert word not in text
+
+
+@pytest.mark.parametrize("width", [60, 100, 160])
+def test_the_frame_fits_the_width(snapshot, width):
+    assert max(len(line) for line in render(snapshot, width).splitlines()) <= width
+
+
+def test_the_frame_fits_the_height_and_says_what_it_cut(snapshot):
+    lines = render(snapshot, 200, height=6).splitlines()
+    assert len(lines) == 6 and lines[-1].startswith("... 4 more lines")
+
+
+def test_an_empty_cluster_says_so():
+    empty = {"time": 0.0, "endpoint": "ipc://x", "stale_after": 3.0, "processes": [], "totals": {},
+             "rates": {}, "last_error": "",
+             "aggregator": {"messages": 0, "wire_errors": 0, "unexpected": 0, "bad_figures": 0,
+                            "forgotten": 0},
+             "loss": {"content_loss": 0.0, "expected_content": 0, "content_packets_sent": 0,
+                      "client_content_packets": 0, "requests_sent": 0, "responses_completed": 0,
+                      "sessions_closed": 0, "sessions_dropped": 0, "session_drop_ratio": 0.0,
+                      "capture_dropped": 0, "owners": 0}}
+    text = render(empty, 120)
+    assert "no process has published stats yet" in text and "loss ~ 0.00%" in text
+
+
+@pytest.mark.parametrize("value, text", [(None, ""), (0, "0"), (0.25, "0.2"), (7, "7"), (12.6, "13"),
+                                         (99999, "99999"), (123456, "123.5k"), (4.5e6, "4.5M")])
+def test_number_text(value, text):
+    assert number_text(value) == text
+
+
+# ---------------------------------------------------------------- the command
+
+def publishing(endpoint: str, stop: threading.Event) -> None:
+    """An owner and a capture worker publishing 5 times a second, their counters growing."""
+    owner = StatsPublisher(endpoint, "owner", "owner-0@test", every=0.2)
+    capture = StatsPublisher(endpoint, "capture", "capture-0@test", every=0.2)
+    n = 0
+    try:
+        while not stop.is_set():
+            n += 1
+            now = time.monotonic()
+            owner.maybe_publish(now, lambda: {"requests_sent": 10 * n, "sessions_active": 3})
+            capture.maybe_publish(now, lambda: {"captured": 100 * n})
+            time.sleep(0.05)
+    finally:
+        owner.close()
+        capture.close()
+
+
+@pytest.fixture
+def publishers(tmp_path):
+    endpoint = f"ipc://{tmp_path}/stats"
+    stop = threading.Event()
+    thread = threading.Thread(target=publishing, args=(endpoint, stop), daemon=True)
+    thread.start()
+    yield endpoint
+    stop.set()
+    thread.join()
+
+
+def command(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.top", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_once_json_prints_a_snapshot_for_scripts(publishers):
+    out, err = command("--stats", publishers, "--once", "--json").communicate(timeout=20)
+    snapshot = json.loads(out)
+    rows = {row["identity"]: row for row in snapshot["processes"]}
+    assert set(rows) == {"owner-0@test", "capture-0@test"}, err
+    owner, capture = rows["owner-0@test"], rows["capture-0@test"]
+    assert owner["pid"] == os.getpid() and not owner["stale"]
+    assert owner["counters"]["requests_sent"] > 0 and owner["rates"]["requests_sent"] > 0
+    assert capture["rates"]["captured"] > 0
+    assert snapshot["totals"]["owner"]["sessions_active"] == 3
+
+
+def test_once_prints_one_frame(publishers, monkeypatch):
+    monkeypatch.setattr(top, "ONCE_WAIT", 1.0)
+    monkeypatch.setenv("COLUMNS", "150")
+    out = io.StringIO()
+    assert run_top(publishers, once=True, out=out) == 0
+    frame = out.getvalue()
+    assert "owner-0@test" in frame and "capture-0@test" in frame and CLEAR not in frame
+
+
+def test_live_view_redraws_until_ctrl_c(publishers):
+    proc = command("--stats", publishers, "--interval", "0.2", stdin=subprocess.DEVNULL,
+                   env={**os.environ, "COLUMNS": "150", "LINES": "40"})
+    seen = b""
+    deadline = time.monotonic() + 10
+    while seen.count(CLEAR.encode()) < 3 or b"owner-0@test" not in seen:
+        assert time.monotonic() < deadline, seen
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            seen += os.read(proc.stdout.fileno(), 65536)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=5)
+    assert proc.returncode == 0
+
+
+def test_wait_returns_when_q_is_pressed(tmp_path):
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats")
+    try:
+        started = time.monotonic()
+        assert _wait(aggregator, 5.0, lambda: True)
+        assert time.monotonic() - started < 1
+        assert not _wait(aggregator, 0.2, lambda: False)
+    finally:
+        aggregator.close()
+
+
+def test_json_without_once_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--stats", "ipc:///nonexistent/x", "--json"])
+    assert exit_.value.code == 2 and "add --once" in capsys.readouterr().err
+
+
+def test_an_endpoint_already_bound_is_one_line_and_exit_2(capsys):
+    taken = zmq.Context.instance().socket(zmq.SUB)
+    taken.bind("tcp://127.0.0.1:*")
+    try:
+        endpoint = taken.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert main(["--stats", endpoint, "--once"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot bind" in err
+    finally:
+        taken.close(linger=0)

@@ -11,7 +11,9 @@ PUSH. A full owner queue never blocks capture: the batch is dropped and counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import socket
 import select
 import signal
 import sys
@@ -28,6 +30,7 @@ from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
 from tcpcopy.cluster.process import resolve_shard, shard_of
 from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard
+from tcpcopy.cluster.stats import StatsPublisher
 
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
@@ -111,6 +114,18 @@ class Worker:
         self.batcher = Batcher(self.sockets, self.stats)
         self.linktype = linktype
         self.stopping = False
+        self.publisher: StatsPublisher | None = None
+
+    def publish(self, now: float, refresh=None) -> None:
+        """Counters to the stats channel when due; ``refresh()`` first updates what must be
+        read from the kernel."""
+        def counters():
+            if refresh is not None:
+                refresh()
+            return dataclasses.asdict(self.stats)
+
+        if self.publisher is not None:
+            self.publisher.maybe_publish(now, counters)
 
     def on_frame(self, ts: float, frame, now: float) -> None:
         """Route one captured frame to its owner; a frame that is not IP+TCP is counted."""
@@ -168,7 +183,13 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
         timeout = 0.05 if due is None else max(0.0, due - time.monotonic())
         select.select([fd], [], [], timeout)
         handle.dispatch(-1, each)
-        worker.batcher.flush_due(time.monotonic())
+        now = time.monotonic()
+        worker.batcher.flush_due(now)
+        worker.publish(now, lambda: _read_kernel_counters(worker, handle))
+    _read_kernel_counters(worker, handle)
+
+
+def _read_kernel_counters(worker: Worker, handle) -> None:
     received, dropped, _ = handle.stats()
     worker.stats.kernel_received, worker.stats.kernel_dropped = received, dropped
 
@@ -230,6 +251,7 @@ def _sleep_flushing(worker: Worker, until: float) -> None:
     while not worker.stopping:
         now = time.monotonic()
         worker.batcher.flush_due(now)
+        worker.publish(now)
         if now >= until:
             return
         due = worker.batcher.next_due()
@@ -254,6 +276,8 @@ def parse_args(argv):
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--idle-gap-ms", type=float)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--stats", metavar="ENDPOINT", default="",
+                        help="publish counters every second to this ZeroMQ endpoint")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="capture only flows of shard K of N (the kernel filters the rest); "
                              "with --config just K")
@@ -274,11 +298,15 @@ def _from_cluster_config(args) -> None:
     args.filter = config.capture_bpf()
     args.owner = list(config.owner_endpoints())
     args.buffer_mb, args.snaplen = config.capture.buffer_mb, config.capture.snaplen
+    args.stats = args.stats or config.stats.endpoint
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     worker = Worker(args.owner)
+    if args.stats:
+        identity = f"capture-{args.shard[0]}@{socket.gethostname()}"
+        worker.publisher = StatsPublisher(args.stats, "capture", identity)
 
     def stop(signum, frame):
         worker.stopping = True

@@ -98,6 +98,11 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsConfig:
+    endpoint: str = ""        # where tcpcopy-cluster top binds and every process publishes ("": off)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     path: str                 # the file it was loaded from, absolute
     copy: CopyConfig
@@ -105,6 +110,7 @@ class ClusterConfig:
     owners: OwnersConfig
     intercept: InterceptConfig
     supervisor: SupervisorConfig
+    stats: StatsConfig = StatsConfig()
 
     def owner_endpoint(self, shard: int) -> str:
         """Where owner ``shard`` binds and every capture worker pushes its flows."""
@@ -182,6 +188,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "supervisor": {
         "dir": Key(str, "/run/tcpcopy-cluster", example='"/run/tcpcopy-cluster"'),
+    },
+    "stats": {
+        "endpoint": Key(str, "", example='"tcp://198.18.2.2:36600"'),
     },
 }
 
@@ -304,7 +313,8 @@ def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> Cluste
                           _directory(source, base, "owners.run_dir", values["owners"]["run_dir"]))
     supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]))
     config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
-                           _intercept(source, copy, values["intercept"]), supervisor)
+                           _intercept(source, copy, values["intercept"]), supervisor,
+                           StatsConfig(values["stats"]["endpoint"]))
     _check_filters(source, config)
     _check_socket_paths(source, config)
     _check_intercepts_match(source, config)

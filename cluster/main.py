@@ -5,6 +5,7 @@
     tcpcopy-cluster status  CONFIG --role online|assistant [--json]
     tcpcopy-cluster restart CONFIG --role online|assistant NAME
     tcpcopy-cluster stop    CONFIG --role online|assistant
+    tcpcopy-cluster top     CONFIG [--once [--json]]
 
 CONFIG is the cluster config (deploy/cluster-sample.toml explains every key); the online host
 runs the session owners and capture workers, the assistant host the intercepts. Exit status:
@@ -21,6 +22,7 @@ import sys
 from tcpcopy.cluster import supervisor
 from tcpcopy.cluster.config import HOST_ROLES, ConfigError, load_config
 from tcpcopy.cluster.process import CommandParser, version_text
+from tcpcopy.cluster.top import run_top
 
 EXAMPLE = "tcpcopy-cluster start /etc/tcpcopy/cluster.toml --role online"
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            help="interpreter named in the commands (default: this one)")
     actions.choices["status"].add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions.choices["restart"].add_argument("name", metavar="NAME", help="e.g. capture-1, capture:capture-1, owner")
+    top = actions.add_parser("top", help="live view of every process of the cluster (stats.endpoint)",
+                             description="Bind [stats] endpoint and show every publishing process: CPU, "
+                                         "memory, rates, sessions and the copier's loss estimate.")
+    top.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
+    top.add_argument("--once", action="store_true", help="collect for a moment, print one frame, exit")
+    top.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
     return parser
 
 
@@ -93,6 +101,15 @@ def _status(config, args) -> int:
     return 0 if rows and all(row.state == "RUNNING" for row in rows) else 1
 
 
+def _top(config, args) -> int:
+    if not config.stats.endpoint:
+        return _fail(f"{args.config}: [stats] endpoint is not set: add e.g. "
+                     '[stats] endpoint = "tcp://198.18.2.2:36600" so every process publishes there')
+    if args.json and not args.once:
+        return _fail("--json goes with --once (the live view is for people)")
+    return run_top(config.stats.endpoint, once=args.once, json_out=args.json)
+
+
 def _restart(config, args) -> int:
     names = supervisor.restart_program(config, args.role, args.name)
     print("restarted " + ", ".join(names))
@@ -113,7 +130,8 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
-ACTIONS = {"render": _render, "start": _start, "status": _status, "restart": _restart, "stop": _stop}
+ACTIONS = {"render": _render, "start": _start, "status": _status, "restart": _restart, "stop": _stop,
+           "top": _top}
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="capture only the answers to replayed endpoints of shard K of N "
                              "(several intercepts share one assistant host); with --config just K")
+    parser.add_argument("--stats", metavar="ENDPOINT", default="",
+                        help="publish counters every second to this ZeroMQ endpoint (tcpcopy-cluster top)")
     parser.add_argument("--config", metavar="TOML",
                         help="cluster config: take -i, -F, -b, -p (base_port + K) and --payload from "
                              "its [intercept] section, with --shard K")
@@ -157,13 +159,15 @@ def _from_cluster_config(args: argparse.Namespace) -> None:
     args.port = section.base_port + args.shard[0]
     args.payload = section.payload
     args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
+    args.stats = args.stats or config.stats.endpoint
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
     bpf = combine_filters(args.bpf, intercept_shard_filter(*args.shard))
     return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
-                        payload=args.payload, route_ttl=args.route_ttl, identity=args.identity)
+                        payload=args.payload, route_ttl=args.route_ttl, identity=args.identity,
+                        stats_endpoint=args.stats)
 
 
 def main(argv=None) -> int:

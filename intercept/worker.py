@@ -38,6 +38,7 @@ import zmq
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.stats import StatsPublisher
 from tcpcopy.intercept.routes import DEFAULT_TTL, RouteTable
 
 log = logging.getLogger("tcpcopy.intercept")
@@ -82,6 +83,7 @@ class WorkerConfig:
     route_ttl: float = DEFAULT_TTL
     identity: str = "intercept"
     stats_every: float = 30.0
+    stats_endpoint: str = ""         # publish counters there every second ("": off)
 
     def __post_init__(self) -> None:
         if not 0 <= self.payload <= MAX_PAYLOAD:
@@ -126,6 +128,8 @@ class Worker:
         self.socket = self._router()
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
+        self.publisher = (StatsPublisher(config.stats_endpoint, "intercept", config.identity,
+                                         context=self._context) if config.stats_endpoint else None)
 
     # -- set-up
 
@@ -390,6 +394,8 @@ class Worker:
                             owner.identity or routing_id.hex(), now - owner.last_seen, dropped)
             else:
                 self._send_control(routing_id, heartbeat)
+        if self.publisher is not None:
+            self.publisher.maybe_publish(now, self.stats)
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_every
             log.info("%s", self.stats_line())
@@ -403,6 +409,9 @@ class Worker:
         for routing_id in list(self.owners):
             self._send_control(routing_id, bye)
         self.socket.close(linger=CLOSE_LINGER_MS)
+        if self.publisher is not None:
+            self.publisher.publish(self.stats())
+            self.publisher.close()
         for _device, handle, _linktype in self._captures:
             self._close_capture(handle)
         self._captures.clear()

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
     p.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
     p.add_argument("-v", action="version", version=version_text("tcpcopy"))
+    p.add_argument("--stats", metavar="ENDPOINT", default="",
+                   help="publish counters every second to the ZeroMQ ENDPOINT where "
+                        "`python -m tcpcopy.cluster.top --stats ENDPOINT` (or /metrics) listens")
     p.add_argument("--summary-json", metavar="FILE", help="write the final counters as JSON to FILE")
     p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
                    help="name of this copier in intercept logs")
@@ -179,12 +182,15 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
                               keepalive_timeout=keepalive, mtu=args.mtu),
         intercepts=args.intercepts, packet_endpoint=packet_endpoint, identity=args.identity,
         lonely=args.lonely, memory_limit_mb=args.memory_mb,
-        instance=args.port_offset if args.instances > 1 else 0, instances=args.instances)
+        instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
+        stats_endpoint=args.stats)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:
     bpf = capture_filter(args.mappings, args.user_filter)
     argv = [sys.executable, "-m", "tcpcopy.capture.worker", "--filter", bpf, "--owner", packet_endpoint]
+    if args.stats:
+        argv += ["--stats", args.stats]
     if args.offline:
         argv += ["--offline", args.source, "--speed", str(args.speed), "--repeat", str(args.repeat)]
         if args.idle_gap_ms:

@@ -30,6 +30,7 @@ from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.cluster.process import CommandParser, setup_logging
 from tcpcopy.cluster.shard import parse_shard
+from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session.engine import Closed, Dropped, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
@@ -61,6 +62,7 @@ class OwnerOptions:
     intercepts_sharded: bool = False     # intercept i sees only the answers of shard i
     instance: int = 0                    # -f, when --instances copiers share client addresses
     instances: int = 1
+    stats_endpoint: str = ""             # publish counters there every second ("": off)
 
 
 class OwnerError(RuntimeError):
@@ -98,6 +100,8 @@ class Owner:
         self._origin = time.monotonic()
         self._last_stats = 0.0
         self._watches = []
+        self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity)
+                          if options.stats_endpoint else None)
         self.capture_ready = False
         self.ready_message = ""   # logged when the capture worker says it is running
 
@@ -152,6 +156,9 @@ class Owner:
         self.table.shutdown(now)
         self._flush()
         self.links.close(self.stop_reason or "owner stopped")
+        if self.publisher is not None:
+            self.publisher.publish(self.published_counters())
+            self.publisher.close()
         self.pull.close(linger=0)
         self.sender.close()
 
@@ -253,6 +260,8 @@ class Owner:
             idle = all(s.over for s in self.table.sessions())
             if idle or now - self.input_ended_at > self.options.drain_timeout:
                 self.stop("input ended")
+        if self.publisher is not None:
+            self.publisher.maybe_publish(now, self.published_counters)
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
             log.info("%s", self.stats_line())
@@ -284,6 +293,10 @@ class Owner:
                 f"resp fin:{e.response_fins} resp rst:{e.response_resets} | "
                 f"raw send failures:{sum(self.sender.failed.values())} "
                 f"unroutable resp:{t.responses_unroutable}")
+
+    def published_counters(self) -> dict:
+        """What the stats channel carries: the summary's numbers and the live session count."""
+        return {**flatten(self.summary()), "sessions_active": len(self.table)}
 
     def summary(self) -> dict:
         return {
@@ -318,7 +331,7 @@ def options_from_config(config, shard: int) -> OwnerOptions:
         identity=f"owner-{shard}@{socket.gethostname()}", lonely=copy.lonely,
         memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
         intercepts_sharded=True, instance=copy.port_offset if copy.instances > 1 else 0,
-        instances=copy.instances)
+        instances=copy.instances, stats_endpoint=config.stats.endpoint)
 
 
 def main(argv=None) -> int:

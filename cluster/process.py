@@ -4,6 +4,7 @@ kept from the C tool that no longer apply, logging, daemonizing, pid files, the 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -55,9 +56,23 @@ def version_text(command: str) -> str:
     return f"{command} {version} (tcpcopy in Python, message format {wire.FORMAT_VERSION})"
 
 
-def setup_logging(command: str, path: str | None) -> None:
+class JsonLines(logging.Formatter):
+    """One JSON object per line, for machines (``--log-format json``)."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": round(record.created, 6), "command": self.command,
+                           "pid": record.process, "level": record.levelname.lower(),
+                           "message": record.getMessage()}, ensure_ascii=False)
+
+
+def setup_logging(command: str, path: str | None, log_format: str = "text") -> None:
+    """Log lines to ``path`` (stderr when None): text for people, or JSON lines."""
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(JsonLines(command) if log_format == "json" else logging.Formatter(
         f"%(asctime)s {command}[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -96,6 +111,11 @@ def remove_pid_file(path: str | None) -> None:
         pass
 
 
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines for people (text, the default) or one JSON object per line")
+
+
 def absolute_paths(args: argparse.Namespace, *names: str) -> None:
     """-l and -P paths made absolute before a daemon changes directory to /."""
     for name in names:
@@ -108,7 +128,7 @@ def start_command(command: str, args: argparse.Namespace) -> int | None:
     """Logging (-l), the notes about ignored C flags, daemonizing (-d) and the pid file (-P),
     in that order; an exit status when one of them fails, else None."""
     try:
-        setup_logging(command, args.log_file)
+        setup_logging(command, args.log_file, getattr(args, "log_format", "text"))
     except OSError as exc:
         print(f"{command}: error: -l {args.log_file}: cannot open the log file: {exc.strerror}",
               file=sys.stderr)

@@ -26,7 +26,7 @@ import zmq
 
 from tcpcopy.capture.pcapio import CaptureError, filter_compiles
 from tcpcopy.cluster.config import load_config
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, remove_pid_file,
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
                                      resolve_shard, shard_of, start_command, version_text)
 from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
 from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="capture only the answers to replayed endpoints of shard K of N "
                              "(several intercepts share one assistant host); with --config just K")
+    add_log_format(parser)
     parser.add_argument("--stats", metavar="ENDPOINT", default="",
                         help="publish counters every second to this ZeroMQ endpoint (tcpcopy-cluster top)")
     parser.add_argument("--config", metavar="TOML",

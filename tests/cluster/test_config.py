@@ -348,3 +348,14 @@ def test_command_needs_a_role(tmp_path, capsys):
 def test_command_renders(capsys):
     assert cli.main(["render", str(SAMPLE), "--role", "assistant", "--python", "python3"]) == 0
     assert "command = python3 -m tcpcopy.intercept.main --config" in capsys.readouterr().out
+
+
+def test_json_log_lines_carry_time_command_level_and_message():
+    import json
+    import logging
+
+    from tcpcopy.cluster.process import JsonLines
+    record = logging.LogRecord("tcpcopy", logging.WARNING, __file__, 1, "intercept %s unreachable", ("a:1",), None)
+    line = json.loads(JsonLines("tcpcopy").format(record))
+    assert line["command"] == "tcpcopy" and line["level"] == "warning"
+    assert line["message"] == "intercept a:1 unreachable" and line["time"] > 0

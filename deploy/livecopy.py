@@ -5,6 +5,9 @@ the assistant, tcpcopy on the online host, and the numbers a user checks afterwa
 entry points, their flags), measures each process with psutil, and collects the servers'
 access logs; ``CopyReport`` turns all of it into the figures of a run report: requests seen
 online and at the target, the loss ratio, session outcomes, CPU and memory per process.
+With ``stats_endpoint`` both commands also publish their counters there (``--stats``) and a
+recorder (``python -m tcpcopy.cluster.report record``) bound in the online host keeps one
+snapshot of them per second, for the run report's time series (:meth:`LiveCopy.samples`).
 Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
 """
 
@@ -22,13 +25,18 @@ from pathlib import Path
 import psutil
 
 from tcpcopy.deploy import accesslog
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
-                                TARGET_ADDRESS, Lab)
+from tcpcopy.cluster.report import load_samples
+from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS,
+                                ONLINE_CONTROL_SIDE, TARGET, TARGET_ADDRESS, Lab)
 from tcpcopy.deploy.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
 TARGET_PORT = 8080
 READY_TIMEOUT = 10.0
+# Where the copy's processes publish their stats: the online host's control-side address,
+# reachable from the assistant (intercept) and bound by the recorder in the online host.
+STATS_ENDPOINT = f"tcp://{ONLINE_CONTROL_SIDE}:36600"
+RECORDER_GRACE = 5.0
 
 
 class LiveCopyError(RuntimeError):
@@ -79,11 +87,13 @@ class LiveCopy:
     ``start_copy=False`` leaves tcpcopy to the caller (:meth:`start_tcpcopy`), so sessions can
     begin before the copy does. ``greeter_port`` adds a :class:`Greeter` (a server-first line
     protocol) on that port online and at the target, copied by a second ``-x`` mapping.
+    ``stats_endpoint`` (e.g. :data:`STATS_ENDPOINT`) runs both commands with ``--stats`` and
+    records their snapshots from before intercept starts until :meth:`stop_recorder`.
     """
 
     def __init__(self, lab: Lab, tcpcopy_flags: list[str] = (), intercept_flags: list[str] = (),
                  copies: int = 1, target_files: dict | None = None, *, start_copy: bool = True,
-                 greeter_port: int | None = None):
+                 greeter_port: int | None = None, stats_endpoint: str | None = None):
         self.lab = lab
         self.tcpcopy_flags = list(tcpcopy_flags)
         self.intercept_flags = list(intercept_flags)
@@ -101,6 +111,9 @@ class LiveCopy:
         self.intercept: subprocess.Popen | None = None
         self.tcpcopy: subprocess.Popen | None = None
         self.summary_path = self.dir / "summary.json"
+        self.stats_endpoint = stats_endpoint
+        self.recorder: subprocess.Popen | None = None
+        self.samples_path = self.dir / "samples.jsonl"
         self.figures: dict[str, ProcessFigures] = {}
 
     # ------------------------------------------------------------------ life cycle
@@ -113,6 +126,8 @@ class LiveCopy:
         for greeter in self._greeters():
             greeter.start()
             greeter.wait_ready()
+        if self.stats_endpoint:
+            self.start_recorder()
         self.start_intercept()
         if self.start_copy:
             self.start_tcpcopy()
@@ -121,6 +136,7 @@ class LiveCopy:
     def __exit__(self, *exc) -> None:
         self.stop_tcpcopy()
         self.stop_intercept()
+        self.stop_recorder()
         self.online.stop()
         self.target.stop()
         for greeter in self._greeters():
@@ -138,15 +154,37 @@ class LiveCopy:
         argv = [sys.executable, "-m", "tcpcopy.intercept.main",
                 "-i", self.lab.interface(ASSISTANT, TARGET),
                 "-F", f"tcp and src host {TARGET_ADDRESS} and ({ports})",
-                "-b", ASSISTANT_ADDRESS, *self.intercept_flags]
+                "-b", ASSISTANT_ADDRESS, *self._stats_flags(), *self.intercept_flags]
         self.intercept = self._start(ASSISTANT, argv, "intercept", "listening on")
 
     def start_tcpcopy(self) -> None:
         argv = [sys.executable, "-m", "tcpcopy.session.main",
                 "-x", ",".join(f"{o}-{TARGET_ADDRESS}:{t}" for o, t in self._port_map()), "-s", ASSISTANT_ADDRESS,
                 "-i", self.lab.interface(ONLINE, CLIENT), "--summary-json", str(self.summary_path),
-                *self.tcpcopy_flags]
+                *self._stats_flags(), *self.tcpcopy_flags]
         self.tcpcopy = self._start(ONLINE, argv, "tcpcopy", "copying")
+
+    def _stats_flags(self) -> list[str]:
+        return ["--stats", self.stats_endpoint] if self.stats_endpoint else []
+
+    def start_recorder(self) -> None:
+        """Bind the stats endpoint in the online host and write one snapshot per second to
+        :attr:`samples_path` (appending: a restart adds to what was recorded)."""
+        argv = [sys.executable, "-m", "tcpcopy.cluster.report", "record", "--stats", self.stats_endpoint,
+                "--out", str(self.samples_path)]
+        self.recorder = self._start(ONLINE, argv, "recorder", "recording")
+
+    def stop_recorder(self) -> int | None:
+        """Stop the recorder by PID (SIGTERM: it writes a last snapshot and exits)."""
+        if self.recorder is None:
+            return None
+        code = self.lab.stop(self.recorder, RECORDER_GRACE)
+        self.recorder = None
+        return code
+
+    def samples(self) -> list[dict]:
+        """The recorded snapshots (``Aggregator.snapshot_json()``), oldest first."""
+        return load_samples(self.samples_path)
 
     def _port_map(self) -> list[tuple[int, int]]:
         """(online port, target port) of every copied service."""

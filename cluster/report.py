@@ -1,0 +1,686 @@
+"""The run report of a live copy: its numbers (report.json), a picture (report.png) and one
+page with both (report.html).
+
+    python -m tcpcopy.cluster.report record --stats ENDPOINT --out FILE [--seconds N] [--interval S]
+
+``record`` binds the stats endpoint (an :class:`~tcpcopy.cluster.stats.Aggregator`: every
+process started with ``--stats ENDPOINT`` publishes there) and appends one
+``snapshot_json()`` per interval to FILE as one JSON line, flushed at once, until N seconds
+have passed or SIGINT/SIGTERM arrives; a last snapshot is written when it stops. A process
+killed outright loses at most the line it was writing, and :func:`load_samples` skips that.
+
+``build_report(samples, online_log, target_log, copies, processes, out_dir)`` writes the three
+files from those samples, the online and target servers' access logs (parsed entries, the
+dicts of ``Nginx.access_log_entries``), the number of copies (``-n``) and the processes'
+CPU-seconds and peak RSS as the harness measured them. The data are pure functions
+(:func:`build_series`, :func:`summarize`, :func:`render_html`); only :func:`draw_png` draws,
+with matplotlib's Agg backend. With no traffic and no samples the files still appear, and
+say that nothing was recorded.
+
+The picture has three panels over one time axis (seconds since the first thing recorded):
+requests per second online, expected at the target (online x copies) and arrived at the
+target, from the access logs' timestamps, with the copier's own requests sent per second from
+the stats; the loss: per second, the expected target requests that did not arrive in that
+second (bars; negative when requests logged late in one second arrive in the next), and
+cumulatively the loss ratio from the logs beside the copier's own estimate (content segments
+not replayed); and the CPU% of each role (capture, owner, intercept) from the stats.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tcpcopy.cluster.process import CommandParser
+from tcpcopy.deploy import accesslog
+
+PROG = "python -m tcpcopy.cluster.report"
+REPORT_VERSION = 1
+ROLE_ORDER = ("capture", "owner", "intercept", "cluster")
+NO_TRAFFIC = "no traffic was recorded: no request in either access log and no stats sample"
+NO_REQUESTS = "no traffic: the copy's processes reported stats, but no request was logged or copied"
+RATE_SHIFT = 0.5          # seconds a sample's rates are drawn before its time (see _centred)
+SLICE = 0.1               # seconds the recorder waits for stats between checks of the clock
+
+
+class ReportPaths(NamedTuple):
+    json: Path
+    png: Path
+    html: Path
+
+
+# ---------------------------------------------------------------------- samples
+
+def load_samples(path: str | Path) -> list[dict]:
+    """The snapshots a recorder wrote, in order; a line that is not a whole JSON object (the
+    last one of a recorder killed mid-write) is skipped. A missing file is no samples."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    samples = []
+    for line in text.splitlines():
+        try:
+            sample = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(sample, dict) and isinstance(sample.get("time"), (int, float)):
+            samples.append(sample)
+    return samples
+
+
+def _rows(sample: Mapping) -> list[dict]:
+    return [r for r in sample.get("processes", ()) if isinstance(r, dict)]
+
+
+def role_order(role: str) -> tuple[int, str]:
+    return (ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER), role)
+
+
+# ---------------------------------------------------------------------- series (pure)
+
+@dataclass(frozen=True)
+class Series:
+    """Everything the picture draws, as plain lists over one time axis.
+
+    ``seconds`` are whole seconds since ``origin`` (epoch seconds): the request counts are per
+    second (``online``, ``target``, ``expected`` = online x copies, ``shortfall`` = expected -
+    target, ``cumulative_loss`` = the loss ratio of everything up to the end of that second).
+    ``sample_times`` are the samples' times since ``origin``; per sample, ``cpu_percent`` by
+    role (summed over its processes) and ``copier_loss`` (the aggregator's content-loss
+    estimate, a ratio). ``copier_requests`` are the owners' requests sent per second between
+    one sample and the next (the growth of their ``requests_sent`` over the time between the
+    samples), at ``copier_times``, mid-way between the two.
+    """
+
+    origin: float
+    copies: int
+    seconds: list[int] = field(default_factory=list)
+    online: list[int] = field(default_factory=list)
+    target: list[int] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)
+    shortfall: list[int] = field(default_factory=list)
+    cumulative_loss: list[float] = field(default_factory=list)
+    sample_times: list[float] = field(default_factory=list)
+    cpu_percent: dict[str, list[float]] = field(default_factory=dict)
+    copier_times: list[float] = field(default_factory=list)
+    copier_requests: list[float] = field(default_factory=list)
+    copier_loss: list[float] = field(default_factory=list)
+
+    @property
+    def has_requests(self) -> bool:
+        return any(self.online) or any(self.target)
+
+    @property
+    def has_samples(self) -> bool:
+        return bool(self.sample_times)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.has_requests or self.has_samples)
+
+
+def _times(entries: Iterable[Mapping]) -> list[float]:
+    return [float(e["time"]) for e in entries if isinstance(e.get("time"), (int, float))]
+
+
+def series_origin(samples: Sequence[Mapping], online_log: Iterable[Mapping],
+                  target_log: Iterable[Mapping]) -> float:
+    """The earliest time among the logged requests and the samples; 0.0 when there is none."""
+    times = _times(online_log) + _times(target_log) + [float(s["time"]) for s in samples]
+    return min(times) if times else 0.0
+
+
+def per_second(entries: Iterable[Mapping], origin: float, length: int) -> list[int]:
+    """Requests logged in each whole second ``0..length-1`` since ``origin``
+    (:func:`accesslog.by_second` with the gaps and both ends filled)."""
+    counts = accesslog.by_second([e for e in entries if isinstance(e.get("time"), (int, float))], origin)
+    return [counts.get(second, 0) for second in range(length)]
+
+
+def build_series(samples: Sequence[Mapping], online_log: Sequence[Mapping], target_log: Sequence[Mapping],
+                 copies: int = 1, origin: float | None = None) -> Series:
+    """The time series of a run, from the samples and the two servers' access logs."""
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
+    samples = sorted(samples, key=lambda s: s["time"])
+    if origin is None:
+        origin = series_origin(samples, online_log, target_log)
+    ends = _times(online_log) + _times(target_log) + [float(s["time"]) for s in samples]
+    length = math.floor(max(ends) - origin) + 1 if ends else 0
+    online = per_second(online_log, origin, length)
+    target = per_second(target_log, origin, length)
+    expected = [n * copies for n in online]
+    cumulative, sum_expected, sum_target = [], 0, 0
+    for e, t in zip(expected, target):
+        sum_expected += e
+        sum_target += t
+        cumulative.append(accesslog.loss_ratio(sum_expected // copies, sum_target, copies))
+    roles = sorted({r.get("role", "?") for s in samples for r in _rows(s)}, key=role_order)
+    cpu = {role: [_cpu(s, role) for s in samples] for role in roles}
+    copier_times, copier_requests = copier_rate(samples, origin)
+    return Series(
+        origin=origin, copies=copies, seconds=list(range(length)), online=online, target=target,
+        expected=expected, shortfall=[e - t for e, t in zip(expected, target)],
+        cumulative_loss=cumulative, sample_times=[float(s["time"]) - origin for s in samples],
+        cpu_percent=cpu, copier_times=copier_times, copier_requests=copier_requests,
+        copier_loss=[float(s.get("loss", {}).get("content_loss", 0.0)) for s in samples])
+
+
+def _cpu(sample: Mapping, role: str) -> float:
+    return sum(float(r.get("cpu_percent", 0.0)) for r in _rows(sample) if r.get("role") == role)
+
+
+def copier_rate(samples: Sequence[Mapping], origin: float, name: str = "requests_sent") -> tuple[list[float], list[float]]:
+    """(times since ``origin``, per second) of the owners' counter ``name`` between
+    consecutive samples, each at the middle of its interval. Per owner the growth since its
+    previous sample counts; a counter that went down (a restarted owner) grew by its whole new
+    value, and an owner first heard from brings all it counted."""
+    times, rates = [], []
+    previous: dict[tuple[str, str], float] = {}
+    last_time = None
+    for sample in samples:
+        now = float(sample["time"])
+        grown = 0.0
+        current = {}
+        for row in _rows(sample):
+            if row.get("role") != "owner":
+                continue
+            key = (row.get("role", ""), row.get("identity", ""))
+            value = float(_counter(row.get("counters", {}), name))
+            current[key] = value
+            before = previous.get(key, 0.0)
+            grown += value if value < before else value - before
+        previous.update(current)
+        if last_time is not None and now > last_time:
+            times.append((last_time + now) / 2 - origin)
+            rates.append(grown / (now - last_time))
+        last_time = now
+    return times, rates
+
+
+def _counter(counters: Mapping, name: str) -> float:
+    """``name`` at the top level or under one group ("engine.requests_sent"), else 0."""
+    if name in counters:
+        return counters[name]
+    return next((v for k, v in sorted(counters.items()) if k.endswith("." + name)), 0)
+
+
+# ---------------------------------------------------------------------- the numbers (pure)
+
+def process_figures(processes: Iterable[Any]) -> list[dict]:
+    """``ProcessFigures`` (or dicts with name, cpu_seconds, peak_rss_mb) as plain dicts."""
+    out = []
+    for p in processes:
+        d = dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(p)
+        out.append({"name": str(d.get("name", "?")), "cpu_seconds": round(float(d.get("cpu_seconds", 0.0)), 3),
+                    "peak_rss_mb": round(float(d.get("peak_rss_mb", 0.0)), 1)})
+    return out
+
+
+def published_processes(samples: Sequence[Mapping]) -> list[dict]:
+    """Per process that published stats: its last CPU-seconds, the peak RSS and CPU% seen
+    over the samples, and its mean CPU% while it was heard from."""
+    seen: dict[tuple[str, str], dict] = {}
+    for sample in samples:
+        for row in _rows(sample):
+            key = (row.get("role", "?"), row.get("identity", "?"))
+            counters = row.get("counters", {})
+            entry = seen.setdefault(key, {"role": key[0], "identity": key[1], "pid": 0, "cpu_seconds": 0.0,
+                                          "peak_rss_mb": 0.0, "peak_cpu_percent": 0.0, "_cpu": []})
+            entry["pid"] = int(row.get("pid", 0))
+            entry["cpu_seconds"] = round(float(counters.get("cpu_user_s", 0.0)) + float(counters.get("cpu_system_s", 0.0)), 3)
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], round(float(counters.get("rss_bytes", 0)) / 2**20, 1))
+            if not row.get("stale"):
+                cpu = float(row.get("cpu_percent", 0.0))
+                entry["peak_cpu_percent"] = max(entry["peak_cpu_percent"], round(cpu, 1))
+                entry["_cpu"].append(cpu)
+    out = []
+    for key in sorted(seen, key=lambda k: (role_order(k[0]), k[1])):
+        entry = seen[key]
+        cpus = entry.pop("_cpu")
+        entry["mean_cpu_percent"] = round(sum(cpus) / len(cpus), 1) if cpus else 0.0
+        out.append(entry)
+    return out
+
+
+_ENGINE_OUTCOME = re.compile(r"(?:^|\.)(closed|dropped)\.([^.]+)$")
+
+
+def sample_outcomes(samples: Sequence[Mapping]) -> dict[str, int]:
+    """Session outcomes ("closed:REASON", "dropped:REASON") summed over the owners of the
+    last sample: ``outcomes.KIND:REASON`` as the owners publish them, else the engine's
+    ``KIND.REASON``."""
+    if not samples:
+        return {}
+    found: Counter[str] = Counter()
+    for row in _rows(samples[-1]):
+        if row.get("role") != "owner":
+            continue
+        counters = row.get("counters", {})
+        owner = {k.split("outcomes.", 1)[1]: v for k, v in counters.items()
+                 if ("outcomes.closed:" in k or "outcomes.dropped:" in k)}
+        if not owner:
+            owner = {f"{m.group(1)}:{m.group(2)}": v for k, v in counters.items()
+                     if (m := _ENGINE_OUTCOME.search(k))}
+        found.update(owner)
+    return dict(sorted(found.items()))
+
+
+def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[Mapping],
+              target_log: Sequence[Mapping], processes: Iterable[Any] = (),
+              tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None) -> dict:
+    """The contents of report.json.
+
+    ``totals``: requests online, expected and arrived at the target, status codes, the peak
+    rates. ``loss``: ``from_access_logs`` (the ratio users quote: (online x copies - target) /
+    (online x copies)) and ``from_copier`` (the aggregator's estimate in the last sample: content
+    segments not replayed, sessions dropped; None without samples). ``sessions``: started,
+    established, ended by outcome, from tcpcopy's summary when given, else from the last
+    sample. ``processes``: CPU-seconds and peak RSS as the harness measured them;
+    ``published``: the same from the processes' own stats, with their CPU%.
+    """
+    copies = series.copies
+    online_n, target_n = len(online_log), len(target_log)
+    samples = sorted(samples, key=lambda s: s["time"])
+    last = samples[-1] if samples else None
+    summary = dict(tcpcopy_summary or {})
+    engine, table = summary.get("engine", {}) or {}, summary.get("table", {}) or {}
+    outcomes = dict(summary.get("owner", {}).get("outcomes", {}) or {}) if summary else {}
+    outcome_source = "tcpcopy summary"
+    if not outcomes:
+        outcomes, outcome_source = sample_outcomes(samples), "stats samples"
+    owner_totals = (last or {}).get("totals", {}).get("owner", {})
+
+    def engine_figure(name: str) -> int:
+        if name in engine:
+            return int(engine[name])
+        return int(next((v for k, v in owner_totals.items() if k.endswith("." + name) or k == name), 0))
+
+    traffic = series.has_requests or any(v for k, v in owner_totals.items() if k.endswith("requests_sent"))
+    note = "" if traffic else NO_TRAFFIC if not samples else NO_REQUESTS
+    report = {
+        "version": REPORT_VERSION,
+        "generated_at": time.time(),
+        "meta": dict(meta or {}),
+        "traffic": bool(traffic),
+        "note": note,
+        "copies": copies,
+        "origin": series.origin,
+        "duration_s": len(series.seconds),
+        "samples": len(samples),
+        "totals": {
+            "online_requests": online_n,
+            "expected_target_requests": online_n * copies,
+            "target_requests": target_n,
+            "missing_requests": online_n * copies - target_n,
+            "online_status": _status_counts(online_log),
+            "target_status": _status_counts(target_log),
+            "peak_online_rps": max(series.online, default=0),
+            "peak_target_rps": max(series.target, default=0),
+        },
+        "loss": {
+            "from_access_logs": accesslog.loss_ratio(online_n, target_n, copies),
+            "from_copier": dict(last["loss"]) if last and isinstance(last.get("loss"), dict) else None,
+        },
+        "sessions": {
+            "started": int(table.get("sessions_started", 0)) or engine_figure("sessions_started"),
+            "established": engine_figure("established"),
+            "closed": sum(v for k, v in outcomes.items() if k.startswith("closed:")),
+            "dropped": sum(v for k, v in outcomes.items() if k.startswith("dropped:")),
+            "outcomes": outcomes,
+            "outcomes_from": outcome_source if outcomes else "",
+        },
+        "processes": process_figures(processes),
+        "published": published_processes(samples),
+        "series": {
+            "seconds": series.seconds, "online": series.online, "target": series.target,
+            "expected": series.expected, "shortfall": series.shortfall,
+            "cumulative_loss": series.cumulative_loss, "sample_times": series.sample_times,
+            "cpu_percent": series.cpu_percent, "copier_times": series.copier_times,
+            "copier_requests": series.copier_requests,
+            "copier_loss": series.copier_loss,
+        },
+    }
+    return report
+
+
+def _status_counts(entries: Iterable[Mapping]) -> dict[str, int]:
+    counts = accesslog.by_status(e for e in entries if "status" in e)
+    return {str(k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+
+
+# ---------------------------------------------------------------------- the page (pure)
+
+def render_html(report: Mapping, png: bytes | None, png_name: str = "report.png") -> str:
+    """One self-contained page: the picture (embedded as base64, linked by name) and the
+    report's tables."""
+    esc = html.escape
+    totals, loss, sessions = report["totals"], report["loss"], report["sessions"]
+    copier = loss.get("from_copier")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>tcpcopy run report</title>',
+        "<style>body{font-family:sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse;margin:0 0 1.5em}"
+        "td,th{border:1px solid #bbb;padding:.25em .7em;text-align:right}"
+        "th{background:#eee}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;border:1px solid #ccc}.note{font-weight:bold;color:#a40}</style>",
+        "</head><body>",
+        "<h1>tcpcopy run report</h1>",
+        f"<p>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['generated_at'])))}"
+        f"; copies {report['copies']}; {report['duration_s']} s; {report['samples']} stats samples</p>",
+    ]
+    if report.get("meta"):
+        parts.append(_table("run", [(str(k), str(v)) for k, v in report["meta"].items()], ("what", "value")))
+    if report.get("note"):
+        parts.append(f'<p class="note">{esc(report["note"])}</p>')
+    if png:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<p><a href="{esc(png_name)}"><img id="report-png" alt="requests, loss and CPU over time" '
+                     f'src="data:image/png;base64,{data}"></a></p>')
+    parts.append(_table("requests", [
+        ("online", totals["online_requests"]),
+        ("expected at the target (online x copies)", totals["expected_target_requests"]),
+        ("at the target", totals["target_requests"]),
+        ("missing", totals["missing_requests"]),
+        ("peak online req/s", totals["peak_online_rps"]),
+        ("peak target req/s", totals["peak_target_rps"]),
+        ("online status codes", _codes(totals["online_status"])),
+        ("target status codes", _codes(totals["target_status"])),
+    ], ("requests", "count")))
+    loss_rows = [("from the servers' access logs", f"{loss['from_access_logs']:.6f}")]
+    if copier:
+        loss_rows += [
+            ("copier: content segments not replayed", f"{copier.get('content_loss', 0.0):.6f}"),
+            ("copier: content segments sent / expected",
+             f"{_num(copier.get('content_packets_sent', 0))} / {_num(copier.get('expected_content', 0))}"),
+            ("copier: sessions dropped / ended",
+             f"{_num(copier.get('sessions_dropped', 0))} / "
+             f"{_num(copier.get('sessions_closed', 0) + copier.get('sessions_dropped', 0))}"),
+            ("copier: capture drops", _num(copier.get("capture_dropped", 0))),
+        ]
+    else:
+        loss_rows.append(("copier's own estimate", "no stats samples"))
+    parts.append(_table("loss", loss_rows, ("loss", "ratio")))
+    session_rows = [("started", sessions["started"]), ("established", sessions["established"]),
+                    ("closed", sessions["closed"]), ("dropped", sessions["dropped"])]
+    session_rows += [(f"outcome {k}", v) for k, v in sessions["outcomes"].items()]
+    parts.append(_table("sessions" + (f" (from the {sessions['outcomes_from']})" if sessions.get("outcomes_from") else ""),
+                        session_rows, ("sessions", "count")))
+    if report["processes"]:
+        parts.append(_table("processes, measured by the harness",
+                            [(p["name"], f"{p['cpu_seconds']:.2f}", f"{p['peak_rss_mb']:.1f}") for p in report["processes"]],
+                            ("process", "CPU s", "peak RSS MB")))
+    if report["published"]:
+        parts.append(_table("processes, from their own stats",
+                            [(f"{p['role']} {p['identity']}", p["pid"], f"{p['cpu_seconds']:.2f}",
+                              f"{p['mean_cpu_percent']:.1f}", f"{p['peak_cpu_percent']:.1f}", f"{p['peak_rss_mb']:.1f}")
+                             for p in report["published"]],
+                            ("process", "pid", "CPU s", "mean CPU%", "peak CPU%", "peak RSS MB")))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _table(title: str, rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
+    esc = html.escape
+    lines = [f"<h2>{esc(title)}</h2>", "<table>",
+             "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        lines.append("<tr>" + "".join(f"<td>{esc(str(cell))}</td>" for cell in row) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _codes(status: Mapping) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in status.items()) or "none"
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+
+
+# ---------------------------------------------------------------------- the picture
+
+ROLE_COLOURS = {"capture": "tab:purple", "owner": "tab:blue", "intercept": "tab:orange", "cluster": "tab:gray"}
+
+
+def draw_png(series: Series, path: str | Path, title: str = "tcpcopy live copy") -> Path:
+    """Draw the three panels (requests/s, loss, CPU% per role) into a PNG at ``path``."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    path = Path(path)
+    figure = Figure(figsize=(11, 9.5), dpi=100, layout="constrained")
+    if series.empty:
+        axes = figure.subplots()
+        axes.axis("off")
+        axes.text(0.5, 0.5, f"{title}\n\n{NO_TRAFFIC}", ha="center", va="center", fontsize=14, wrap=True)
+        figure.savefig(path, format="png")
+        return path
+    top, middle, bottom = figure.subplots(3, 1, sharex=True)
+    figure.suptitle(f"{title}: requests, loss and CPU over time", fontsize=14)
+
+    x = [s + 0.5 for s in series.seconds]   # a count belongs to the middle of its second
+    top.set_title("requests per second (servers' access logs; copier's own count from its stats)", fontsize=10)
+    if series.has_requests:
+        top.plot(x, series.online, "-o", color="tab:green", markersize=3, label="online")
+        if series.copies > 1:
+            top.plot(x, series.expected, ":", color="tab:green", label=f"expected at target (online x {series.copies})")
+        top.plot(x, series.target, "--s", color="tab:red", markersize=3, label="copied (at the target)")
+    if any(series.copier_requests):
+        top.plot(series.copier_times, series.copier_requests, "-", color="tab:blue", alpha=0.5, linewidth=1,
+                 label="copier requests sent/s (stats)")
+    if not series.has_requests:
+        top.text(0.5, 0.5, "no request in the access logs", transform=top.transAxes, ha="center", va="center")
+    top.set_ylabel("requests / s")
+    top.set_ylim(bottom=0)
+    _legend(top)
+
+    middle.set_title("loss: expected target requests missing per second (bars), loss ratio so far (lines)",
+                     fontsize=10)
+    if series.has_requests:
+        colours = ["tab:red" if v > 0 else "tab:gray" for v in series.shortfall]
+        middle.bar(x, series.shortfall, width=0.8, color=colours, alpha=0.6, label="missing in that second")
+    middle.axhline(0, color="black", linewidth=0.6)
+    middle.set_ylabel("requests")
+    ratio_axes = middle.twinx()
+    if series.has_requests:
+        ratio_axes.plot(x, series.cumulative_loss, "-", color="tab:red", label="loss ratio, access logs")
+    if series.has_samples:
+        ratio_axes.plot(series.sample_times, series.copier_loss, "--", color="tab:blue",
+                        label="loss ratio, copier's estimate (content segments)")
+    ratio_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ratio_axes.set_ylabel("loss ratio")
+    low = min([0.0, *series.cumulative_loss, *series.copier_loss])
+    high = max([0.0, *series.cumulative_loss, *series.copier_loss])
+    ratio_axes.set_ylim(min(low * 1.2, -0.01), max(high * 1.2, 0.01))
+    handles, labels = middle.get_legend_handles_labels()
+    more_handles, more_labels = ratio_axes.get_legend_handles_labels()
+    if handles or more_handles:
+        middle.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="upper right")
+
+    bottom.set_title("CPU per role (sum over its processes, from their stats)", fontsize=10)
+    for role, values in series.cpu_percent.items():
+        bottom.plot(_centred(series.sample_times), values, "-o", markersize=3, color=ROLE_COLOURS.get(role),
+                    label=role)
+    if not series.has_samples:
+        bottom.text(0.5, 0.5, "no stats samples", transform=bottom.transAxes, ha="center", va="center")
+    bottom.set_ylabel("CPU %")
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlabel(f"seconds since {time.strftime('%H:%M:%S', time.localtime(series.origin))}"
+                      if series.origin else "seconds")
+    bottom.set_xlim(left=0)
+    _legend(bottom)
+    for axes in (top, middle, bottom):
+        axes.grid(True, alpha=0.3)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _centred(times: Sequence[float]) -> list[float]:
+    """A rate in a sample was measured over about the second before it: drawn mid-way."""
+    return [t - RATE_SHIFT for t in times]
+
+
+def _legend(axes) -> None:
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8, loc="upper right")
+
+
+# ---------------------------------------------------------------------- all three
+
+def build_report(samples: Sequence[Mapping], online_log: Sequence[Mapping], target_log: Sequence[Mapping],
+                 copies: int, processes: Iterable[Any], out_dir: str | Path, *,
+                 tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None) -> ReportPaths:
+    """Write report.json, report.png and report.html into ``out_dir`` (made if missing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(out / "report.json", out / "report.png", out / "report.html")
+    series = build_series(samples, online_log, target_log, copies)
+    report = summarize(series, samples, online_log, target_log, processes, tcpcopy_summary, meta)
+    paths.json.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    draw_png(series, paths.png)
+    paths.html.write_text(render_html(report, paths.png.read_bytes(), paths.png.name))
+    return paths
+
+
+# ---------------------------------------------------------------------- the recorder
+
+def record(endpoint: str, out: str | Path, seconds: float | None = None, interval: float = 1.0,
+           ready=None) -> int:
+    """Bind ``endpoint`` and append one snapshot per ``interval`` to ``out`` until ``seconds``
+    have passed or SIGINT/SIGTERM (from the main thread); how many snapshots were written."""
+    from tcpcopy.cluster.stats import Aggregator
+
+    stop = []
+
+    def on_signal(signum, _frame):
+        stop.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+    aggregator = Aggregator(endpoint)
+    written = 0
+    try:
+        with open(out, "a", encoding="utf-8") as sink:
+            if ready is not None:
+                ready()
+            start = time.monotonic()
+            due = start + interval
+            end = math.inf if seconds is None else start + seconds
+            while not stop:
+                now = time.monotonic()
+                if now >= due:
+                    written += _write(sink, aggregator)
+                    due += interval * max(1, math.floor((now - due) / interval) + 1)
+                if now >= end:
+                    break
+                aggregator.poll(max(0.0, min(SLICE, due - now, end - now)))
+            aggregator.poll(0)
+            written += _write(sink, aggregator)
+    finally:
+        aggregator.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return written
+
+
+def _write(sink, aggregator) -> int:
+    sink.write(json.dumps(aggregator.snapshot_json(), sort_keys=True, separators=(",", ":")) + "\n")
+    sink.flush()
+    return 1
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog=PROG, description="Record a copy's stats; build its run report.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rec = commands.add_parser("record", help="bind the stats endpoint and write one snapshot per second (JSON lines)")
+    rec.add_argument("--stats", required=True, metavar="ENDPOINT",
+                     help="the stats endpoint to bind (tcp://HOST:PORT or ipc://PATH)")
+    rec.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file to append the snapshots to")
+    rec.add_argument("--seconds", type=float, default=None, metavar="N",
+                     help="stop after N seconds (default: at SIGINT or SIGTERM)")
+    rec.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between snapshots (1)")
+    build = commands.add_parser("build", help="write report.json, report.png and report.html from recorded files")
+    build.add_argument("--samples", metavar="FILE", help="the recorder's JSON-lines file")
+    build.add_argument("--online-log", metavar="FILE", help="the online server's JSON access log")
+    build.add_argument("--target-log", metavar="FILE", help="the target server's JSON access log")
+    build.add_argument("-n", dest="copies", type=int, default=1, help="copies of each session (tcpcopy -n)")
+    build.add_argument("--out-dir", default="tcpcopy-report", metavar="DIR", help="where to write (tcpcopy-report)")
+    return parser
+
+
+def _read_access_log(path: str | None) -> list[dict]:
+    if not path:
+        return []
+    entries = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            for name in ("time", "request_time"):
+                try:
+                    entry[name] = float(entry[name])
+                except (KeyError, TypeError, ValueError):
+                    pass
+            try:
+                entry["status"] = int(entry["status"])
+            except (KeyError, TypeError, ValueError):
+                pass
+            entries.append(entry)
+    return entries
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        if args.interval <= 0:
+            parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
+        if args.seconds is not None and args.seconds <= 0:
+            parser.error(f"--seconds {args.seconds:g}: give a positive number of seconds")
+        import zmq
+        try:
+            written = record(args.stats, args.out, args.seconds, args.interval,
+                             ready=lambda: print(f"recording {args.stats} to {args.out}", flush=True))
+        except zmq.ZMQError as exc:
+            print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc}", file=sys.stderr)
+            return 2
+        print(f"recorded {written} snapshots", flush=True)
+        return 0
+    if args.copies < 1:
+        parser.error(f"-n {args.copies}: give 1 or more copies")
+    try:
+        paths = build_report(load_samples(args.samples) if args.samples else [],
+                             _read_access_log(args.online_log), _read_access_log(args.target_log),
+                             args.copies, [], args.out_dir)
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The run report: series from access logs and stats samples, report.json, the picture, the
+page, empty inputs, and the recorder as the demo runs it.
+
+Samples are real ``Aggregator.snapshot_json()`` output: an aggregator fed STATS frames with
+a hand-driven clock (an owner, a capture worker and an intercept publishing once a second),
+with each snapshot's wall-clock ``time`` set to where the synthetic access logs put it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tcpcopy.cluster import report, wire
+from tcpcopy.cluster.report import (NO_REQUESTS, NO_TRAFFIC, ReportPaths, build_report, build_series,
+                                    load_samples, render_html, summarize)
+from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+
+T0 = 1_700_000_000.0
+MB = 2**20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Clock:
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry(t: float, status: int = 200, connection: int = 1) -> dict:
+    return {"time": t, "status": status, "request_method": "GET", "uri": "/index.html",
+            "request_uri": "/index.html", "connection": connection, "connection_requests": 1,
+            "remote_addr": "198.18.1.2", "remote_port": 40000 + connection}
+
+
+def log(per_second: list[int], start: float = T0, offset: float = 0.1) -> list[dict]:
+    """``per_second[i]`` requests spread over second i after ``start``."""
+    entries = []
+    for second, count in enumerate(per_second):
+        for k in range(count):
+            entries.append(entry(start + second + offset + 0.8 * k / max(count, 1), connection=len(entries)))
+    return entries
+
+
+def make_samples(tmp_path, seconds: int = 4, requests_per_s: int = 100, lost_segments: int = 0) -> list[dict]:
+    """One snapshot per second; from second 1 on, the owner sends ``requests_per_s`` requests
+    a second at 0.3 CPU-seconds a second, the capture worker 0.1, the intercept 0.2."""
+    clock = Clock()
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats-test", clock=clock)
+    samples = []
+    try:
+        for step in range(seconds):
+            clock.now = 100.0 + step
+            sent = requests_per_s * step
+            _feed(aggregator, "owner", "tcpcopy@lab", step, pid=11, cpu_user_s=0.3 * step, rss_bytes=30 * MB,
+                  engine={"requests_sent": sent, "client_content_packets": sent,
+                          "content_packets_sent": sent - (lost_segments if step == seconds - 1 else 0),
+                          "established": sent, "closed": {"completed": sent}},
+                  owner={"outcomes": {"closed:completed": sent, "dropped:syn_timeout": step // 2}},
+                  table={"sessions_started": sent})
+            _feed(aggregator, "capture", "capture-0@lab", step, pid=12, cpu_user_s=0.1 * step,
+                  rss_bytes=90 * MB + step * MB, captured=7 * sent)
+            _feed(aggregator, "intercept", "intercept@lab", step, pid=13, cpu_system_s=0.2 * step,
+                  rss_bytes=45 * MB, resp_records=5 * sent)
+            sample = aggregator.snapshot_json()
+            sample["time"] = T0 + step + 0.5
+            samples.append(json.loads(json.dumps(sample)))   # as a recorder's line reads back
+    finally:
+        aggregator.close()
+    return samples
+
+
+def _feed(aggregator, role, identity, published_at, **counters) -> None:
+    assert aggregator.ingest(wire.encode_stats(role, identity, {**counters, "published_at": float(published_at)}))
+
+
+# ---------------------------------------------------------------------- series
+
+def test_requests_per_second_online_and_at_the_target_on_one_axis(tmp_path):
+    online = log([50, 100, 100])
+    target = log([50, 98, 100], offset=0.15)
+    series = build_series([], online, target)
+    assert series.origin == T0 + 0.1
+    assert series.seconds == [0, 1, 2]
+    assert series.online == [50, 100, 100]
+    assert series.target == [50, 98, 100]
+    assert series.shortfall == [0, 2, 0]
+    assert series.cumulative_loss == pytest.approx([0.0, 2 / 150, 2 / 250])
+
+
+def test_a_quiet_second_is_zero_not_missing():
+    series = build_series([], log([10, 0, 0, 10]), log([10, 0, 0, 10]))
+    assert series.online == [10, 0, 0, 10]
+    assert series.target == [10, 0, 0, 10]
+
+
+def test_copies_multiply_what_the_target_should_see():
+    series = build_series([], log([10, 10]), log([20, 19]), copies=2)
+    assert series.expected == [20, 20]
+    assert series.shortfall == [0, 1]
+    assert series.cumulative_loss[-1] == pytest.approx(1 / 40)
+
+
+def test_cpu_per_role_copier_rate_and_loss_estimate_come_from_the_samples(tmp_path):
+    samples = make_samples(tmp_path, lost_segments=3)
+    series = build_series(samples, log([100, 100, 100], start=T0 + 0.5), [])
+    assert series.origin == T0 + 0.5           # the first sample comes first
+    assert series.sample_times == [0.0, 1.0, 2.0, 3.0]
+    assert list(series.cpu_percent) == ["capture", "owner", "intercept"]   # pipeline order
+    assert series.cpu_percent["owner"] == pytest.approx([0.0, 30.0, 30.0, 30.0])
+    assert series.cpu_percent["capture"] == pytest.approx([0.0, 10.0, 10.0, 10.0])
+    assert series.cpu_percent["intercept"] == pytest.approx([0.0, 20.0, 20.0, 20.0])
+    assert series.copier_times == [0.5, 1.5, 2.5]                   # between the samples
+    assert series.copier_requests == pytest.approx([100.0, 100.0, 100.0])
+    assert series.copier_loss[:3] == [0.0, 0.0, 0.0]
+    assert series.copier_loss[3] == pytest.approx(3 / 300)
+
+
+def owner_sample(t: float, **sent_by_identity) -> dict:
+    return {"time": t, "processes": [{"role": "owner", "identity": identity,
+                                      "counters": {"engine.requests_sent": sent}}
+                                     for identity, sent in sent_by_identity.items()]}
+
+
+def test_the_copier_rate_sums_owners_and_survives_a_restart():
+    samples = [owner_sample(T0, a=0), owner_sample(T0 + 1, a=100, b=50),
+               owner_sample(T0 + 3, a=300, b=20),        # b restarted: counted from 0 again
+               owner_sample(T0 + 4, a=300, b=20)]        # nothing sent
+    times, rates = report.copier_rate(samples, T0)
+    assert times == [0.5, 2.0, 3.5]
+    assert rates == pytest.approx([150.0, 110.0, 0.0])
+
+
+def test_samples_alone_make_a_time_axis():
+    series = build_series([{"time": T0, "processes": []}, {"time": T0 + 2.2, "processes": []}], [], [])
+    assert series.seconds == [0, 1, 2] and series.online == [0, 0, 0]
+    assert series.has_samples and not series.has_requests
+
+
+def test_copies_below_one_are_refused():
+    with pytest.raises(ValueError, match="copies"):
+        build_series([], [], [], copies=0)
+
+
+# ---------------------------------------------------------------------- report.json
+
+def test_report_json_has_totals_both_losses_sessions_and_processes(tmp_path):
+    samples = make_samples(tmp_path, lost_segments=3)
+    online, target = log([100, 100, 100]), log([100, 100, 99], offset=0.2)
+    target[-1]["status"] = 502
+    processes = [report_process("tcpcopy", 0.9, 28.0), report_process("intercept", 0.6, 46.5)]
+    paths = build_report(samples, online, target, 1, processes, tmp_path / "out")
+    data = json.loads(paths.json.read_text())
+    assert data["traffic"] is True and data["note"] == ""
+    assert data["totals"] == {
+        "online_requests": 300, "expected_target_requests": 300, "target_requests": 299,
+        "missing_requests": 1, "online_status": {"200": 300}, "target_status": {"200": 298, "502": 1},
+        "peak_online_rps": 100, "peak_target_rps": 100}
+    assert data["loss"]["from_access_logs"] == pytest.approx(1 / 300)
+    copier = data["loss"]["from_copier"]
+    assert copier["content_loss"] == pytest.approx(3 / 300)
+    assert copier["sessions_closed"] == 300 and copier["sessions_dropped"] == 1
+    assert data["sessions"]["outcomes"] == {"closed:completed": 300, "dropped:syn_timeout": 1}
+    assert data["sessions"]["outcomes_from"] == "stats samples"
+    assert data["sessions"]["closed"] == 300 and data["sessions"]["dropped"] == 1
+    assert data["sessions"]["established"] == 300 and data["sessions"]["started"] == 300
+    assert data["processes"] == [{"name": "tcpcopy", "cpu_seconds": 0.9, "peak_rss_mb": 28.0},
+                                 {"name": "intercept", "cpu_seconds": 0.6, "peak_rss_mb": 46.5}]
+    published = {p["role"]: p for p in data["published"]}
+    assert [p["role"] for p in data["published"]] == ["capture", "owner", "intercept"]
+    assert published["owner"]["cpu_seconds"] == pytest.approx(0.9)
+    assert published["owner"]["peak_cpu_percent"] == pytest.approx(30.0)
+    assert published["capture"]["peak_rss_mb"] == pytest.approx(93.0)   # the largest seen
+    assert published["intercept"]["pid"] == 13
+    assert data["samples"] == 4
+    assert data["series"]["online"] == [100, 100, 100, 0]    # to the last sample
+
+
+def report_process(name: str, cpu: float, rss: float):
+    from tcpcopy.deploy.livecopy import ProcessFigures
+    return ProcessFigures(name, cpu, rss)
+
+
+def test_the_tcpcopy_summary_is_preferred_for_sessions(tmp_path):
+    samples = make_samples(tmp_path)
+    summary = {"owner": {"outcomes": {"closed:completed": 7, "dropped:reset": 1}},
+               "engine": {"established": 8}, "table": {"sessions_started": 9}}
+    series = build_series(samples, [], [])
+    data = summarize(series, samples, [], [], [], summary)
+    assert data["sessions"] == {"started": 9, "established": 8, "closed": 7, "dropped": 1,
+                                "outcomes": {"closed:completed": 7, "dropped:reset": 1},
+                                "outcomes_from": "tcpcopy summary"}
+
+
+def test_the_engine_outcome_names_are_read_when_the_owner_has_none(tmp_path):
+    sample = {"time": T0, "processes": [{"role": "owner", "identity": "o", "counters": {
+        "engine.closed.completed": 5, "engine.dropped.syn_timeout": 2, "engine.closed_total": 9}}]}
+    assert report.sample_outcomes([sample]) == {"closed:completed": 5, "dropped:syn_timeout": 2}
+
+
+# ---------------------------------------------------------------------- picture and page
+
+def test_the_picture_is_a_real_png_of_some_size(tmp_path):
+    paths = build_report(make_samples(tmp_path), log([100, 100, 100]), log([100, 99, 100]), 1, [],
+                         tmp_path / "out")
+    assert isinstance(paths, ReportPaths) and [p.name for p in paths] == ["report.json", "report.png", "report.html"]
+    png = paths.png.read_bytes()
+    assert png[:8] == PNG_MAGIC
+    assert len(png) > 10_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 800 and height >= 600
+
+
+def test_the_page_embeds_the_picture_and_has_the_tables(tmp_path):
+    processes = [report_process("tcpcopy/worker", 0.37, 90.4)]
+    paths = build_report(make_samples(tmp_path), log([100, 100]), log([100, 100]), 1, processes, tmp_path / "out",
+                         meta={"load": "200/s <for> 3 s"})
+    page = paths.html.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert 'src="data:image/png;base64,' in page and 'href="report.png"' in page
+    import base64
+    embedded = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
+    assert base64.b64decode(embedded) == paths.png.read_bytes()
+    for title in ("<h2>requests</h2>", "<h2>loss</h2>", "<h2>processes, measured by the harness</h2>",
+                  "<h2>processes, from their own stats</h2>"):
+        assert title in page
+    assert page.count("<table>") >= 5
+    assert "<td>tcpcopy/worker</td><td>0.37</td><td>90.4</td>" in page
+    assert "<td>at the target</td><td>200</td>" in page
+    assert "200/s &lt;for&gt; 3 s" in page     # text is escaped
+
+
+def test_render_html_without_a_picture_still_has_the_tables(tmp_path):
+    series = build_series([], log([3]), log([3]))
+    page = render_html(summarize(series, [], log([3]), log([3])), None)
+    assert "<img" not in page and "<h2>requests</h2>" in page and "no stats samples" in page
+
+
+# ---------------------------------------------------------------------- empty inputs
+
+def test_no_traffic_at_all_still_makes_the_three_files_and_says_so(tmp_path):
+    paths = build_report([], [], [], 1, [], tmp_path / "empty")
+    data = json.loads(paths.json.read_text())
+    assert data["traffic"] is False and data["note"] == NO_TRAFFIC
+    assert data["totals"]["online_requests"] == 0 and data["loss"]["from_access_logs"] == 0.0
+    assert data["loss"]["from_copier"] is None
+    assert data["series"]["seconds"] == [] and data["published"] == [] and data["processes"] == []
+    assert paths.png.read_bytes()[:8] == PNG_MAGIC
+    page = paths.html.read_text()
+    assert NO_TRAFFIC in page and "data:image/png;base64," in page
+
+
+def test_samples_without_requests_say_the_copy_saw_none(tmp_path):
+    samples = make_samples(tmp_path, requests_per_s=0)
+    paths = build_report(samples, [], [], 1, [], tmp_path / "idle")
+    data = json.loads(paths.json.read_text())
+    assert data["traffic"] is False and data["note"] == NO_REQUESTS
+    assert paths.png.read_bytes()[:8] == PNG_MAGIC
+    assert len(data["series"]["cpu_percent"]["owner"]) == 4
+
+
+def test_entries_without_a_time_are_not_counted_per_second():
+    series = build_series([], [{"status": 200}, entry(T0)], [])
+    assert series.online == [1]
+
+
+# ---------------------------------------------------------------------- samples on disk and the recorder
+
+def test_load_samples_skips_a_torn_last_line_and_a_missing_file(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"time": 1.0, "processes": []}) + "\n" + '{"time": 2.0, "proc')
+    assert [s["time"] for s in load_samples(path)] == [1.0]
+    assert load_samples(tmp_path / "none.jsonl") == []
+
+
+def test_the_recorder_writes_a_snapshot_a_second_and_a_last_one_on_sigterm(tmp_path):
+    endpoint, out = f"ipc://{tmp_path}/stats", tmp_path / "samples.jsonl"
+    recorder = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.report", "record", "--stats", endpoint,
+                                 "--out", str(out), "--interval", "0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    publisher = StatsPublisher(endpoint, "owner", "owner-0@test", every=0.2)
+    try:
+        assert recorder.stdout.readline().startswith(f"recording {endpoint} to {out}")
+        deadline = time.monotonic() + 2.2
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            publisher.publish({"engine": {"requests_sent": 10 * n}})
+            time.sleep(0.1)
+    finally:
+        publisher.close()
+        recorder.send_signal(signal.SIGTERM)
+        rest, err = recorder.communicate(timeout=10)
+    assert recorder.returncode == 0, err
+    samples = load_samples(out)
+    assert 4 <= len(samples) <= 7, [s["time"] for s in samples]
+    assert f"recorded {len(samples)} snapshots" in rest
+    last = samples[-1]
+    owner, = last["processes"]
+    assert owner["role"] == "owner" and owner["counters"]["engine.requests_sent"] >= 100
+    assert all(b["time"] > a["time"] for a, b in zip(samples, samples[1:]))
+
+
+def test_the_recorder_stops_by_itself_after_its_seconds(tmp_path):
+    out = tmp_path / "s.jsonl"
+    written = report.record(f"ipc://{tmp_path}/stats", out, seconds=0.6, interval=0.25)
+    assert written == len(load_samples(out)) >= 3
+
+
+def test_the_build_command_makes_a_report_from_files(tmp_path):
+    online, target = tmp_path / "online.log", tmp_path / "target.log"
+    online.write_text("".join(json.dumps({**e, "time": f"{e['time']:.3f}", "status": str(e["status"])}) + "\n"
+                              for e in log([5, 5])))
+    target.write_text("".join(json.dumps(e) + "\n" for e in log([5, 4])))
+    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.report", "build", "--online-log", str(online),
+                           "--target-log", str(target), "--out-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "r" / n) for n in ("report.json", "report.png", "report.html")]
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["totals"]["online_requests"] == 10 and data["loss"]["from_access_logs"] == pytest.approx(0.1)

@@ -137,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", metavar="FILE", help="write the final counters as JSON to FILE")
     p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
                    help="name of this copier in intercept logs")
+    p.add_argument("--check", action="store_true",
+                   help="instead of copying, run one probe through the real path (capture, intercept, "
+                        "SYN to the target, SYN-ACK back through intercept, assistant) and name the first "
+                        "hop that fails, with the fix; exit 0 when all is well, 1 otherwise")
+    p.add_argument("--check-wait", type=_positive_float("--check-wait 5"), default=5.0, metavar="S",
+                   help="with --check: wait this long for a client packet on -i (5 s)")
+    p.add_argument("--check-no-traffic", action="store_true",
+                   help="with --check: do not wait for client traffic (the capture step only warns)")
+    p.add_argument("--check-client-ip", type=_address, metavar="IP",
+                   help="with --check: the probe's client address (default: the first -c address, else "
+                        "the address of a captured client); the target must route it to the assistant")
+    p.add_argument("--json", dest="check_json", action="store_true",
+                   help="with --check: print the steps as a JSON list")
     add_not_applicable(p, NOT_APPLICABLE)
     return p
 
@@ -202,6 +215,9 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.check:
+        from tcpcopy.session.doctor import run_check
+        return run_check(args)
     failed = start_command("tcpcopy", args)
     if failed is not None:
         return failed

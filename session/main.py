@@ -30,7 +30,7 @@ import tempfile
 
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
                                      parse_client_pool, parse_intercepts, parse_mappings)
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_not_applicable, remove_pid_file,
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
                                      start_command, version_text)
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the address of a captured client); the target must route it to the assistant")
     p.add_argument("--json", dest="check_json", action="store_true",
                    help="with --check: print the steps as a JSON list")
+    add_log_format(p)
     add_not_applicable(p, NOT_APPLICABLE)
     return p
 

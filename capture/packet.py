@@ -509,21 +509,21 @@ class Packet:
     def set_seq(self, seq: int) -> None:
         """Sequence numbers are taken modulo 2**32 (RFC 9293 section 3.4)."""
         seq &= _MASK32
-        buf = self.buf
-        tcp_off = self.tcp_off
-        _pack32(buf, tcp_off + _TCP_SEQ_OFF, seq)
-        csum_off = tcp_off + _TCP_CSUM_OFF
-        _pack16(buf, csum_off, (_unpack16(buf, csum_off)[0] + self.seq - seq) % 0xFFFF)
+        self._set_tcp32(_TCP_SEQ_OFF, self.seq, seq)
         self.seq = seq
 
     def set_ack(self, ack: int) -> None:
         ack &= _MASK32
+        self._set_tcp32(_TCP_ACK_OFF, self.ack, ack)
+        self.ack = ack
+
+    def _set_tcp32(self, field_off: int, old: int, new: int) -> None:
+        """A 32-bit TCP field at an even offset: its value counts whole in the sum mod 0xffff."""
         buf = self.buf
         tcp_off = self.tcp_off
-        _pack32(buf, tcp_off + _TCP_ACK_OFF, ack)
+        _pack32(buf, tcp_off + field_off, new)
         csum_off = tcp_off + _TCP_CSUM_OFF
-        _pack16(buf, csum_off, (_unpack16(buf, csum_off)[0] + self.ack - ack) % 0xFFFF)
-        self.ack = ack
+        _pack16(buf, csum_off, (_unpack16(buf, csum_off)[0] + old - new) % 0xFFFF)
 
     def set_flags(self, flags: int) -> None:
         """The eight flag bits CWR..FIN (byte 13, the low byte of its word)."""

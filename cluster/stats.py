@@ -180,7 +180,7 @@ class Aggregator:
         self.stale_after = stale_after
         self.processes: dict[tuple[str, str], ProcessStats] = {}
         self.counts = {"messages": 0, "wire_errors": 0, "unexpected": 0, "bad_figures": 0,
-                       "forgotten": 0}
+                       "forgotten": 0, "duplicates": 0}
         self.last_error = ""
         self._lock = threading.Lock()
         self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
@@ -248,6 +248,9 @@ class Aggregator:
             process = self.processes[key] = ProcessStats(role, identity)
         elif process.latest.figures.get("pid") != figures.get("pid"):
             process.history.clear()  # restarted: its counters began again
+        elif "published_at" in figures and process.latest.figures.get("published_at") == figures["published_at"]:
+            self.counts["duplicates"] += 1  # the same message again: nothing new to measure
+            return
         process.history.append(Snapshot(figures, now))
 
     def _make_room(self) -> None:

@@ -89,7 +89,25 @@ class ServerError(RuntimeError):
     """A lab server failed to start or stop; the message carries its error log."""
 
 
-class Nginx:
+class _LabServer:
+    """``with Server(...) as server:`` starts it, waits until it accepts connections, and
+    stops it on exit (also when it never became ready)."""
+
+    def __enter__(self):
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Nginx(_LabServer):
     """nginx listening on ``address:port`` inside lab host ``host``.
 
     ``with Nginx(lab, "target", "198.18.0.2", 8080) as web:`` starts it, waits until it
@@ -139,19 +157,6 @@ class Nginx:
         return f"http://{host}:{self.port}{path}"
 
     # -- life cycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> Nginx:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> Nginx:
         """Render the config and start nginx in the foreground inside the host."""
@@ -466,7 +471,7 @@ class GreeterEntry:
     text: str
 
 
-class Greeter:
+class Greeter(_LabServer):
     """A server-first line service on ``address:port`` inside lab host ``host`` (socat + bash).
 
     On connect it sends ``greeting`` and CRLF; it answers each line with ``250 <n> <line>``
@@ -493,19 +498,6 @@ class Greeter:
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._cached_log: list[GreeterEntry] = []
-
-    def __enter__(self) -> Greeter:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     @property
     def log_path(self) -> Path:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpcopy.deploy.lab import Lab, two_host
+from tcpcopy.deploy.lab import ONLINE, ONLINE_ADDRESS, Lab, four_host, two_host
+from tcpcopy.deploy.servers import Nginx
 
 
 @functools.cache
@@ -42,3 +43,20 @@ def two_host_lab() -> Iterator[Lab]:
         pytest.skip(reason)
     with two_host() as lab:
         yield lab
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """An up four-host lab (client, online, target, assistant) for the module's tests."""
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with four_host() as lab:
+        yield lab
+
+
+@pytest.fixture
+def web(lab: Lab) -> Iterator[Nginx]:
+    """nginx on the online host, port 80."""
+    with Nginx(lab, ONLINE, ONLINE_ADDRESS, 80) as server:
+        yield server

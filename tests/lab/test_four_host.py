@@ -13,7 +13,6 @@ import multiprocessing
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -31,25 +30,14 @@ from tcpcopy.deploy.lab import (
     TOPOLOGIES,
     Lab,
     LabError,
-    four_host,
     four_host_topology,
 )
 from tcpcopy.deploy.servers import INDEX_HTML, Greeter, Nginx
-from tests.lab.conftest import lab_unavailable_reason
 
 TARGET_PORT = 8080
 CONTROL_PORT = 36524
 CLIENT_PORT = 40001
 HOSTS = (CLIENT, ONLINE, TARGET, ASSISTANT)
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with four_host() as lab:
-        yield lab
 
 
 def sysctl(lab: Lab, host: str, *keys: str) -> list[str]:

@@ -6,15 +6,13 @@ from the client host and checks every count against nginx's own access log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from tcpcopy.deploy import accesslog as al
 from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, ONLINE, ONLINE_ADDRESS, Lab, four_host
+from tcpcopy.deploy.lab import CLIENT, Lab
 from tcpcopy.deploy.servers import Nginx
-from tests.lab.conftest import lab_unavailable_reason
 
 H2LOAD_OUTPUT = """starting benchmark...
 spawning thread #0: 600 total client(s). Up to 1 client(s) will be created every 5ms 600 total requests
@@ -169,21 +167,6 @@ def test_match_by_sequence_counts_copies() -> None:
 
 
 # --------------------------------------------------------------------------- lab
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with four_host() as lab:
-        yield lab
-
-
-@pytest.fixture
-def web(lab: Lab) -> Iterator[Nginx]:
-    with Nginx(lab, ONLINE, ONLINE_ADDRESS, 80) as server:
-        yield server
 
 
 @pytest.mark.lab

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, CLIENT_ADDRESS, ONLINE, ONLINE_ADDRESS, Lab, four_host
+from tcpcopy.deploy.lab import CLIENT, CLIENT_ADDRESS, ONLINE, ONLINE_ADDRESS, Lab
 from tcpcopy.deploy.servers import (
     GREETING,
     UPLOAD_STATUS,
@@ -21,24 +20,8 @@ from tcpcopy.deploy.servers import (
     big_bin,
     parse_greeter_line,
 )
-from tests.lab.conftest import lab_unavailable_reason
 
 GREETER_PORT = 2525
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with four_host() as lab:
-        yield lab
-
-
-@pytest.fixture
-def web(lab: Lab) -> Iterator[Nginx]:
-    with Nginx(lab, ONLINE, ONLINE_ADDRESS, 80) as server:
-        yield server
 
 
 # --------------------------------------------------------------------------- nginx bodies

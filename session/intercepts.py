@@ -105,18 +105,22 @@ class InterceptLinks:
         return [self.links[flow_shard(endpoint[0], endpoint[1], len(self.links))]]
 
     def flush(self) -> None:
-        """Send the registrations of this loop turn; REGISTER goes before any SYN is sent."""
+        """Send the registrations of this loop turn; REGISTER goes before any SYN is sent.
+
+        UNREGISTER goes first: when a client reuses a 4-tuple, the session that ends and the
+        one that starts on the same endpoint fall in one turn, and the other order would
+        remove the route just made."""
         for link in self.links:
+            if link.pending_unregister:
+                batch, link.pending_unregister = link.pending_unregister, []
+                if self._send(link, wire.encode_unregister(batch)):
+                    self.stats.unregistered += len(batch)
             if link.pending_register:
                 batch, link.pending_register = link.pending_register, []
                 if self._send(link, wire.encode_register(batch)):
                     self.stats.registered += len(batch)
                 else:
                     self.stats.register_drops += len(batch)
-            if link.pending_unregister:
-                batch, link.pending_unregister = link.pending_unregister, []
-                if self._send(link, wire.encode_unregister(batch)):
-                    self.stats.unregistered += len(batch)
 
     # ------------------------------------------------------------------ receiving
 

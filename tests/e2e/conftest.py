@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tcpcopy.deploy.clustercopy import ClusterCopy
 from tcpcopy.deploy.lab import Lab, four_host, list_namespaces
 from tcpcopy.deploy.livecopy import LiveCopy
 from tests.lab.conftest import lab_unavailable_reason
@@ -61,3 +62,38 @@ def live_copy(lab: Lab, request) -> Iterator[Callable[..., LiveCopy]]:
                     print(copy.log(name)[-LOG_TAIL:])
             else:
                 shutil.rmtree(copy.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_copy(lab: Lab, request) -> Iterator[Callable[..., ClusterCopy]]:
+    """``cluster_copy(**ClusterCopy kwargs)``: a started sharded cluster (nginx, intercepts,
+    owners, capture workers under supervisord) in the module's lab. Every cluster the test
+    started is stopped when it ends, the last started first, also on failure; then no
+    supervisord of theirs may be left. On failure the tail of every program log is printed
+    and the cluster's directory kept."""
+    started: list[ClusterCopy] = []
+
+    def start(*args, **kwargs) -> ClusterCopy:
+        copy = ClusterCopy(lab, *args, **kwargs)
+        started.append(copy)
+        return copy.__enter__()
+
+    yield start
+    errors = []
+    for copy in reversed(started):
+        try:
+            copy.__exit__(None, None, None)
+        except Exception as exc:  # stop the others all the same
+            errors.append(exc)
+    report = getattr(request.node, "e2e_report_call", None)
+    failed = errors or (report is not None and report.failed)
+    for copy in started:
+        if failed:
+            for role in copy.started_roles:
+                print(f"----- cluster {copy.name}, {role} role ({copy.role_dir(role)}) -----")
+                print(copy.diagnostics(role, LOG_TAIL // 4))
+        else:
+            copy.remove_dir()
+    left = [pid for copy in started for pid in copy.supervisord_alive()]
+    assert not errors, f"stopping the clusters failed: {errors}"
+    assert not left, f"supervisord still running after stop: pids {left}"

@@ -758,7 +758,10 @@ class Session:
         if fin_seq + 1 > self._rcv_nxt:
             self._rcv_nxt = fin_seq + 1
         self._target_fin = True
-        self._target_fin_first = self._target_fin_first or not self._fin_sent
+        # The target keeps TIME_WAIT unless its FIN answered ours: it closed first, or the
+        # FINs crossed (simultaneous close, RFC 9293 §3.6: both sides wait).
+        answered_ours = self._fin_sent and self._snd_una >= self._snd_nxt
+        self._target_fin_first = self._target_fin_first or not answered_ours
         self._send_ack()
         self._response_complete(now)
         if self._fin_sent:

@@ -233,3 +233,25 @@ def test_a_stray_pure_ack_far_from_the_stream_does_not_supersede_the_session():
                                    far, O_ISN, pk.RST, 1000).to_bytes())
     assert not r.session.superseded_by(stray_ack)
     assert not r.session.superseded_by(stray_rst)
+
+
+def test_fins_that_cross_leave_the_target_in_time_wait():
+    r = Replay()
+    r.handshake()
+    r.client(0.02, PA, C_ISN + 1, O_ISN + 1, b"GET / HTTP/1.1\r\n\r\n")
+    r.target(0.03, PA, T_ISN + 1, C_ISN + 19, data=100)
+    r.timer(0.05)                                        # response complete by the quiet timer
+    r.client(0.06, FA, C_ISN + 19, O_ISN + 102)          # our FIN goes out...
+    r.target(0.061, FA, T_ISN + 101, C_ISN + 19)         # ...while the target's, not acking it, comes in
+    assert r.session.target_closed_first
+
+
+def test_a_target_fin_that_answers_ours_leaves_no_time_wait_at_the_target():
+    r = Replay()
+    r.handshake()
+    r.client(0.02, PA, C_ISN + 1, O_ISN + 1, b"GET / HTTP/1.1\r\n\r\n")
+    r.target(0.03, PA, T_ISN + 1, C_ISN + 19, data=100)
+    r.timer(0.05)
+    r.client(0.06, FA, C_ISN + 19, O_ISN + 101)
+    r.target(0.07, FA, T_ISN + 101, C_ISN + 20)          # acknowledges our FIN
+    assert not r.session.target_closed_first

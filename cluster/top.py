@@ -7,8 +7,10 @@ plain-text frame with ANSI clear-screen codes, so it works over SSH and in any t
 q or Ctrl-C quits. ``--once`` collects for a few seconds and prints one frame; with
 ``--json`` it prints the aggregator's snapshot instead, for scripts.
 
-``render`` is a pure function of that snapshot. A column that does not apply to a role (a
-capture worker has no sessions) is left empty; every figure shown is a number.
+``render`` is a pure function of that snapshot and the terminal's size. A column that does
+not apply to a role (a capture worker has no sessions) is left empty; every figure shown is
+a number. In a narrow terminal (80 columns over SSH) the least important columns are left
+out rather than wrapped, and header lines break between their parts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import select
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
@@ -75,10 +78,13 @@ COLUMNS = (
 # ---------------------------------------------------------------------- rendering
 
 def number_text(value: float | None) -> str:
-    """A short figure: 0.4, 12, 3456, 12.3k, 4.5M; empty when it does not apply."""
+    """A figure for a six-character column: 0.4, 12, 3456, 123.5k, 4.5M, 1.2G; empty when it
+    does not apply."""
     if value is None:
         return ""
     magnitude = abs(value)
+    if magnitude >= 1e9:
+        return f"{value / 1e9:.1f}G"
     if magnitude >= 1e6:
         return f"{value / 1e6:.1f}M"
     if magnitude >= 1e5:
@@ -89,26 +95,68 @@ def number_text(value: float | None) -> str:
 
 
 def age_text(seconds: float) -> str:
-    if seconds < 120:
+    """At most four characters, so "stale AGE" fits its column."""
+    if seconds < 100:
         return f"{seconds:.0f}s"
-    if seconds < 7200:
+    if seconds < 6000:
         return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.0f}h"
+    if seconds < 360000:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
 
 
 def percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+@dataclass(frozen=True)
+class TableColumn:
+    """One column of the process table: its title, its width (None: the identity's, which
+    depends on the rows and the terminal) and the text of a row's cell."""
+
+    title: str
+    width: int | None
+    text: Callable[[dict], str]
+    left: bool = False
+
+
+def _state(row: dict) -> str:
+    return f"stale {age_text(row['age'])}" if row["stale"] else "ok"
+
+
+def _figure_column(column: Column) -> TableColumn:
+    def text(row: dict) -> str:
+        return number_text(column.value(row["role"], row["counters"], row["rates"]))
+    return TableColumn(column.title, max(len(column.title), 6), text)
+
+
+TABLE = (
+    TableColumn("role", 9, lambda row: row["role"], left=True),
+    TableColumn("identity", None, lambda row: row["identity"], left=True),
+    TableColumn("state", 9, _state, left=True),
+    TableColumn("pid", 7, lambda row: str(row["pid"])),
+    TableColumn("cpu%", 5, lambda row: f"{row['cpu_percent']:.1f}"),
+    TableColumn("rssMB", 5, lambda row: f"{row['counters'].get('rss_bytes', 0) / 2**20:.0f}"),
+    TableColumn("thr", 3, lambda row: number_text(row["counters"].get("num_threads", 0))),
+    TableColumn("fds", 4, lambda row: number_text(row["counters"].get("num_fds", 0))),
+    *(_figure_column(c) for c in COLUMNS),
+)
+# The columns a narrow terminal gives up, first to last. The role is early because cluster
+# identities name it ("owner-3@online1"). The identity, CPU, memory, capt/s, sent/s, active
+# and drops/s always stay.
+DROP_ORDER = ("fds", "thr", "role", "pid", "senderr", "estab/s", "resp/s", "req/s", "state")
+IDENTITY_ROOM = 28       # identity characters worth a column; a longer one takes only spare room
+
+
 def render(snapshot: dict, width: int = 120, height: int | None = None) -> str:
-    """The dashboard frame for ``Aggregator.snapshot_json()``, cut to ``width`` columns and,
-    when given, ``height`` lines."""
+    """The dashboard frame for ``Aggregator.snapshot_json()`` in ``width`` columns and, when
+    given, ``height`` lines: table columns that do not fit are left out (DROP_ORDER) and
+    header lines break between their parts, so nothing wraps in a narrow terminal."""
     rows = sorted(snapshot["processes"], key=_row_order)
-    lines = [*_header(snapshot), ""]
-    identity_width = _identity_width(rows, width)
-    lines.append(_table_line(("role", "identity", "state", "pid", "cpu%", "rssMB", "thr", "fds",
-                              *(c.title for c in COLUMNS)), identity_width))
-    lines += [_table_line(_cells(row), identity_width) for row in rows]
+    columns, identity_width = _layout(rows, width)
+    lines = [*_header(snapshot, width), ""]
+    lines.append(_table_line(columns, [c.title for c in columns], identity_width))
+    lines += [_table_line(columns, [c.text(row) for c in columns], identity_width) for row in rows]
     if height is not None and len(lines) > height:
         hidden = len(lines) - height + 1
         lines = lines[:height - 1] + [f"... {hidden} more lines: enlarge the terminal, or use --once --json"]
@@ -124,61 +172,81 @@ def _row_order(row: dict):
     return _role_order(row["role"]), row["host"], shard, row["identity"]
 
 
-def _header(snapshot: dict) -> list[str]:
+def pack(parts: list[str], width: int, separator: str, indent: str = "  ") -> list[str]:
+    """``parts`` joined by ``separator`` into lines of at most ``width`` columns, broken only
+    between parts, later lines indented; a part longer than a line gets a line of its own."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(separator) + len(part) <= width:
+            lines[-1] += separator + part
+        else:
+            lines.append(indent + part if lines else part)
+    return lines
+
+
+def _header(snapshot: dict, width: int) -> list[str]:
     processes = snapshot["processes"]
     stale = sum(p["stale"] for p in processes)
     bad = snapshot["aggregator"]["wire_errors"] + snapshot["aggregator"]["unexpected"]
     clock = time.strftime("%H:%M:%S", time.localtime(snapshot["time"]))
-    first = (f"tcpcopy cluster  {clock}  stats {snapshot['endpoint']}  "
-             f"processes {len(processes)} ({stale} stale)  bad stats messages {bad}")
-    return [first, _totals_line(snapshot), _loss_line(snapshot["loss"])]
+    first = ["tcpcopy cluster", clock, f"stats {snapshot['endpoint']}",
+             f"processes {len(processes)} ({stale} stale)", f"bad stats messages {bad}"]
+    return [*pack(first, width, "  "), *_totals_lines(snapshot, width),
+            *pack(_loss_parts(snapshot["loss"]), width, "  ")]
 
 
-def _totals_line(snapshot: dict) -> str:
-    parts = []
-    for role in sorted(snapshot["totals"], key=_role_order):
-        totals, rates = snapshot["totals"][role], snapshot["rates"].get(role, {})
-        figures = [f"{c.title} {number_text(c.value(role, totals, rates))}"
-                   for c in COLUMNS if role in c.names]
-        parts.append(f"{role} x{totals['processes']}: " + " ".join(figures))
-    return " | ".join(parts) if parts else "no process has published stats yet"
+def _totals_lines(snapshot: dict, width: int) -> list[str]:
+    """Every role's totals on one line, or when that is too wide, each role on its own."""
+    roles = [_role_totals(snapshot, role) for role in sorted(snapshot["totals"], key=_role_order)]
+    if not roles:
+        return ["no process has published stats yet"]
+    line = " | ".join(" ".join(parts) for parts in roles)
+    if len(line) <= width:
+        return [line]
+    return [text for parts in roles for text in pack(parts, width, " ")]
 
 
-def _loss_line(loss: dict) -> str:
+def _role_totals(snapshot: dict, role: str) -> list[str]:
+    totals, rates = snapshot["totals"][role], snapshot["rates"].get(role, {})
+    return [f"{role} x{totals['processes']}:",
+            *(f"{c.title} {number_text(c.value(role, totals, rates))}" for c in COLUMNS if role in c.names)]
+
+
+def _loss_parts(loss: dict) -> list[str]:
     ended = loss["sessions_closed"] + loss["sessions_dropped"]
-    return (f"loss ~ {percent(loss['content_loss'])} of content segments "
+    return [f"loss ~ {percent(loss['content_loss'])} of content segments "
             f"({number_text(loss['content_packets_sent'])} sent of "
-            f"{number_text(loss['expected_content'])} expected)  "
+            f"{number_text(loss['expected_content'])} expected)",
             f"sessions dropped {number_text(loss['sessions_dropped'])} of {number_text(ended)} "
-            f"({percent(loss['session_drop_ratio'])})  "
-            f"requests {number_text(loss['requests_sent'])}  "
-            f"capture drops {number_text(loss['capture_dropped'])}")
+            f"({percent(loss['session_drop_ratio'])})",
+            f"requests {number_text(loss['requests_sent'])}",
+            f"capture drops {number_text(loss['capture_dropped'])}"]
 
 
-def _cells(row: dict) -> tuple:
-    counters, rates = row["counters"], row["rates"]
-    state = f"stale {age_text(row['age'])}" if row["stale"] else "ok"
-    return (row["role"], row["identity"], state, str(row["pid"]), f"{row['cpu_percent']:.1f}",
-            f"{counters.get('rss_bytes', 0) / 2**20:.0f}",
-            number_text(counters.get("num_threads", 0)), number_text(counters.get("num_fds", 0)),
-            *(number_text(c.value(row["role"], counters, rates)) for c in COLUMNS))
+def _layout(rows: list, width: int) -> tuple[list, int]:
+    """The table columns that fit ``width``, and the identity's width: up to IDENTITY_ROOM
+    characters of the longest identity push out the columns of DROP_ORDER, beyond that
+    the identity takes what is left, never less than MIN_IDENTITY."""
+    longest = max([MIN_IDENTITY, *(len(row["identity"]) for row in rows)])
+    columns = list(TABLE)
+    for title in DROP_ORDER:
+        if _fixed_width(columns) + min(longest, IDENTITY_ROOM) <= width:
+            break
+        columns = [c for c in columns if c.title != title]
+    return columns, max(MIN_IDENTITY, min(longest, width - _fixed_width(columns)))
 
 
-FIXED = (9, None, 9, 7, 5, 5, 3, 4) + (7,) * len(COLUMNS)   # None: the identity's share
+def _fixed_width(columns: list) -> int:
+    """Columns of a table line but the identity's own: the other cells and the spaces."""
+    return sum(c.width or 0 for c in columns) + len(columns) - 1
 
 
-def _identity_width(rows: list, width: int) -> int:
-    others = sum(w + 1 for w in FIXED if w is not None)
-    longest = max((len(r["identity"]) for r in rows), default=MIN_IDENTITY)
-    return max(MIN_IDENTITY, min(longest, width - others))
-
-
-def _table_line(cells, identity_width: int) -> str:
+def _table_line(columns: list, cells: list, identity_width: int) -> str:
     out = []
-    for i, (cell, w) in enumerate(zip(cells, FIXED)):
-        w = identity_width if w is None else w
-        text = cell[:w]
-        out.append(text.ljust(w) if i < 3 else text.rjust(w))
+    for column, cell in zip(columns, cells):
+        width = column.width or identity_width
+        text = cell[:width]
+        out.append(text.ljust(width) if column.left else text.rjust(width))
     return " ".join(out).rstrip()
 
 

@@ -1,8 +1,9 @@
 """The dashboard: the frame drawn from a snapshot, and the command as a user runs it.
 
-``render`` is checked on a snapshot from a real Aggregator fed frames with a hand-driven
-clock (four processes, one of them silent); the command runs as a subprocess against
-publishers in this test, once as ``--once --json`` for scripts and once live until Ctrl-C.
+``render`` is checked on snapshots from a real Aggregator fed frames with a hand-driven
+clock: four processes, one of them silent, and a ten-process cluster drawn at 80, 100 and
+160 columns; the command runs as a subprocess against publishers in this test, once as
+``--once --json`` for scripts and once live until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -67,14 +68,55 @@ def snapshot(tmp_path):
         aggregator.close()
 
 
+@pytest.fixture
+def cluster(tmp_path):
+    """A cluster as the sample config runs it, mid-copy: four capture workers and four owners
+    on online1, two intercepts on assist1, each publishing twice, one second apart."""
+    clock = Clock()
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=clock)
+    for step in (0, 1):
+        clock.now = 100.0 + step
+        t = 50.0 + step
+        for n in range(4):
+            resources = {"pid": 4100 + n, "cpu_user_s": 30.0 + 0.62 * step, "cpu_system_s": 9.0 + 0.2 * step,
+                         "rss_bytes": 180 * MB, "num_threads": 4, "num_fds": 23}
+            feed(aggregator, "capture", f"capture-{n}@online1", t, captured=9_000_000 + 131_072 * step,
+                 packets_sent=8_999_000 + 131_000 * step, packets_dropped_full=12 + 3 * step,
+                 kernel_dropped=7, **resources)
+            feed(aggregator, "owner", f"owner-{n}@online1", t, **{**resources, "pid": 4200 + n},
+                 engine={"client_packets": 8_000_000 + 130_000 * step, "packets_sent": 9_100_000 + 150_000 * step,
+                         "established": 400_000 + 6_500 * step, "requests_sent": 1_200_000 + 19_800 * step,
+                         "responses": 5_500_000 + 90_000 * step, "client_content_packets": 2_400_000,
+                         "content_packets_sent": 2_399_000},
+                 owner={"outcomes": {"closed:completed": 399_000, "dropped:syn_timeout": 130 + step}},
+                 table={"sessions_refused": 0}, links={"register_drops": 1},
+                 raw_send_failures={"ENOBUFS": 17}, sessions_active=15_234 + n)
+        for n in range(2):
+            feed(aggregator, "intercept", f"intercept-{n}@assist1", t, pid=5300 + n,
+                 cpu_user_s=20.0 + 0.45 * step, cpu_system_s=5.0 + 0.1 * step, rss_bytes=95 * MB,
+                 num_threads=3, num_fds=19, all=11_000_000 + 180_000 * step,
+                 resp_records=10_990_000 + 179_500 * step, routes=30_512, held_refused=0,
+                 records_dropped=4, held_expired=2, pcap_dropped=0, send_drops=1)
+    try:
+        yield aggregator.snapshot_json()
+    finally:
+        aggregator.close()
+
+
+def table_of(text: str) -> list[list[str]]:
+    """The process table: its title line and rows, split into words."""
+    lines = text.splitlines()
+    start = lines.index("") + 1
+    return [line.split() for line in lines[start:]]
+
+
 def row_of(text: str, identity: str) -> list[str]:
     line, = [line for line in text.splitlines() if f" {identity} " in line]
     return line.split()
 
 
 def test_every_process_has_a_row_in_pipeline_order(snapshot):
-    text = render(snapshot, 200)
-    order = [line.split()[1] for line in text.splitlines()[5:]]
+    order = [row[1] for row in table_of(render(snapshot, 200))[1:]]
     assert order == ["capture-0@online1", "owner-0@online1", "owner-1@online1", "intercept-1@assist1"]
 
 
@@ -111,14 +153,53 @@ def test_the_frame_has_numbers_only(snapshot):
         assert word not in text
 
 
-@pytest.mark.parametrize("width", [60, 100, 160])
+@pytest.mark.parametrize("width", [60, 80, 100, 160])
 def test_the_frame_fits_the_width(snapshot, width):
     assert max(len(line) for line in render(snapshot, width).splitlines()) <= width
 
 
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_a_cluster_frame_fits_the_width_with_one_line_per_process(cluster, width):
+    text = render(cluster, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert len(table_of(text)) == 1 + 10
+
+
+def test_a_wide_terminal_shows_every_column(cluster):
+    titles = table_of(render(cluster, 160))[0]
+    assert titles == ["role", "identity", "state", "pid", "cpu%", "rssMB", "thr", "fds",
+                      *(c.title for c in top.COLUMNS)]
+
+
+def test_100_columns_keep_every_figure_of_a_cluster(cluster):
+    titles = table_of(render(cluster, 100))[0]
+    assert titles == ["identity", "state", "cpu%", "rssMB", *(c.title for c in top.COLUMNS)]
+
+
+def test_80_columns_keep_the_most_important_figures(cluster):
+    text = render(cluster, 80)
+    titles, *rows = table_of(text)
+    assert {"identity", "cpu%", "rssMB", "capt/s", "sent/s", "active", "drops/s"} <= set(titles)
+    assert not {"pid", "thr", "fds"} & set(titles)
+    owner = dict(zip(titles, rows[4]))
+    assert owner["identity"] == "owner-0@online1" and owner["cpu%"] == "82.0"
+    assert owner["rssMB"] == "180" and owner["capt/s"] == "130.0k" and owner["sent/s"] == "150.0k"
+    assert owner["active"] == "15234" and owner["drops/s"] == "1"
+    for part in ("bad stats messages 0", "intercept x2:", "drops/s 12", "capture drops 88"):
+        assert part in text, part         # header lines break between parts, never inside one
+
+
+def test_a_long_identity_is_cut_not_wrapped(cluster):
+    cluster["processes"][0]["identity"] = "capture-0@" + "a-very-long-host-name" * 3
+    text = render(cluster, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "drops/s" in table_of(text)[0]
+
+
 def test_the_frame_fits_the_height_and_says_what_it_cut(snapshot):
+    whole = render(snapshot, 200).splitlines()
     lines = render(snapshot, 200, height=6).splitlines()
-    assert len(lines) == 6 and lines[-1].startswith("... 4 more lines")
+    assert len(lines) == 6 and lines[-1].startswith(f"... {len(whole) - 5} more lines")
 
 
 def test_an_empty_cluster_says_so():
@@ -135,7 +216,8 @@ def test_an_empty_cluster_says_so():
 
 
 @pytest.mark.parametrize("value, text", [(None, ""), (0, "0"), (0.25, "0.2"), (7, "7"), (12.6, "13"),
-                                         (99999, "99999"), (123456, "123.5k"), (4.5e6, "4.5M")])
+                                         (99999, "99999"), (123456, "123.5k"), (4.5e6, "4.5M"),
+                                         (1.25e9, "1.2G")])
 def test_number_text(value, text):
     assert number_text(value) == text
 

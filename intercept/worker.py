@@ -52,6 +52,8 @@ SEND_HWM = 4096            # messages queued per owner before sends are dropped
 CLOSE_LINGER_MS = 500      # time BYE messages get to leave on shutdown
 CONTROL_BURST = 256        # control messages handled per wake-up before pcap's turn
 HEADER_SNAPLEN = 256       # link + IP (with options or IPv6 extensions) + TCP with options
+CAPTURE_BUFFER = 32 << 20  # the kernel's ring for answers not yet read
+CAPTURE_TIMEOUT_MS = 1     # the kernel hands over its block of answers after this long
 MAX_PAYLOAD = 1460
 PEER_LOG_MEMORY = 1024     # peers whose first fault was logged, remembered at most
 
@@ -149,9 +151,14 @@ class Worker:
         return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def open_captures(self) -> None:
-        """One live handle per device; raises CaptureError naming the device and the fix."""
+        """One live handle per device; raises CaptureError naming the device and the fix.
+
+        Not in immediate mode: the kernel wakes us once per block of answers (full, or
+        CAPTURE_TIMEOUT_MS old) instead of once per answer, which costs an answer at most a
+        millisecond and saves a poll and a read per packet under load."""
         for device in self.config.devices:
-            handle = open_live(device, self.config.bpf, snaplen=self.config.snaplen)
+            handle = open_live(device, self.config.bpf, snaplen=self.config.snaplen, immediate=False,
+                               timeout_ms=CAPTURE_TIMEOUT_MS, buffer_bytes=CAPTURE_BUFFER)
             self._captures.append((device, handle, handle.datalink()))
             self._poller.register(handle.fileno(), zmq.POLLIN)
 

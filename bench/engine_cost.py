@@ -1,8 +1,10 @@
 """CPU cost of the session layer alone (codec + engine + table), without I/O.
 
-Drives a SessionTable with scripted short HTTP sessions (SYN, ACK, request, FIN captured;
-SYN-ACK, ACK+response, FIN from the target) and prints microseconds per copied request.
-Run: .venv/bin/python bench/engine_cost.py [sessions] [--profile]
+Drives a SessionTable with scripted HTTP sessions and prints microseconds per copied request:
+short ones (SYN, ACK, request, FIN captured; SYN-ACK, ACK+response, FIN from the target) or,
+with --keepalive, 100 connections of many requests each (request and ACK captured; the
+response in two segments, headers then body, as nginx sends a file).
+Run: .venv/bin/python bench/engine_cost.py [sessions] [--keepalive] [--profile]
 """
 
 from __future__ import annotations
@@ -68,16 +70,60 @@ def run(sessions) -> tuple[float, int]:
     return time.process_time() - start, sent
 
 
+KEEPALIVE_CONNECTIONS = 100
+HEADERS, BODY = 250, 612
+
+
+def keepalive_requests(requests: int):
+    """Per request, in the order an owner sees them: (connection, kind, raw bytes)."""
+    for c in range(KEEPALIVE_CONNECTIONS):
+        client, port = bytes([198, 18, 1, 2]), 20000 + 2 * c
+        yield c, "client", captured(client, port, 1000, 0, pk.SYN)
+        yield c, "target", answer(client, port, 9000, 1001, pk.SYN | pk.ACK)
+        yield c, "client", captured(client, port, 1001, 5001, pk.ACK)
+    for r in range(requests // KEEPALIVE_CONNECTIONS):
+        for c in range(KEEPALIVE_CONNECTIONS):
+            client, port = bytes([198, 18, 1, 2]), 20000 + 2 * c
+            c_seq = 1001 + r * len(GET)
+            o_ack = 5001 + r * (HEADERS + BODY)
+            t_seq = 9001 + r * (HEADERS + BODY)
+            yield c, "client", captured(client, port, c_seq, o_ack, pk.PSH | pk.ACK, GET)
+            yield c, "target", answer(client, port, t_seq, c_seq + len(GET), pk.ACK, HEADERS)
+            yield c, "target", answer(client, port, t_seq + HEADERS, c_seq + len(GET), pk.PSH | pk.ACK, BODY)
+            yield c, "client", captured(client, port, c_seq + len(GET), o_ack + HEADERS + BODY, pk.ACK)
+
+
+def run_keepalive(script) -> tuple[float, int]:
+    table = SessionTable(SessionConfig(), lambda p, now: [Endpoint(p.src, p.sport, TARGET, 8080)])
+    now = 0.0
+    sent = 0
+    start = time.process_time()
+    for i, (_c, kind, raw) in enumerate(script):
+        now += 0.00002
+        if kind == "client":
+            table.client_packet(pk.decode(raw), now)
+        else:
+            table.response(pk.decode(raw, headers_only=True), now)
+        if i % 16 == 15:
+            table.run_timers(now)
+            sent += len(table.take_packets())
+            table.take_events()
+    return time.process_time() - start, sent
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 20000
-    sessions = list(scripted(n))
+    keepalive = "--keepalive" in sys.argv
+    work = list(keepalive_requests(n)) if keepalive else list(scripted(n))
+    runner = run_keepalive if keepalive else run
     if "--profile" in sys.argv:
-        cProfile.runctx("run(sessions)", globals(), {"sessions": sessions, "run": run}, "/tmp/engine.prof")
-        pstats.Stats("/tmp/engine.prof").sort_stats("tottime").print_stats(18)
+        cProfile.runctx("runner(work)", globals(), {"work": work, "runner": runner}, "/tmp/engine.prof")
+        pstats.Stats("/tmp/engine.prof").sort_stats("tottime").print_stats(25)
         return
-    seconds, sent = run(sessions)
-    print(f"{n} sessions (one request each): {seconds:.2f} CPU s, {seconds / n * 1e6:.1f} us per copied "
-          f"request, {sent / n:.1f} packets sent per session")
+    seconds, sent = runner(work)
+    kind = "keep-alive requests" if keepalive else "sessions (one request each)"
+    print(f"{n} {kind}: {seconds:.2f} CPU s, {seconds / n * 1e6:.1f} us per copied request, "
+          f"{sent / n:.1f} packets sent per request")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ class Session:
         self.config = config
         self.stats = stats
         self.state = IDLE
-        self._packets: list[bytes] = []
+        self.outbox: list[bytes] = []             # packets to send, oldest first (take_packets)
         self._events: list = []
         self._ip_id = 0
         self._ipv6 = len(endpoint.client_ip) == 16
@@ -284,6 +284,7 @@ class Session:
         self._rto = config.syn_rto
         self._syn_sent_at = 0.0
         self._synchronized = False               # the current connection's SYN-ACK came
+        self._ack_packet: pk.Packet | None = None  # the last pure ACK, patched for the next
         self._syn_attempts = 0
         self._retransmit_count = 0
         self._reconnects = 0
@@ -322,21 +323,27 @@ class Session:
 
     def take_packets(self) -> list[bytes]:
         """IP packets to send to the target, oldest first."""
-        packets, self._packets = self._packets, []
+        packets, self.outbox = self.outbox, []
         return packets
 
     def take_events(self) -> list:
-        events, self._events = self._events, []
+        events = self._events
+        if events:
+            self._events = []
+        else:
+            events = []
         return events
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next (None: nothing pending)."""
-        deadlines = [d for d in (
-            self._syn_deadline, self._rto_deadline, self._delack_deadline,
-            self._quiet_deadline, self._gap_deadline, self._persist_deadline,
-            self._reconnect_deadline, self._close_deadline, self._watchdog_deadline,
-            self._linger_deadline) if d is not None]
-        return min(deadlines) if deadlines else None
+        earliest = None
+        for deadline in (self._syn_deadline, self._rto_deadline, self._delack_deadline,
+                         self._quiet_deadline, self._gap_deadline, self._persist_deadline,
+                         self._reconnect_deadline, self._close_deadline, self._watchdog_deadline,
+                         self._linger_deadline):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def superseded_by(self, pkt: pk.Packet) -> bool:
         """Whether a captured client packet belongs to a new connection on this 4-tuple.
@@ -586,9 +593,9 @@ class Session:
                            self.endpoint.client_port, self.endpoint.target_port,
                            wrap(self._iss), 0, pk.SYN, MAX_WINDOW_UNSCALED,
                            options=pk.opt_mss(self.config.fake_syn_mss), ip_id=self._next_ip_id())
-            self._packets.append(syn.to_bytes())
+            self.outbox.append(syn.to_bytes())
         else:
-            self._packets.append(self._syn.to_bytes())
+            self.outbox.append(self._syn.to_bytes())
         self.stats.syns_sent += 1
         self.stats.packets_sent += 1
         self._syn_sent_at = now
@@ -650,6 +657,7 @@ class Session:
         self._target_fin = False
         self.state = ESTABLISHED
         self._synchronized = True
+        self._ack_packet = None                  # this connection's options may differ
         self.stats.established += 1
         self._events.append(Established(now, self._fabricated))
         self._send_ack()
@@ -904,7 +912,7 @@ class Session:
         self._unacked_responses = 0
         self._delack_deadline = None
         seg.sent_at = now
-        self._packets.append(pkt.to_bytes())
+        self.outbox.append(pkt.to_bytes())
 
     def _retransmit_first(self, now: float) -> None:
         if not self._unacked:
@@ -943,14 +951,34 @@ class Session:
     def _send_ack(self, seq: int | None = None) -> None:
         self._unacked_responses = 0
         self._delack_deadline = None
-        self._emit_control(pk.ACK, self._snd_nxt if seq is None else seq)
+        if self._synchronized:
+            self._emit_ack(self._snd_nxt if seq is None else seq)
+        else:
+            self._emit_control(pk.ACK, self._snd_nxt if seq is None else seq)
+
+    def _emit_ack(self, seq: int) -> None:
+        """A pure ACK on an established connection, the packet sent most often: the first
+        one is built, later ones patch that packet's fields (RFC 1624 checksum updates)."""
+        ack = self._ack_packet
+        if ack is None:
+            self._ack_packet = self._emit_control(pk.ACK, seq)
+            return
+        ack.set_seq(wrap(seq))
+        ack.set_ack(wrap(self._rcv_nxt))
+        ack.set_window(MAX_WINDOW_UNSCALED if self._window_forced else min(self._client_window, 0xFFFF))
+        ack.set_ip_id(self._next_ip_id())
+        if self._ts_ok:
+            ack.set_timestamps(self._monotonic_tsval(None), self._ts_recent)
+        self.stats.packets_sent += 1
+        self.outbox.append(ack.to_bytes())
 
     def _send_rst(self, seq: int | None = None) -> None:
         self.stats.resets_sent += 1
         self._emit_control(pk.RST | pk.ACK, self._snd_nxt if seq is None else seq)
 
-    def _emit_control(self, flags: int, seq: int) -> None:
-        """A packet of our own: ACK, RST or probe, with timestamps when negotiated."""
+    def _emit_control(self, flags: int, seq: int) -> pk.Packet:
+        """A packet of our own: ACK, RST or probe, with timestamps when negotiated. The
+        packet is returned; what was queued to send is a copy of its bytes."""
         ep = self.endpoint
         options = b""
         if self._ts_ok:
@@ -968,7 +996,8 @@ class Session:
         pkt = pk.build(ep.client_ip, ep.target_ip, ep.client_port, ep.target_port,
                        wrap(seq), ack, flags, window, options=options, ip_id=self._next_ip_id())
         self.stats.packets_sent += 1
-        self._packets.append(pkt.to_bytes())
+        self.outbox.append(pkt.to_bytes())
+        return pkt
 
     def _monotonic_tsval(self, captured: int | None) -> int:
         """TSval never goes backwards (RFC 7323 §5.3), whatever the captured clock did."""

@@ -197,26 +197,30 @@ class Owner:
             if kind != wire.PACKETS:
                 continue
             self.counters.batches += 1
-            for _ts, ip in body:
-                self._client_packet(ip, now)
+            self._client_packets(body, now)
 
-    def _client_packet(self, ip: bytes, now: float) -> None:
-        self.counters.client_packets += 1
-        try:
-            packet = pk.decode(ip)
-        except pk.PacketError:
-            self.counters.malformed_client += 1
-            return
-        self.table.client_packet(packet, now)
+    def _client_packets(self, batch: list, now: float) -> None:
+        """One batch of [timestamp, ip bytes] into the table (the per-packet path: local
+        names, no call that is not needed)."""
+        decode, feed = pk.decode, self.table.client_packet
+        self.counters.client_packets += len(batch)
+        for _ts, ip in batch:
+            try:
+                packet = decode(ip)
+            except pk.PacketError:
+                self.counters.malformed_client += 1
+                continue
+            feed(packet, now)
 
     def _responses(self, sock, now: float) -> None:
+        decode, feed = pk.decode, self.table.response
         for record in self.links.receive(sock, now, self._live_endpoints):
             try:
-                packet = pk.decode(record, headers_only=True)
+                packet = decode(record, headers_only=True)
             except pk.PacketError:
                 self.counters.malformed_responses += 1
                 continue
-            self.table.response(packet, now)
+            feed(packet, now)
 
     def _live_endpoints(self) -> list:
         return [_endpoint_tuple(s.endpoint) for s in self.table.sessions() if not s.over]
@@ -226,14 +230,16 @@ class Owner:
     def _flush(self) -> None:
         """Registrations first, then packets: an endpoint is registered before its SYN."""
         for item in self.table.take_events():
-            if isinstance(item, SessionStarted):
+            kind = type(item)
+            if kind is tuple:
+                ending = item[1]
+                if type(ending) in _ENDINGS:
+                    key = f"{_ENDINGS[type(ending)]}:{ending.reason}"
+                    self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
+            elif kind is SessionStarted:
                 self.links.register(_endpoint_tuple(item.endpoint))
-            elif isinstance(item, SessionFreed):
+            elif kind is SessionFreed:
                 self.links.unregister(_endpoint_tuple(item.endpoint))
-            elif isinstance(item, tuple) and isinstance(item[1], (Closed, Dropped)):
-                kind = "closed" if isinstance(item[1], Closed) else "dropped"
-                key = f"{kind}:{item[1].reason}"
-                self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
         self.links.flush()
         send = self.sender.send
         for raw in self.table.take_packets():
@@ -309,6 +315,9 @@ class Owner:
             "raw_send_failures": self.sender.failed,
             "stop_reason": self.stop_reason,
         }
+
+
+_ENDINGS = {Closed: "closed", Dropped: "dropped"}   # session outcome kinds, by event type
 
 
 def _endpoint_tuple(endpoint) -> wire.EndpointTuple:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import socket
 
+MAX_ADDRESSES = 1024   # destinations whose sendto address is remembered
+
 
 class RawSendError(RuntimeError):
     """The raw socket cannot be opened (its message says why and what to do)."""
@@ -32,13 +34,24 @@ class RawSender:
         except OSError:
             pass  # the kernel's default buffer still works
         self._ipv6 = ipv6
+        self._addresses: dict[bytes, tuple] = {}   # packed target address -> sendto's form
+
+    def _address_of(self, dst: bytes) -> tuple:
+        """sendto's address for a packed destination, remembered: copies go to few targets."""
+        if len(self._addresses) >= MAX_ADDRESSES:
+            self._addresses.clear()
+        family = socket.AF_INET6 if self._ipv6 else socket.AF_INET
+        address = self._addresses[dst] = (socket.inet_ntop(family, dst), 0)
+        return address
 
     def send(self, packet: bytes) -> bool:
         """Send one IP packet; False (and counted) when the kernel refuses it."""
         dst = packet[24:40] if self._ipv6 else packet[16:20]
-        family = socket.AF_INET6 if self._ipv6 else socket.AF_INET
+        address = self._addresses.get(dst)
+        if address is None:
+            address = self._address_of(dst)
         try:
-            self._sock.sendto(packet, (socket.inet_ntop(family, dst), 0))
+            self._sock.sendto(packet, address)
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             self.failed[name] = self.failed.get(name, 0) + 1

@@ -77,7 +77,9 @@ class SessionTable:
         sessions = self._by_flow.get(key)
         # A copy still running judges: after one copy's target ended it, in-order data is
         # not a new connection (the copies that ended ignore it).
-        judge = next((s for s in sessions if not s.over), sessions[0]) if sessions else None
+        judge = sessions[0] if sessions else None
+        if judge is not None and judge.over and len(sessions) > 1:
+            judge = next((s for s in sessions if not s.over), judge)
         if judge is not None and judge.superseded_by(pkt):
             self.table_stats.sessions_superseded += 1
             for session in list(sessions):
@@ -90,11 +92,13 @@ class SessionTable:
             if not sessions:
                 self.table_stats.client_packets_ignored += 1
                 return []
-        last = len(sessions) - 1
-        for i, session in enumerate(sessions):
-            # Each engine rewrites its packet in place: every copy but the last gets its own.
-            session.handle_client(pkt if i == last else pkt.copy(), now)
+        # Each engine rewrites its packet in place: every copy but the last gets its own.
+        for session in sessions[:-1]:
+            session.handle_client(pkt.copy(), now)
             self._after(session, now)
+        session = sessions[-1]
+        session.handle_client(pkt, now)
+        self._after(session, now)
         return sessions
 
     def response(self, pkt: pk.Packet, now: float) -> Session | None:
@@ -188,14 +192,17 @@ class SessionTable:
 
     def _after(self, session: Session, now: float) -> None:
         """Collect what a session produced and (re)schedule its next deadline."""
-        self._touched.append(session)
-        for event in session.take_events():
-            self._events.append((session.endpoint, event))
+        if session.outbox:
+            self._touched.append(session)
+        events = session.take_events()
+        if events:
+            endpoint = session.endpoint
+            self._events.extend((endpoint, event) for event in events)
         deadline = session.next_deadline()
         if deadline is None:
             return
         scheduled = self._scheduled.get(id(session))
-        if scheduled is not None and scheduled <= deadline and scheduled > now:
+        if scheduled is not None and now < scheduled <= deadline:
             return  # an earlier wake-up is already queued; it will reschedule
         self._scheduled[id(session)] = deadline
         self._tiebreak += 1

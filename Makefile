@@ -4,12 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast demo replay-demo lab-down clean
+.PHONY: help deps venv test test-fast demo bench soak replay-demo lab-down clean
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
 	@echo "make demo       the main job: a live copy in the four-host lab (nginx, h2load, intercept, tcpcopy), ending in a report"
+	@echo "make bench      the benchmark suite: the live copy at fixed offered rates, 3 runs each, judged against the targets (about 20 min)"
+	@echo "make soak       a 10-minute copy with each process's RSS sampled (no growth is the target)"
 	@echo "make replay-demo  a recorded HTTP session replayed through the engine alone to nginx"
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
 	@echo "make deps       install the Debian packages (libpcap-dev, iproute2, nginx-light, ethtool, curl)"
@@ -35,6 +37,12 @@ test-fast: venv
 
 demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.demo
+
+bench: deps venv
+	$(BIN)/python -m tcpcopy.deploy.benchmark $(BENCH_ARGS)
+
+soak: deps venv
+	$(BIN)/python -m tcpcopy.deploy.benchmark --soak 600 --json bench/soak.json
 
 replay-demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.replay_demo

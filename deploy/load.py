@@ -7,6 +7,8 @@ Only URLs whose host is a lab address are accepted.
 
 * :func:`short_connections`: one request per connection, connections opened at a fixed rate.
 * :func:`keepalive`: a few connections, many requests on each, one at a time.
+* :func:`keepalive_for`: like keepalive, for a fixed time instead of a fixed count: as many
+  requests as the server answers (the highest rate the box serves).
 * :func:`pipelined`: like keepalive, with up to ``depth`` requests in flight per connection.
 * :func:`upload`: POSTs of a fixed body (its SHA-256 is in the result, to check what the server
   kept, e.g. with :meth:`Nginx.received_bodies`).
@@ -38,7 +40,8 @@ H2LOAD = "h2load"
 INACTIVITY_TIMEOUT_S = 5  # a connection silent this long is given up (h2load -N)
 HARD_TIMEOUT_SLACK_S = 10.0  # beyond the planned time, before h2load is killed
 MAX_REQUESTS = 200_000
-MAX_CONNECTIONS = 20_000
+MAX_CONNECTIONS = 100_000
+MAX_SECONDS = 120.0  # one timed load at most
 MAX_BODY_BYTES = 64 << 20
 PACING_TOLERANCE = 0.005  # the rate may be off by 0.5 % to get a smoother (smaller) burst
 
@@ -101,6 +104,17 @@ class KeepaliveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TimedKeepaliveResult:
+    """What :func:`keepalive_for` asked of h2load, and its summary."""
+
+    url: str
+    connections: int
+    seconds: float
+    rate: int | None  # requests per second asked for; None: as fast as served
+    summary: H2loadSummary
+
+
+@dataclass(frozen=True, slots=True)
 class PipelinedResult:
     """What :func:`pipelined` asked of h2load, and its summary."""
 
@@ -155,6 +169,25 @@ def keepalive(lab: Lab, host: str, url: str, connections: int, requests_per_conn
     _check_bounds(total, connections)
     summary = run_h2load(lab, host, _argv(url, total, connections, timeout_s), timeout_s)
     return KeepaliveResult(url, connections, requests_per_connection, summary)
+
+
+def keepalive_for(lab: Lab, host: str, url: str, connections: int, seconds: float,
+                  rate: int | None = None) -> TimedKeepaliveResult:
+    """``connections`` concurrent connections sending GETs in turn for ``seconds`` (h2load
+    ``-D``): bounded in time. With ``rate`` the connections together send that many requests
+    per second (h2load ``--rps`` per connection, so a multiple of ``connections``); without
+    it, as many as the servers answer."""
+    _check_positive(connections=connections, seconds=seconds)
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{seconds} s is above the lab's bound of {MAX_SECONDS} s per load: split it")
+    _check_bounds(connections, connections)
+    extra = ["-D", f"{seconds:g}"]
+    if rate is not None:
+        _check_positive(rate=rate)
+        extra += ["--rps", str(max(1, round(rate / connections)))]
+    argv = _argv(url, connections, connections, None, extra)
+    summary = run_h2load(lab, host, argv, seconds + HARD_TIMEOUT_SLACK_S)
+    return TimedKeepaliveResult(url, connections, seconds, rate, summary)
 
 
 def pipelined(lab: Lab, host: str, url: str, connections: int, requests_per_connection: int, depth: int, *,

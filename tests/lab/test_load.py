@@ -196,6 +196,21 @@ def test_keepalive_requests_share_their_connections_in_order(lab: Lab, web: Ngin
 
 
 @pytest.mark.lab
+def test_timed_keepalive_keeps_its_rate_and_its_connections(lab: Lab, web: Nginx) -> None:
+    result = load.keepalive_for(lab, CLIENT, web.url("/index.html"), connections=10, seconds=2, rate=500)
+    log = web.access_log_entries()
+    assert result.summary.failed == result.summary.errored == 0
+    assert len(log) == pytest.approx(1000, rel=0.1), len(log)
+    assert len(al.by_connection(log)) == 10, "the same 10 connections carry every request"
+    assert al.order_faults(log) == []
+
+
+def test_timed_loads_are_bounded_in_time() -> None:
+    with pytest.raises(ValueError, match="bound"):
+        load.keepalive_for(None, CLIENT, "http://198.18.1.1/", 10, load.MAX_SECONDS + 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.lab
 def test_pipelined_requests_are_pipelined(lab: Lab, web: Nginx) -> None:
     result = load.pipelined(lab, CLIENT, web.url("/index.html"), connections=2, requests_per_connection=30, depth=8)
     log = web.access_log_entries()

@@ -255,6 +255,7 @@ class Session:
         self._client_window = MAX_WINDOW_UNSCALED
         self._client_wscale: int | None = None
         self._client_rst = False                 # the client reset; send it when allowed
+        self._client_fin = False                 # the client's FIN is queued (in order)
         self._last_tsval: int | None = None      # highest TSval sent (kept monotonic)
         # Our sending side (client sequence space, unwrapped).
         self._iss = 0                            # sequence number of our SYN
@@ -320,6 +321,12 @@ class Session:
     def over(self) -> bool:
         """The session has ended (it may still be lingering)."""
         return self.state in (LINGER, FINISHED)
+
+    @property
+    def client_done(self) -> bool:
+        """Every client byte of this connection is in hand, up to its FIN or RST: the
+        session can finish without another captured packet."""
+        return self._client_fin or self._client_rst
 
     def take_packets(self) -> list[bytes]:
         """IP packets to send to the target, oldest first."""
@@ -533,6 +540,7 @@ class Session:
         self._unsent.append(seg)
         self._next_expected = seg.end
         self._buffered_bytes += seg.data_len
+        self._client_fin = self._client_fin or seg.fin
 
     def _hold_behind_gap(self, pkt: pk.Packet, start: int, now: float) -> None:
         if start not in self._held:

@@ -40,6 +40,7 @@ class TableStats:
     sessions_freed: int = 0
     sessions_refused: int = 0        # the table was full
     sessions_superseded: int = 0     # the client reused a 4-tuple
+    sessions_left_closing: int = 0   # ... while a session replayed its close: it finished alone
     client_packets_ignored: int = 0  # no session and none to start (or not mapped)
     responses_unroutable: int = 0    # no session for the response's endpoint
 
@@ -81,11 +82,7 @@ class SessionTable:
         if judge is not None and judge.over and len(sessions) > 1:
             judge = next((s for s in sessions if not s.over), judge)
         if judge is not None and judge.superseded_by(pkt):
-            self.table_stats.sessions_superseded += 1
-            for session in list(sessions):
-                session.abort(now, "superseded")
-                self._after(session, now)
-                self._free(key, session, now)
+            self._supersede(key, sessions, now)
             sessions = None
         if not sessions:
             sessions = self._start(key, pkt, now)
@@ -115,7 +112,7 @@ class SessionTable:
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, _, key, session = heapq.heappop(heap)
-            if self._scheduled.get(id(session)) != deadline or not self._holds(key, session):
+            if self._scheduled.get(id(session)) != deadline or not self._holds(session):
                 continue  # a stale entry: the session moved its deadline or is gone
             del self._scheduled[id(session)]
             session.handle_timer(now)
@@ -135,7 +132,7 @@ class SessionTable:
         heap = self._heap
         while heap:
             deadline, _, key, session = heap[0]
-            if self._scheduled.get(id(session)) == deadline and self._holds(key, session):
+            if self._scheduled.get(id(session)) == deadline and self._holds(session):
                 return deadline
             heapq.heappop(heap)
         return None
@@ -153,8 +150,26 @@ class SessionTable:
 
     # ------------------------------------------------------------------ internals
 
-    def _holds(self, key: FlowKey, session: Session) -> bool:
-        return session in self._by_flow.get(key, ())
+    def _holds(self, session: Session) -> bool:
+        """The session is still in the table (a freed one may have stale heap entries)."""
+        ep = session.endpoint
+        entry = self._by_endpoint.get((ep.client_ip, ep.client_port, ep.target_ip, ep.target_port))
+        return entry is not None and entry[1] is session
+
+    def _supersede(self, key: FlowKey, sessions: list[Session], now: float) -> None:
+        """The client reused the flow's 4-tuple for a new connection: the flow's sessions
+        leave it. One that has every client byte up to the FIN (a loaded owner can see the
+        new SYN before the old close was replayed) finishes on its own endpoint, still
+        reached by its responses and timers; the others are reset."""
+        self.table_stats.sessions_superseded += 1
+        del self._by_flow[key]
+        for session in sessions:
+            if session.client_done and not session.over:
+                self.table_stats.sessions_left_closing += 1
+                continue
+            session.abort(now, "superseded")
+            self._after(session, now)
+            self._free(key, session, now)
 
     def _start(self, key: FlowKey, pkt: pk.Packet, now: float) -> list[Session]:
         """A session per copy whose endpoint is free; a copy whose endpoint is busy, or

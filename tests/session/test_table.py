@@ -338,6 +338,38 @@ def test_a_new_isn_on_the_same_flow_supersedes_the_session():
     assert len(r.table) == 1 and r.deadline == min(r.live_deadlines())
 
 
+def test_a_session_whose_client_fin_was_captured_finishes_its_close_when_the_4_tuple_is_reused():
+    """A loaded owner can see a client's new SYN on a reused 4-tuple before the old
+    connection's close was replayed. Every client byte and the FIN are in hand, so the old
+    session finishes on its own endpoint and the new connection gets another port."""
+    r = TableReplay()
+    ep = r.open(0.0, 7, 41000)
+    r.client(0.02, 7, 41000, PA, C_ISN + 1, O_ISN + 1, GET)
+    # The online server answered 300 bytes and the client closed; the FIN waits for the
+    # target's answer to the request.
+    assert r.client(0.03, 7, 41000, FA, C_ISN + 1 + len(GET), O_ISN + 301) == []
+    r.events()
+    out = r.syn(0.04, 7, 41000, isn=123_456_789)
+    assert [seg(p) for p in out] == [(pk.SYN, 123_456_789, 0, b"")], "no RST for the old connection"
+    moved = addresses(out[0])
+    assert moved.client_port != ep.client_port
+    assert r.events() == [SessionStarted(0.04, moved)]
+    assert r.table.table_stats.sessions_superseded == 1 and len(r.table) == 2
+    # The target answers the old request: the old session sends its FIN and closes cleanly.
+    out = r.target(0.05, ep, PA, T_ISN + 1, C_ISN + 1 + len(GET), data=300)
+    fin = C_ISN + 1 + len(GET)
+    assert [(addresses(p), seg(p)) for p in out] == [(ep, (FA, fin, T_ISN + 301, b""))]
+    r.target(0.06, ep, FA, T_ISN + 301, fin + 1)
+    assert (ep, Closed(0.06, "completed")) in r.events()
+    assert r.table.stats.dropped == {} and r.table.stats.closed == {"completed": 1}
+    # The new connection is untouched and carries on; the old one is freed after its linger.
+    out = r.target(0.07, moved, SA, 4_000_000, 123_456_790)
+    assert [seg(p) for p in out] == [(A, 123_456_790, 4_000_001, b"")]
+    r.timers(0.06 + r.config.linger)
+    assert SessionFreed(0.06 + r.config.linger, ep) in r.events()
+    assert len(r.table) == 1
+
+
 def test_new_data_on_a_lingering_flow_starts_a_new_session():
     r = TableReplay()
     ep = r.open(0.0, 7, 41000)

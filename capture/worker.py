@@ -35,6 +35,7 @@ from tcpcopy.cluster.stats import StatsPublisher
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
 SEND_HWM = 2000          # PACKETS messages queued per owner before drops
+HELLO_EVERY = 1.0        # seconds between HELLOs: an owner that restarts learns the capture is live
 
 
 @dataclass(slots=True)
@@ -115,6 +116,8 @@ class Worker:
         self.linktype = linktype
         self.stopping = False
         self.publisher: StatsPublisher | None = None
+        self._hello: bytes | None = None
+        self._next_hello = 0.0
 
     def publish(self, now: float, refresh=None) -> None:
         """Counters to the stats channel when due; ``refresh()`` first updates what must be
@@ -142,9 +145,22 @@ class Worker:
 
     def announce(self, source: str) -> None:
         """Tell the owners the capture is open: from now on nothing is missed."""
-        hello = wire.encode_hello(wire.Hello("capture", f"capture@{source}", uuid.uuid4().hex))
+        self._hello = wire.encode_hello(wire.Hello("capture", f"capture@{source}", uuid.uuid4().hex))
+        self._next_hello = time.monotonic() + HELLO_EVERY
         for sock in self.sockets:
-            sock.send(hello)
+            sock.send(self._hello)
+
+    def announce_again(self, now: float) -> None:
+        """The HELLO once a second, for owners that started (or restarted) after the first;
+        an owner logs each capture process once. A full queue skips it: the next one comes."""
+        if self._hello is None or now < self._next_hello:
+            return
+        self._next_hello = now + HELLO_EVERY
+        for sock in self.sockets:
+            try:
+                sock.send(self._hello, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def end_of_input(self) -> None:
         self.batcher.flush_all()
@@ -185,6 +201,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
         handle.dispatch(-1, each)
         now = time.monotonic()
         worker.batcher.flush_due(now)
+        worker.announce_again(now)
         worker.publish(now, lambda: _read_kernel_counters(worker, handle))
     _read_kernel_counters(worker, handle)
 
@@ -251,6 +268,7 @@ def _sleep_flushing(worker: Worker, until: float) -> None:
     while not worker.stopping:
         now = time.monotonic()
         worker.batcher.flush_due(now)
+        worker.announce_again(now)
         worker.publish(now)
         if now >= until:
             return

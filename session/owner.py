@@ -44,6 +44,7 @@ MAX_MESSAGES_PER_TURN = 64   # packet batches taken per loop turn, so responses 
 PULL_HWM = 2000
 STATS_EVERY = 30.0
 STARTUP_WAIT = 5.0
+MAX_CAPTURES_REMEMBERED = 1024
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Owner:
         self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity)
                           if options.stats_endpoint else None)
         self.capture_ready = False
+        self._captures_seen: set[str] = set()   # HELLO instances of capture processes logged
         self.ready_message = ""   # logged when the capture worker says it is running
 
     def now(self) -> float:
@@ -186,8 +188,7 @@ class Owner:
                 log.error("capture channel: %s", exc)
                 continue
             if kind == wire.HELLO:
-                self.capture_ready = True
-                log.info("%s", self.ready_message or f"capture {body.identity} is running")
+                self._capture_hello(body)
                 continue
             if kind == wire.BYE:
                 self.input_ended_at = now
@@ -198,6 +199,16 @@ class Owner:
                 continue
             self.counters.batches += 1
             self._client_packets(body, now)
+
+    def _capture_hello(self, hello: wire.Hello) -> None:
+        """Capture workers repeat their HELLO every second; each process is logged once."""
+        self.capture_ready = True
+        if hello.instance in self._captures_seen:
+            return
+        if len(self._captures_seen) >= MAX_CAPTURES_REMEMBERED:
+            self._captures_seen.clear()
+        self._captures_seen.add(hello.instance)
+        log.info("%s", self.ready_message or f"capture {hello.identity} is running")
 
     def _client_packets(self, batch: list, now: float) -> None:
         """One batch of [timestamp, ip bytes] into the table (the per-packet path: local

@@ -304,6 +304,11 @@ def test_killed_process_is_restarted_and_the_copy_goes_on(cluster_copy, victim: 
     restarted = next(o for o in report.owners if f"owner-{o.shard}" == victim) if victim.startswith("owner") else None
     if restarted is not None:
         assert restarted.starts == 2, "the owner's log shows no second start"
+    # Each owner logs each capture process that feeds it once: the restarted owner hears
+    # both workers again (they repeat their HELLO), every owner hears a restarted worker.
+    feeding = {f"owner-{o.shard}": o.feeding for o in report.owners}
+    expected = {"owner-0": 3, "owner-1": 3} if victim.startswith("capture") else {"owner-0": 2, "owner-1": 4}
+    assert feeding == expected, feeding
     print(f"{victim} killed (pid {old_pid}) at +{killed_at - online[0]['time']:.2f} s, running again as pid "
           f"{row.pid}; loss ratio {report.loss_ratio:.4f} ({report.online_requests - report.target_requests} "
           f"of {report.online_requests} requests)")

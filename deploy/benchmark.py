@@ -16,10 +16,11 @@ client host with h2load for a fixed time, waits until the target stops gaining, 
   copier processes together (owners + capture workers) and of the intercepts, from the
   change of each process's user + system time over the run;
 - peak RSS (VmHWM) of the largest owner, capture worker and intercept;
-- the box: busy CPU-seconds of all cores over the run and how much of it was the copier's,
-  intercept's and everything else's (nginx x2, h2load, the kernel), the mean and highest busy
-  percentage sampled each second, and the 1-minute load average, so a box saturated by the
-  servers and the load generator shows as such;
+- the box: the mean and highest busy percentage of all cores sampled each second, the
+  1-minute load average, and the busy CPU-seconds left to everything but the copy (nginx x2,
+  h2load, the kernel), so a box saturated by the servers and the load generator shows as
+  such (the box's total comes from the kernel's tick-sampled accounting: at low load it can
+  read below the sum of the copy's own processes, and what is left is then shown as 0);
 - what the copier counted as lost on its way: capture drops (owner queue full, kernel) and
   sessions that ended abnormally.
 

@@ -47,7 +47,8 @@ from tcpcopy.cluster.config import load_config
 from tcpcopy.deploy import accesslog
 from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
                                 TARGET_ADDRESS, Lab, LabError)
-from tcpcopy.deploy.livecopy import ONLINE_PORT, TARGET_PORT, ProcessFigures, _peak_rss_mb
+from tcpcopy.deploy.livecopy import (ONLINE_PORT, TARGET_PORT, CopyFigures, ProcessFigures, _peak_rss_mb,
+                                     process_lines)
 from tcpcopy.deploy.servers import Nginx
 
 BASE_PORT = 36524
@@ -79,26 +80,14 @@ class OwnerSummary:
 
 
 @dataclass
-class ClusterReport:
-    online_requests: int
-    target_requests: int
-    copies: int
-    loss_ratio: float
-    target_status: dict
-    outcomes: dict
+class ClusterReport(CopyFigures):
     owners: list = field(default_factory=list)
     intercepts: dict = field(default_factory=dict)
     captures: dict = field(default_factory=dict)
     processes: list = field(default_factory=list)
 
     def render(self) -> str:
-        lines = [
-            f"requests online            {self.online_requests}",
-            f"requests at the target     {self.target_requests}  (copies: {self.copies})",
-            f"request loss ratio         {self.loss_ratio:.6f}   (online x copies - target) / (online x copies)",
-            f"target status codes        {self.target_status}",
-            f"session outcomes           {self.outcomes or 'none'}",
-        ]
+        lines = [*self.request_lines(), f"session outcomes           {self.outcomes or 'none'}"]
         for owner in self.owners:
             c = owner.counters
             lines.append(f"owner {owner.shard}: started {c.get('started', 0)} conns {c.get('conns', 0)} "
@@ -110,9 +99,7 @@ class ClusterReport:
         for name, counters in self.captures.items():
             lines.append(f"{name}: captured {counters.get('captured', 0)} dropped(owner full) "
                          f"{counters.get('dropped(owner full)', 0)} kernel drop {counters.get('kernel drop', 0)}")
-        lines.append("process                    CPU s    peak RSS MB")
-        for p in self.processes:
-            lines.append(f"  {p.name:<24} {p.cpu_seconds:7.2f}  {p.peak_rss_mb:8.1f}")
+        lines += process_lines(self.processes)
         return "\n".join(lines)
 
 

@@ -51,13 +51,34 @@ class ProcessFigures:
 
 
 @dataclass
-class CopyReport:
+class CopyFigures:
+    """What the servers' access logs and the owners' outcomes say of a copy; both reports
+    (this module's and the cluster's) start with these lines."""
+
     online_requests: int
     target_requests: int
     copies: int
     loss_ratio: float
     target_status: dict
     outcomes: dict
+
+    def request_lines(self) -> list[str]:
+        return [
+            f"requests online            {self.online_requests}",
+            f"requests at the target     {self.target_requests}  (copies: {self.copies})",
+            f"request loss ratio         {self.loss_ratio:.6f}   (online x copies - target) / (online x copies)",
+            f"target status codes        {self.target_status}",
+        ]
+
+
+def process_lines(processes: list) -> list[str]:
+    """The CPU seconds and peak RSS of every measured process, a line each."""
+    return ["process                    CPU s    peak RSS MB",
+            *(f"  {p.name:<24} {p.cpu_seconds:7.2f}  {p.peak_rss_mb:8.1f}" for p in processes)]
+
+
+@dataclass
+class CopyReport(CopyFigures):
     tcpcopy_summary: dict
     processes: list = field(default_factory=list)
 
@@ -65,19 +86,14 @@ class CopyReport:
         engine = self.tcpcopy_summary.get("engine", {})
         table = self.tcpcopy_summary.get("table", {})
         lines = [
-            f"requests online            {self.online_requests}",
-            f"requests at the target     {self.target_requests}  (copies: {self.copies})",
-            f"request loss ratio         {self.loss_ratio:.6f}   (online x copies - target) / (online x copies)",
-            f"target status codes        {self.target_status}",
+            *self.request_lines(),
             f"sessions started           {table.get('sessions_started', 0)}",
             f"sessions established       {engine.get('established', 0)}",
             f"session outcomes           {self.outcomes or 'none'}",
             f"fabricated SYNs            {engine.get('fabricated_syns', 0)}   reconnects {engine.get('reconnects', 0)}"
             f"   retransmits {engine.get('retransmits', 0)}",
-            "process                    CPU s    peak RSS MB",
+            *process_lines(self.processes),
         ]
-        for p in self.processes:
-            lines.append(f"  {p.name:<24} {p.cpu_seconds:7.2f}  {p.peak_rss_mb:8.1f}")
         return "\n".join(lines)
 
 

@@ -415,16 +415,7 @@ class ClusterCopy:
 
     def wait_for_target(self, expected: int, timeout: float = 20.0, quiet: float = 3.0) -> int:
         """Wait until the target has logged ``expected`` requests (or gained none for ``quiet`` s)."""
-        deadline = time.monotonic() + timeout
-        count, last_change = 0, time.monotonic()
-        while time.monotonic() < deadline:
-            now_count = len(self.target.access_log_entries())
-            if now_count != count:
-                count, last_change = now_count, time.monotonic()
-            if count >= expected or time.monotonic() - last_change > quiet:
-                break
-            time.sleep(0.2)
-        return count
+        return self.target.wait_for_requests(expected, timeout, quiet)
 
     def report(self, copies: int | None = None) -> ClusterReport:
         """The run's figures from the servers' access logs and the programs' logs."""

@@ -274,16 +274,7 @@ class LiveCopy:
 
     def wait_for_target(self, expected: int, timeout: float = 10.0) -> int:
         """Wait until the target has logged ``expected`` requests (or stops gaining)."""
-        deadline = time.monotonic() + timeout
-        count, last_change = 0, time.monotonic()
-        while time.monotonic() < deadline:
-            now_count = len(self.target.access_log_entries())
-            if now_count != count:
-                count, last_change = now_count, time.monotonic()
-            if count >= expected or time.monotonic() - last_change > 3.0:
-                break
-            time.sleep(0.2)
-        return count
+        return self.target.wait_for_requests(expected, timeout)
 
     def report(self) -> CopyReport:
         online = self.online.access_log_entries()

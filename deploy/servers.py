@@ -222,6 +222,31 @@ class Nginx(_LabServer):
             return list(self._cached_log)
         return self._read_access_log()
 
+    def access_log_count(self) -> int:
+        """How many requests are logged (complete lines), without parsing them: cheap enough
+        to poll while a copy of hundreds of thousands of requests drains."""
+        if self.dir is None:
+            return len(self._cached_log)
+        try:
+            with open(self.access_log_path, "rb") as log:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+        except FileNotFoundError:
+            return 0
+
+    def wait_for_requests(self, expected: int, timeout: float, quiet: float = 3.0) -> int:
+        """Wait until ``expected`` requests are logged, or none came for ``quiet`` seconds, or
+        ``timeout`` passed; the count logged then."""
+        deadline = time.monotonic() + timeout
+        count, last_change = 0, time.monotonic()
+        while time.monotonic() < deadline:
+            now_count = self.access_log_count()
+            if now_count != count:
+                count, last_change = now_count, time.monotonic()
+            if count >= expected or time.monotonic() - last_change > quiet:
+                break
+            time.sleep(0.2)
+        return count
+
     def received_bodies(self) -> list[ReceivedBody]:
         """Per request that sent a body under ``UPLOAD_PREFIX``, in log order: the bytes kept.
 

@@ -43,8 +43,12 @@ from pathlib import Path
 import psutil
 
 from tcpcopy.deploy import load
-from tcpcopy.deploy.clustercopy import ClusterCopy
-from tcpcopy.deploy.lab import CLIENT, four_host
+from tcpcopy.deploy.clustercopy import ClusterCopy, ClusterCopyError
+from tcpcopy.deploy.lab import CLIENT, LabError, four_host
+from tcpcopy.deploy.servers import ServerError
+
+# What a run can fail with: the suite names it, goes on with the next run and keeps the rest.
+RUN_ERRORS = (load.LoadError, ClusterCopyError, LabError, ServerError)
 
 CLIENT_PORTS = "1024 65535"
 KEEPALIVE_CONNECTIONS = 100
@@ -494,18 +498,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"{os.cpu_count()} CPUs; h2load, nginx x2 and the copy share them", flush=True)
     if args.soak:
-        result = soak(args.soak, args.shape)
-        print("\n".join(soak_lines(result)))
-        _write(args.json, {"soak": asdict(result) | {"steady": result.steady}})
-        return 0
-    runs = []
-    for scenario in args.only:
-        for attempt in range(args.repeat):
-            run = one_run(scenario, args.shape, args.seconds)
-            runs.append(run)
-            print(f"  {scenario.name} run {attempt + 1}: online {run.online_requests} ({run.online_rps:.0f}/s) "
-                  f"target {run.target_requests} loss {run.loss_ratio:.2e} copier {run.copier_us:.0f} us "
-                  f"intercept {run.intercept_us:.0f} us box {run.box_cpu_mean:.0f}%", flush=True)
+        return _soak_command(args)
+    runs, failures = run_all(args.only, args.repeat, args.shape, args.seconds)
     summary = summarize(runs)
     results = verdicts(summary)
     print(f"\nshape {','.join(map(str, args.shape))}, {args.seconds:g} s per run, medians of {args.repeat}:")
@@ -515,10 +509,45 @@ def main(argv=None) -> int:
     print("targets:")
     print("\n".join(verdict_lines(results)))
     print(f"took {time.monotonic() - started:.0f} s")
+    for failure in failures:
+        print(f"FAILED  {failure['scenario']} run {failure['run']}: {failure['error']}")
     _write(args.json, {"cpus": os.cpu_count(), "shape": args.shape, "seconds": args.seconds,
                        "repeat": args.repeat, "summary": summary, "verdicts": results,
-                       "runs": [asdict(r) for r in runs]})
-    return 0
+                       "runs": [asdict(r) for r in runs], "failures": failures})
+    return 1 if failures else 0
+
+
+def run_all(scenarios, repeat: int, shape, seconds: float) -> tuple[list[Run], list[dict]]:
+    """Every run of every scenario; a run that fails is named and the suite goes on, and
+    Ctrl-C ends it with the runs done so far (the lab of the run it cut is torn down)."""
+    runs, failures = [], []
+    try:
+        for scenario in scenarios:
+            for attempt in range(1, repeat + 1):
+                try:
+                    run = one_run(scenario, shape, seconds)
+                except RUN_ERRORS as exc:
+                    failures.append({"scenario": scenario.name, "run": attempt, "error": str(exc)[-2000:]})
+                    print(f"  {scenario.name} run {attempt}: failed: {str(exc)[-500:]}", flush=True)
+                    continue
+                runs.append(run)
+                print(f"  {scenario.name} run {attempt}: online {run.online_requests} ({run.online_rps:.0f}/s) "
+                      f"target {run.target_requests} loss {run.loss_ratio:.2e} copier {run.copier_us:.0f} us "
+                      f"intercept {run.intercept_us:.0f} us box {run.box_cpu_mean:.0f}%", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: reporting the runs done so far", flush=True)
+    return runs, failures
+
+
+def _soak_command(args) -> int:
+    try:
+        result = soak(args.soak, args.shape)
+    except RUN_ERRORS as exc:
+        print(f"the soak failed: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(soak_lines(result)))
+    _write(args.json, {"soak": asdict(result) | {"steady": result.steady}})
+    return 0 if result.steady else 1
 
 
 def _write(path: str, document: dict) -> None:

@@ -98,3 +98,22 @@ def test_unknown_scenarios_and_bad_shapes_are_named() -> None:
         bm._shape("2,2")
     assert [s.name for s in bm._scenarios("n3-1000, keepalive-max")] == ["n3-1000", "keepalive-max"]
     assert parser.parse_args([]).only == list(bm.SCENARIOS)
+
+
+def test_a_failed_run_is_named_and_the_suite_goes_on(monkeypatch, capsys) -> None:
+    calls = []
+
+    def one_run(scenario, shape, seconds):
+        calls.append(scenario.name)
+        if len(calls) == 2:
+            raise bm.load.LoadError("h2load in client killed: did not finish within 75 s")
+        return run(scenario.name)
+
+    monkeypatch.setattr(bm, "one_run", one_run)
+    scenarios = bm._scenarios("short-2500,n3-1000")
+    runs, failures = bm.run_all(scenarios, 2, (1, 1, 1), 15)
+    assert calls == ["short-2500", "short-2500", "n3-1000", "n3-1000"]
+    assert len(runs) == 3
+    assert failures == [{"scenario": "short-2500", "run": 2,
+                         "error": "h2load in client killed: did not finish within 75 s"}]
+    assert "short-2500 run 2: failed: h2load in client killed" in capsys.readouterr().out

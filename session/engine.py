@@ -334,11 +334,7 @@ class Session:
         return packets
 
     def take_events(self) -> list:
-        events = self._events
-        if events:
-            self._events = []
-        else:
-            events = []
+        events, self._events = self._events, []
         return events
 
     def next_deadline(self) -> float | None:

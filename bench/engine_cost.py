@@ -75,22 +75,22 @@ HEADERS, BODY = 250, 612
 
 
 def keepalive_requests(requests: int):
-    """Per request, in the order an owner sees them: (connection, kind, raw bytes)."""
+    """Per request, in the order an owner sees them: (kind, raw bytes)."""
     for c in range(KEEPALIVE_CONNECTIONS):
         client, port = bytes([198, 18, 1, 2]), 20000 + 2 * c
-        yield c, "client", captured(client, port, 1000, 0, pk.SYN)
-        yield c, "target", answer(client, port, 9000, 1001, pk.SYN | pk.ACK)
-        yield c, "client", captured(client, port, 1001, 5001, pk.ACK)
+        yield "client", captured(client, port, 1000, 0, pk.SYN)
+        yield "target", answer(client, port, 9000, 1001, pk.SYN | pk.ACK)
+        yield "client", captured(client, port, 1001, 5001, pk.ACK)
     for r in range(requests // KEEPALIVE_CONNECTIONS):
         for c in range(KEEPALIVE_CONNECTIONS):
             client, port = bytes([198, 18, 1, 2]), 20000 + 2 * c
             c_seq = 1001 + r * len(GET)
             o_ack = 5001 + r * (HEADERS + BODY)
             t_seq = 9001 + r * (HEADERS + BODY)
-            yield c, "client", captured(client, port, c_seq, o_ack, pk.PSH | pk.ACK, GET)
-            yield c, "target", answer(client, port, t_seq, c_seq + len(GET), pk.ACK, HEADERS)
-            yield c, "target", answer(client, port, t_seq + HEADERS, c_seq + len(GET), pk.PSH | pk.ACK, BODY)
-            yield c, "client", captured(client, port, c_seq + len(GET), o_ack + HEADERS + BODY, pk.ACK)
+            yield "client", captured(client, port, c_seq, o_ack, pk.PSH | pk.ACK, GET)
+            yield "target", answer(client, port, t_seq, c_seq + len(GET), pk.ACK, HEADERS)
+            yield "target", answer(client, port, t_seq + HEADERS, c_seq + len(GET), pk.PSH | pk.ACK, BODY)
+            yield "client", captured(client, port, c_seq + len(GET), o_ack + HEADERS + BODY, pk.ACK)
 
 
 def run_keepalive(script) -> tuple[float, int]:
@@ -98,7 +98,7 @@ def run_keepalive(script) -> tuple[float, int]:
     now = 0.0
     sent = 0
     start = time.process_time()
-    for i, (_c, kind, raw) in enumerate(script):
+    for i, (kind, raw) in enumerate(script):
         now += 0.00002
         if kind == "client":
             table.client_packet(pk.decode(raw), now)

@@ -7,8 +7,8 @@ Only URLs whose host is a lab address are accepted.
 
 * :func:`short_connections`: one request per connection, connections opened at a fixed rate.
 * :func:`keepalive`: a few connections, many requests on each, one at a time.
-* :func:`keepalive_for`: like keepalive, for a fixed time instead of a fixed count: as many
-  requests as the server answers (the highest rate the box serves).
+* :func:`keepalive_for`: like keepalive, for a fixed time instead of a fixed count, at a
+  given request rate or as fast as the server answers.
 * :func:`pipelined`: like keepalive, with up to ``depth`` requests in flight per connection.
 * :func:`upload`: POSTs of a fixed body (its SHA-256 is in the result, to check what the server
   kept, e.g. with :meth:`Nginx.received_bodies`).

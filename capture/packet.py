@@ -40,6 +40,7 @@ __all__ = [
     "ip_offset", "decode", "decode_frame", "build", "split",
     "opt_mss", "opt_wscale", "opt_sack_permitted", "opt_timestamps",
     "tcp_checksum_ok", "ipv4_checksum_ok", "flags_text",
+    "repair_checksums", "CHECKSUM_VALID", "CHECKSUM_COMPLETED", "CHECKSUM_BAD",
 ]
 
 
@@ -673,12 +674,15 @@ def _fill_checksums(buf: bytearray, tcp_off: int) -> None:
 def _tcp_sum(buf, tcp_off: int) -> int:
     """Ones' complement sum of the TCP pseudo-header and segment (RFC 9293 section 3.1;
     for IPv6 the upper-layer length is the TCP length, RFC 8200 section 8.1)."""
+    return _pseudo_sum(buf, tcp_off) + _sum16(memoryview(buf)[tcp_off:])
+
+
+def _pseudo_sum(buf, tcp_off: int) -> int:
+    """Sum of the TCP pseudo-header of the packet in ``buf`` (its segment runs to the end)."""
     tcp_len = len(buf) - tcp_off
     if buf[0] >> 4 == 4:
-        pseudo = _sum16(buf[12:20]) + _sum16(_PSEUDO4_TAIL.pack(0, _PROTO_TCP, tcp_len))
-    else:
-        pseudo = _sum16(buf[8:40]) + _sum16(_PSEUDO6_TAIL.pack(tcp_len, _PROTO_TCP))
-    return pseudo + _sum16(memoryview(buf)[tcp_off:])
+        return _sum16(buf[12:20]) + _sum16(_PSEUDO4_TAIL.pack(0, _PROTO_TCP, tcp_len))
+    return _sum16(buf[8:40]) + _sum16(_PSEUDO6_TAIL.pack(tcp_len, _PROTO_TCP))
 
 
 def tcp_checksum_ok(pkt: Packet) -> bool:
@@ -687,6 +691,47 @@ def tcp_checksum_ok(pkt: Packet) -> bool:
     if len(pkt.buf) < pkt.payload_off + pkt.payload_len:
         return False
     return _tcp_sum(pkt.buf, pkt.tcp_off) % 0xFFFF == 0
+
+
+CHECKSUM_VALID = 0       # the captured TCP checksum verified as it was
+CHECKSUM_COMPLETED = 1   # it was partial (checksum offload) and is now complete
+CHECKSUM_BAD = 2         # neither: the segment was damaged on the wire
+
+
+def repair_checksums(pkt: Packet) -> int:
+    """Make a captured packet's checksums complete before it is rewritten and sent.
+
+    A frame captured on a host whose NIC or virtual link offloads checksums (veth,
+    virtio-net, containers, local traffic) leaves the kernel with a *partial* TCP checksum:
+    the field holds the pseudo-header sum, for the device to finish over the segment. GRO
+    super-packets carry one too. An incremental update (RFC 1624) of a partial checksum
+    stays wrong, so every captured segment that will be sent passes here first: one sum
+    over the segment tells a valid checksum from a partial one (the field equals the
+    pseudo-header sum) and completes the latter in place. Anything else was damaged on the
+    wire; the online server's kernel drops such a segment and the client retransmits it,
+    so the caller drops it too (CHECKSUM_BAD). The IPv4 header checksum is recomputed when
+    it does not verify (the kernel fills it on a raw send anyway).
+
+    The sums are modulo 0xffff (see the module docstring), so the +0/-0 forms of a folded
+    pseudo-header sum compare equal.
+    """
+    buf = pkt.buf
+    if len(buf) < pkt.payload_off + pkt.payload_len:
+        raise PacketError("cannot check the checksum of a packet whose payload is absent")
+    tcp_off = pkt.tcp_off
+    if pkt.version == 4 and _sum16(buf[:tcp_off]):
+        _pack16(buf, _IPV4_CSUM_OFF, 0)
+        _pack16(buf, _IPV4_CSUM_OFF, _finish(_sum16(buf[:tcp_off])))
+    pseudo = _pseudo_sum(buf, tcp_off)
+    total = pseudo + _sum16(memoryview(buf)[tcp_off:])
+    if total % 0xFFFF == 0:
+        return CHECKSUM_VALID
+    csum_off = tcp_off + _TCP_CSUM_OFF
+    field = _unpack16(buf, csum_off)[0]
+    if (field - pseudo) % 0xFFFF:
+        return CHECKSUM_BAD
+    _pack16(buf, csum_off, _finish(total - field))
+    return CHECKSUM_COMPLETED
 
 
 def ipv4_checksum_ok(pkt: Packet) -> bool:

@@ -17,6 +17,10 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats, should_start_session
 from tcpcopy.session.ports import PortAllocator
 
+# Segments that may be sent to the target as captured: data, SYN and FIN. Pure ACKs and
+# RSTs are never replayed byte for byte (the engine builds its own).
+_REPLAYED_CONTROL = pk.SYN | pk.FIN
+
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
 # The replayed endpoints of a new flow at a time, one per copy (-n); [] when it is not copied.
 EndpointsFor = Callable[[pk.Packet, float], "list[Endpoint]"]
@@ -42,6 +46,8 @@ class TableStats:
     sessions_superseded: int = 0     # the client reused a 4-tuple
     sessions_left_closing: int = 0   # ... while a session replayed its close: it finished alone
     client_packets_ignored: int = 0  # no session and none to start (or not mapped)
+    checksums_completed: int = 0     # captured with a partial checksum (offload), completed
+    checksums_bad: int = 0           # damaged on the wire: dropped, as the online server did
     responses_unroutable: int = 0    # no session for the response's endpoint
 
 
@@ -74,6 +80,8 @@ class SessionTable:
     def client_packet(self, pkt: pk.Packet, now: float) -> list[Session]:
         """Feed a captured client packet to every copy of its flow (starting them if the
         packet begins a session); returns the sessions it went to."""
+        if (pkt.payload_len or pkt.flags & _REPLAYED_CONTROL) and not self._checksum_usable(pkt):
+            return []
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         sessions = self._by_flow.get(key)
         # A copy still running judges: after one copy's target ended it, in-order data is
@@ -149,6 +157,17 @@ class SessionTable:
         return events
 
     # ------------------------------------------------------------------ internals
+
+    def _checksum_usable(self, pkt: pk.Packet) -> bool:
+        """Complete a partial checksum of a segment that may be replayed (once, before the
+        copies are made); False for a damaged one, which is dropped and counted."""
+        verdict = pk.repair_checksums(pkt)
+        if verdict == pk.CHECKSUM_COMPLETED:
+            self.table_stats.checksums_completed += 1
+        elif verdict == pk.CHECKSUM_BAD:
+            self.table_stats.checksums_bad += 1
+            return False
+        return True
 
     def _holds(self, session: Session) -> bool:
         """The session is still in the table (a freed one may have stale heap entries)."""

@@ -591,3 +591,60 @@ def test_known_option_with_wrong_length_is_skipped():
     raw[40:44] = b"\x02\x03\x05\x01"   # MSS with length 3 (skipped), then a NOP
     pkt = decode(bytes(raw))
     assert pkt.mss is None
+
+
+# ---------------------------------------------------------------- captured checksums
+
+def with_partial_checksum(pkt):
+    """The packet as a host with checksum offload captures it: the TCP checksum field
+    holds only the folded pseudo-header sum (what Linux leaves for the NIC to finish)."""
+    raw = bytearray(pkt.to_bytes())
+    csum_off = pkt.tcp_off + 16
+    raw[csum_off:csum_off + 2] = b"\x00\x00"
+    pseudo = P._pseudo_sum(raw, pkt.tcp_off) % 0xFFFF
+    raw[csum_off:csum_off + 2] = struct.pack("!H", pseudo)
+    return decode(bytes(raw))
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("payload_len", [0, 1, 600, 1447, 60000])
+def test_partial_checksum_completed_and_survives_rewrites(version, payload_len):
+    src, dst = ((bytes([198, 18, 5, 7]), bytes([198, 18, 0, 10])) if version == 4 else
+                (bytes.fromhex("20010002000000000000000000000005"),
+                 bytes.fromhex("2001000200000000000000000000000a")))
+    sent = build(src, dst, 40000, 80, 1000, 2000, PSH | ACK, 502,
+                 options=P.opt_timestamps(7, 9), payload=bytes(range(256)) * (payload_len // 256)
+                 + b"x" * (payload_len % 256))
+    captured = with_partial_checksum(sent)
+    assert not P.tcp_checksum_ok(captured)
+    assert P.repair_checksums(captured) == P.CHECKSUM_COMPLETED
+    assert P.tcp_checksum_ok(captured)
+    assert captured.to_bytes() == sent.to_bytes()
+    # What the engine does next (RFC 1624 updates) keeps it right.
+    captured.set_dst(src)
+    captured.set_ack(123456789)
+    captured.set_timestamps(11, 12)
+    assert P.tcp_checksum_ok(captured)
+    assert_checksums_agree_with_scapy(captured)
+
+
+def test_valid_checksum_left_alone():
+    pkt = build(bytes(4), bytes([198, 18, 0, 2]), 1, 2, 3, 4, ACK, 5, payload=b"abc")
+    before = pkt.to_bytes()
+    assert P.repair_checksums(pkt) == P.CHECKSUM_VALID
+    assert pkt.to_bytes() == before
+
+
+def test_damaged_segment_reported_bad():
+    pkt = build(bytes([198, 18, 5, 1]), bytes([198, 18, 0, 2]), 1, 2, 3, 4, PSH | ACK, 5,
+                payload=b"hello world")
+    pkt.buf[-1] ^= 0x40   # one bit flipped on the wire
+    assert P.repair_checksums(pkt) == P.CHECKSUM_BAD
+
+
+def test_ipv4_header_checksum_recomputed():
+    pkt = build(bytes([198, 18, 5, 1]), bytes([198, 18, 0, 2]), 1, 2, 3, 4, ACK, 5)
+    pkt.buf[10:12] = b"\x12\x34"
+    assert not P.ipv4_checksum_ok(pkt)
+    P.repair_checksums(pkt)
+    assert P.ipv4_checksum_ok(pkt)

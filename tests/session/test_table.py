@@ -564,3 +564,44 @@ def test_the_heap_never_misses_a_deadline_under_random_traffic(data):
             assert r.deadline is not None and r.deadline <= min(deadlines)
         endpoints = [s.endpoint for s in r.table.sessions()]
         assert len(endpoints) == len(set(endpoints)) == len(r.table) <= 5
+
+
+def _partial(pkt: pk.Packet) -> pk.Packet:
+    raw = bytearray(pkt.to_bytes())
+    off = pkt.tcp_off + 16
+    raw[off:off + 2] = b"\0\0"
+    raw[off:off + 2] = (pk._pseudo_sum(raw, pkt.tcp_off) % 0xFFFF).to_bytes(2, "big")
+    return pk.decode(bytes(raw))
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_partial_checksums_from_an_offloading_host_are_sent_complete(copies):
+    """A capture on a host with checksum offload (veth, virtio-net, containers) carries
+    partial TCP checksums: every copy of every replayed segment must verify anyway."""
+    replay = TableReplay(copies=copies)
+    table = replay.table
+    client = real_client(7)
+    syn = pk.build(client, ONLINE, 40000, ONLINE_PORT, C_ISN, 0, pk.SYN, 29200, options=MSS)
+    table.client_packet(_partial(syn), 0.0)
+    sent = replay.sent()
+    assert len(sent) == copies and all(pk.tcp_checksum_ok(p) for p in sent)
+    for copy in range(copies):
+        ep = endpoint(7, 40000, copy)
+        replay.target(0.001, ep, SA, T_ISN, C_ISN + 1)
+    body = pk.build(client, ONLINE, 40000, ONLINE_PORT, C_ISN + 1, O_ISN + 1, PA, 29200,
+                    payload=GET * 40)
+    table.client_packet(_partial(body), 0.002)
+    data = [p for p in replay.sent() if p.payload_len]
+    assert len(data) == copies
+    assert all(pk.tcp_checksum_ok(p) for p in data)
+    assert table.table_stats.checksums_completed == 2
+
+
+def test_damaged_client_segment_dropped_and_counted():
+    replay = TableReplay()
+    syn = pk.build(real_client(8), ONLINE, 40001, ONLINE_PORT, C_ISN, 0, pk.SYN, 29200, options=MSS)
+    syn.buf[-1] ^= 1   # the MSS value damaged on the wire
+    assert replay.table.client_packet(syn, 0.0) == []
+    assert replay.sent() == []
+    assert replay.table.table_stats.checksums_bad == 1
+    assert len(replay.table) == 0

@@ -16,7 +16,7 @@ class CaptureError(RuntimeError):
     """A capture source cannot be opened or read."""
 
 
-def open_live(iface: str, bpf: str, *, snaplen: int = 65535, promisc: bool = True,
+def open_live(iface: str, bpf: str, *, snaplen: int = 262144, promisc: bool = True,
               immediate: bool = True, buffer_bytes: int = 16 << 20, timeout_ms: int = 10,
               inbound_only: bool = False):
     """A non-blocking live handle on ``iface`` with ``bpf`` compiled into the kernel.

@@ -289,7 +289,7 @@ def parse_args(argv):
     parser.add_argument("--filter", help="BPF filter (built by tcpcopy from -x and -F)")
     parser.add_argument("--owner", action="append",
                         help="ZeroMQ endpoint of a session owner (repeat for several)")
-    parser.add_argument("--snaplen", type=int, default=65535)
+    parser.add_argument("--snaplen", type=int, default=262144)
     parser.add_argument("--buffer-mb", type=int, default=64)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--idle-gap-ms", type=float)

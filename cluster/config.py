@@ -73,7 +73,7 @@ class CaptureConfig:
     interface: str = "any"
     filter: str = ""          # the user's -F, without the -x part or the shard part
     buffer_mb: int = 64
-    snaplen: int = 65535
+    snaplen: int = 262144
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "interface": Key(str, "any", example='"eth0"', flag="-i"),
         "filter": Key(str, "", example='"not src net 198.18.9.0/24"', flag="-F"),
         "buffer_mb": Key(int, 64, 1, 4096, flag="-B"),
-        "snaplen": Key(int, 65535, 128, 262144, flag="-S"),
+        "snaplen": Key(int, 262144, 128, 262144, flag="-S"),
     },
     "owners": {
         "count": Key(int, 1, 1, MAX_INSTANCES),

@@ -65,9 +65,14 @@ ALLOWED_NETWORKS = (
 NETNS_RUN_DIR = Path("/var/run/netns")  # where `ip netns` keeps its namespace handles
 DEFAULT_GRACE_S = 2.0
 COMMAND_TIMEOUT_S = 30.0
-# Segmentation/receive offloads make captured segments larger than the MTU, and checksum
-# offload leaves partial checksums in captured frames; real NICs on the wire show neither.
-OFFLOADS_OFF = ("gro", "gso", "tso", "tx")
+# Offloads, as a real host has them: checksum offload leaves partial checksums in captured
+# frames, TSO/GSO and GRO make captured segments larger than the MTU. A veth keeps the
+# first two by default; GRO is off on a veth only, while physical and virtio NICs have it
+# on, so the lab turns it on ("host"). "off" turns all of them off, as a lab that hides
+# those conditions would; one test uses it to show a copy works both ways.
+OFFLOAD_MODES = ("host", "off")
+OFFLOADS_HOST = (("gro", "on"),)
+OFFLOADS_OFF = (("gro", "off"), ("gso", "off"), ("tso", "off"), ("tx", "off"))
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: children only call it
@@ -278,9 +283,9 @@ def two_host_topology() -> Topology:
     )
 
 
-def two_host(tag: str | None = None) -> Lab:
+def two_host(tag: str | None = None, *, offloads: str = "host") -> Lab:
     """A :class:`Lab` (not yet up) of :func:`two_host_topology`."""
-    return Lab(two_host_topology(), tag)
+    return Lab(two_host_topology(), tag, offloads=offloads)
 
 
 # The four hosts of the advanced architecture (design §2, §6).
@@ -349,9 +354,9 @@ def four_host_topology() -> Topology:
     )
 
 
-def four_host(tag: str | None = None) -> Lab:
+def four_host(tag: str | None = None, *, offloads: str = "host") -> Lab:
     """A :class:`Lab` (not yet up) of :func:`four_host_topology`."""
-    return Lab(four_host_topology(), tag)
+    return Lab(four_host_topology(), tag, offloads=offloads)
 
 
 TOPOLOGIES: dict[str, Callable[[], Topology]] = {
@@ -367,7 +372,7 @@ class Lab:
     """A topology built into network namespaces; a context manager (up on enter, down on exit)."""
 
     def __init__(self, topology: Topology, tag: str | None = None, *, prefix: str = LAB_PREFIX,
-                 disable_offloads: bool = True, grace_s: float = DEFAULT_GRACE_S) -> None:
+                 offloads: str = "host", grace_s: float = DEFAULT_GRACE_S) -> None:
         if tag is not None and not _TAG_RE.match(tag):
             raise ValueError(f"tag {tag!r}: use 1-8 characters [a-z0-9]")
         if not prefix.startswith(LAB_PREFIX):
@@ -375,7 +380,9 @@ class Lab:
         self.topology = topology
         self.prefix = prefix
         self.tag = tag or secrets.token_hex(2)
-        self.disable_offloads = disable_offloads
+        if offloads not in OFFLOAD_MODES:
+            raise ValueError(f"offloads {offloads!r}: use one of {', '.join(OFFLOAD_MODES)}")
+        self.offloads = offloads
         self.grace_s = grace_s
         self._owner_pid = os.getpid()
         self._namespaces: list[str] = []  # created by us, in creation order
@@ -604,8 +611,7 @@ class Lab:
         else:
             # Quiet wire: no router solicitations, MLD or ND on links without IPv6 addresses.
             self._sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", 1)
-        if self.disable_offloads:
-            disable_offloads(ns, dev)
+        set_offloads(ns, dev, OFFLOADS_HOST if self.offloads == "host" else OFFLOADS_OFF)
 
     def _apply_sysctls(self, host: Host) -> None:
         for key, value in host.sysctls.items():
@@ -818,16 +824,18 @@ def _signal_group_or_pid(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def disable_offloads(ns: str, dev: str) -> None:
-    """Turn off ``OFFLOADS_OFF`` on ``dev``; skip (with a note) what ethtool or the driver lacks."""
+def set_offloads(ns: str, dev: str, settings: Iterable[tuple[str, str]]) -> None:
+    """``ethtool -K dev feature on|off`` for each setting; skip (with a note) what ethtool or
+    the driver lacks."""
     if shutil.which("ethtool") is None:
-        _warn_once("ethtool is missing, offloads stay on (apt-get install ethtool)")
+        _warn_once("ethtool is missing, offloads stay as the kernel set them (apt-get install ethtool)")
         return
-    for feature in OFFLOADS_OFF:
-        done = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, feature, "off"],
+    for feature, value in settings:
+        done = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, feature, value],
                               capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         if done.returncode != 0:
-            log.info("ethtool -K %s %s off in %s not supported: %s", dev, feature, ns, done.stderr.strip())
+            log.info("ethtool -K %s %s %s in %s not supported: %s", dev, feature, value, ns,
+                     done.stderr.strip())
 
 
 _warned: set[str] = set()

@@ -25,7 +25,7 @@ import sys
 import zmq
 
 from tcpcopy.capture.pcapio import CaptureError, filter_compiles
-from tcpcopy.cluster.config import load_config
+from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
                                      resolve_shard, shard_of, start_command, version_text)
 from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT,
                         help=f"control port the session owners connect to (default {DEFAULT_PORT})")
     parser.add_argument("-b", dest="bind", type=_bind_address, default="0.0.0.0", metavar="IP",
-                        help="address to listen on (default: all)")
+                        help="address to listen on (default: all, IPv4 and IPv6)")
     parser.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
     parser.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
     parser.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
@@ -164,7 +164,9 @@ def _from_cluster_config(args: argparse.Namespace) -> None:
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
-    host = f"[{args.bind}]" if ":" in args.bind else args.bind
+    # A wildcard listens on IPv4 and IPv6 both (the ROUTER is dual-stack), so owners can
+    # name this host by either address with -s.
+    host = "*" if args.bind in WILDCARD_BINDS else f"[{args.bind}]" if ":" in args.bind else args.bind
     bpf = combine_filters(args.bpf, intercept_shard_filter(*args.shard))
     return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
                         payload=args.payload, route_ttl=args.route_ttl, identity=args.identity,

@@ -141,8 +141,7 @@ class Worker:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)    # an owner reconnecting with its id takes over
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.LINGER, 0)
-        if self.config.endpoint.startswith("tcp://["):
-            sock.setsockopt(zmq.IPV6, 1)
+        sock.setsockopt(zmq.IPV6, 1)                # dual-stack: IPv4 and IPv6 owners alike
         return sock
 
     def bind(self) -> str:

@@ -66,6 +66,7 @@ class InterceptLinks:
             sock.setsockopt(zmq.RCVHWM, SEND_HWM)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer not connected
+            sock.setsockopt(zmq.IPV6, 1)       # -s may name the intercept by an IPv6 address
             sock.connect(address.zmq_endpoint)
             self.links.append(InterceptLink(address, sock))
         self._by_socket = {link.socket: link for link in self.links}

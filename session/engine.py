@@ -67,6 +67,25 @@ LINGER = "linger"              # over; answering late packets until the linger t
 FINISHED = "finished"          # may be freed
 
 MAX_WINDOW_UNSCALED = 65535
+# What a buffered segment costs beyond its payload (packet object, buffer, queue entry),
+# charged with it so that the byte bounds hold for floods of tiny segments too.
+SEGMENT_OVERHEAD = 256
+
+
+class BufferBudget:
+    """The memory every session of an owner may buffer together, in bytes (payload plus
+    SEGMENT_OVERHEAD per segment). Sessions charge and release it as they queue and deliver;
+    the session that pushes it past ``limit`` is dropped (MEMORY_BUDGET), which frees its
+    share. ``bites`` counts those drops."""
+
+    __slots__ = ("limit", "used", "peak", "bites")
+
+    def __init__(self, limit: int = 1 << 30):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.bites = 0
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +109,8 @@ class SessionConfig:
     session_timeout: float = 600.0    # -t: target silent this long while we wait on it
     keepalive_timeout: float = 720.0  # -k: nothing happening this long on a healthy session
     mtu: int = 1500                   # -M: captured segments above this are split
-    max_segments: int = 8192          # per-session buffered client segments
-    max_bytes: int = 32 << 20         # per-session buffered client payload bytes
+    max_segments: int = 1 << 20       # per-session buffered client segments
+    max_bytes: int = 256 << 20        # per-session buffered bytes (payload + SEGMENT_OVERHEAD each)
     syn_rto: float = 1.0              # first SYN retransmission (RFC 6298 §2.1)
     syn_retries: int = 3
     min_rto: float = 0.2
@@ -159,6 +178,7 @@ RETRANSMIT_LIMIT = "retransmit_limit"
 RECONNECT_LIMIT = "reconnect_limit"
 CAPTURE_GAP = "capture_gap"
 BUFFER_FULL = "buffer_full"
+MEMORY_BUDGET = "memory_budget"
 # Close reasons.
 COMPLETED = "completed"
 CLIENT_RESET = "client_reset"
@@ -233,10 +253,13 @@ class _Segment:
 class Session:
     """One replayed connection. See the module docstring for how it works."""
 
-    def __init__(self, endpoint: Endpoint, config: SessionConfig, stats: SessionStats):
+    def __init__(self, endpoint: Endpoint, config: SessionConfig, stats: SessionStats,
+                 budget: BufferBudget | None = None):
         self.endpoint = endpoint
         self.config = config
         self.stats = stats
+        self.budget = budget if budget is not None else BufferBudget(1 << 62)
+        self.drop_reason: str | None = None        # why the session ended abnormally
         self.state = IDLE
         self.outbox: list[bytes] = []             # packets to send, oldest first (take_packets)
         self._events: list = []
@@ -535,13 +558,13 @@ class Session:
         self._client_window = pkt.window
         self._unsent.append(seg)
         self._next_expected = seg.end
-        self._buffered_bytes += seg.data_len
+        self._charge(seg.data_len)
         self._client_fin = self._client_fin or seg.fin
 
     def _hold_behind_gap(self, pkt: pk.Packet, start: int, now: float) -> None:
         if start not in self._held:
             self._held[start] = _Segment(pkt, start)
-            self._buffered_bytes += pkt.payload_len
+            self._charge(pkt.payload_len)
         if self._gap_deadline is None:
             self._gap_deadline = now + self.config.gap_timeout
         self._check_bounds(now)
@@ -554,7 +577,7 @@ class Session:
                 return
             for start in sorted(ready):
                 seg = self._held.pop(start)
-                self._buffered_bytes -= seg.data_len
+                self._release(seg.data_len)
                 if seg.end > self._next_expected:
                     self._queue(seg)
                 else:
@@ -562,11 +585,29 @@ class Session:
             if not self._held:
                 self._gap_deadline = None
 
+    def _charge(self, data_len: int) -> None:
+        cost = data_len + SEGMENT_OVERHEAD
+        self._buffered_bytes += cost
+        budget = self.budget
+        budget.used += cost
+        if budget.used > budget.peak:
+            budget.peak = budget.used
+
+    def _release(self, data_len: int) -> None:
+        cost = data_len + SEGMENT_OVERHEAD
+        self._buffered_bytes -= cost
+        self.budget.used -= cost
+
     def _check_bounds(self, now: float) -> bool:
-        """Drop the session when its buffers pass their bounds; True if it was dropped."""
+        """Drop the session when its buffers pass their bounds, its own or the owner's
+        memory budget; True if it was dropped."""
         segments = len(self._unsent) + len(self._unacked) + len(self._held)
         if segments > self.config.max_segments or self._buffered_bytes > self.config.max_bytes:
             self.abort(now, BUFFER_FULL)
+            return True
+        if self.budget.used > self.budget.limit:
+            self.budget.bites += 1
+            self.abort(now, MEMORY_BUDGET)
             return True
         return False
 
@@ -736,7 +777,7 @@ class Session:
         self._persist_deadline = None
         while self._unacked and self._unacked[0].end <= ack:
             seg = self._unacked.popleft()
-            self._buffered_bytes -= seg.data_len
+            self._release(seg.data_len)
             if not seg.retransmitted and seg.sent_at is not None and seg.end == ack:
                 self._rtt_sample(now - seg.sent_at)
         self._rto = self._current_rto()
@@ -1105,6 +1146,7 @@ class Session:
         if reset and self.state in (SYN_SENT, ESTABLISHED):
             self._send_rst()
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        self.drop_reason = reason
         self._events.append(Dropped(now, reason))
         self._linger(now)
 
@@ -1116,6 +1158,7 @@ class Session:
         self._unsent.clear()
         self._unacked.clear()
         self._held.clear()
+        self.budget.used -= self._buffered_bytes
         self._buffered_bytes = 0
         self.state = LINGER
         self._linger_deadline = now + self.config.linger

@@ -36,6 +36,7 @@ from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions
 from tcpcopy.session.rawsend import RawSendError
+from tcpcopy.session.shedding import SheddingConfig
 
 log = logging.getLogger("tcpcopy")
 
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-F", dest="user_filter", metavar="FILTER", help="pcap filter ANDed with the one built from -x")
     p.add_argument("-B", dest="buffer_mb", type=_positive_int(1, 4096, "-B 64"), default=64,
                    help="capture buffer in MB (64)")
-    p.add_argument("-S", dest="snaplen", type=_positive_int(128, 262144, "-S 65535"), default=65535,
-                   help="capture snaplen (65535: whole packets)")
+    p.add_argument("-S", dest="snaplen", type=_positive_int(128, 262144, "-S 262144"), default=262144,
+                   help="capture snaplen (262144: whole packets, GRO super-packets of 64 KiB too)")
     p.add_argument("-a", dest="speed", type=_positive_float("-a 2"), default=1.0, help="offline speed-up factor")
     p.add_argument("-I", dest="idle_gap_ms", type=_positive_float("-I 500"),
                    help="offline: cut idle gaps longer than this many ms")
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end an idle session after this long (default -t + 120 s)")
     p.add_argument("-m", dest="memory_mb", type=_positive_int(16, 1 << 20, "-m 2048"),
                    help="stop when the peak RSS passes this many MB")
+    p.add_argument("--buffer-budget", dest="buffer_budget_mb", type=_positive_int(16, 1 << 20, "--buffer-budget 1024"),
+                   default=1024, metavar="MB",
+                   help="client data all sessions may buffer together; the session that passes it is dropped (1024)")
+    p.add_argument("--shed-after", dest="shed_after", type=float, default=1.0, metavar="SECONDS",
+                   help="live copy only: when captured input waits this long before the copier gets to it, "
+                        "shed whole sessions (new ones first, then 10%% of the live ones each second) "
+                        "until it catches up; 0 never sheds (1.0)")
     p.add_argument("-M", dest="mtu", type=_positive_int(576, 65535, "-M 1500"), default=1500,
                    help="split captured packets larger than this (1500)")
     p.add_argument("-D", dest="mss", type=_positive_int(536, 65495, "-D 1460"), default=1460,
@@ -195,9 +203,17 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
                               no_wait=args.no_wait, session_timeout=args.session_timeout,
                               keepalive_timeout=keepalive, mtu=args.mtu),
         intercepts=args.intercepts, packet_endpoint=packet_endpoint, identity=args.identity,
-        lonely=args.lonely, memory_limit_mb=args.memory_mb,
+        lonely=args.lonely, memory_limit_mb=args.memory_mb, buffer_budget_mb=args.buffer_budget_mb,
+        shedding=_shedding(args),
         instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
         stats_endpoint=args.stats)
+
+
+def _shedding(args: argparse.Namespace) -> SheddingConfig | None:
+    """Offline replay is paced by the file, never overloaded in a way shedding would help."""
+    if args.offline or args.shed_after <= 0:
+        return None
+    return SheddingConfig(lag_high=args.shed_after, lag_low=args.shed_after / 4)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:

@@ -31,11 +31,12 @@ from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.cluster.process import CommandParser, setup_logging
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
-from tcpcopy.session.engine import Closed, Dropped, SessionConfig
+from tcpcopy.session.engine import BufferBudget, Closed, Dropped, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
 from tcpcopy.session.ports import PortAllocator
 from tcpcopy.session.rawsend import DualSender, RawSendError
+from tcpcopy.session.shedding import LoadShedder, SheddingConfig
 from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 
 log = logging.getLogger("tcpcopy")
@@ -64,6 +65,8 @@ class OwnerOptions:
     instance: int = 0                    # -f, when --instances copiers share client addresses
     instances: int = 1
     stats_endpoint: str = ""             # publish counters there every second ("": off)
+    buffer_budget_mb: int = 1024         # client data all sessions may buffer together
+    shedding: SheddingConfig | None = SheddingConfig()   # None: never shed (offline replay)
 
 
 class OwnerError(RuntimeError):
@@ -76,6 +79,9 @@ class OwnerCounters:
     client_packets: int = 0
     malformed_client: int = 0
     malformed_responses: int = 0
+    input_lag_ms: float = 0.0            # age of the captured input last taken (gauge)
+    input_lag_max_ms: float = 0.0
+    shedding: int = 0                    # 1 while the owner sheds sessions (gauge)
     outcomes: dict = field(default_factory=dict)
 
 
@@ -90,9 +96,12 @@ class Owner:
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
                                     sharded=options.intercepts_sharded)
         self.fanout = Fanout(options.fanout)
+        self.budget = BufferBudget(options.buffer_budget_mb << 20)
         self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions,
                                   ports=PortAllocator(options.shard, options.shards,
-                                                      instance=options.instance, instances=options.instances))
+                                                      instance=options.instance, instances=options.instances),
+                                  budget=self.budget)
+        self.shedder = LoadShedder(options.shedding) if options.shedding is not None else None
         self.sender = DualSender()
         self.counters = OwnerCounters()
         self.stopping = False
@@ -143,11 +152,12 @@ class Owner:
             timeout_ms = self._poll_timeout_ms()
             ready = dict(poller.poll(timeout_ms))
             now = self.now()
-            if self.pull in ready:
-                self._client_batches(now)
+            # The target's answers first: they are what lets sessions progress.
             for sock in self.links.sockets():
                 if sock in ready:
                     self._responses(sock, now)
+            if self.pull in ready:
+                self._client_batches(now)
             self.table.run_timers(now)
             self._flush()
             self._housekeeping(now)
@@ -215,6 +225,8 @@ class Owner:
         names, no call that is not needed)."""
         decode, feed = pk.decode, self.table.client_packet
         self.counters.client_packets += len(batch)
+        if self.shedder is not None and batch:
+            self._observe_lag(batch[-1][0], now)
         for _ts, ip in batch:
             try:
                 packet = decode(ip)
@@ -222,6 +234,19 @@ class Owner:
                 self.counters.malformed_client += 1
                 continue
             feed(packet, now)
+
+    def _observe_lag(self, captured_at: float, now: float) -> None:
+        """How far behind its input the owner is: the capture time of the newest packet of
+        a batch against this host's clock."""
+        shedder, counters = self.shedder, self.counters
+        shedder.observe(max(0.0, time.time() - captured_at), now)
+        counters.input_lag_ms = round(shedder.lag * 1000, 1)
+        counters.input_lag_max_ms = round(shedder.max_lag * 1000, 1)
+        counters.shedding = int(shedder.shedding)
+        if shedder.shedding != self.table.refuse_new:
+            self.table.refuse_new = shedder.shedding
+            log.warning("%s", f"behind the input by {shedder.lag:.1f} s: shedding new sessions"
+                        if shedder.shedding else "caught up with the input: copying new sessions again")
 
     def _responses(self, sock, now: float) -> None:
         decode, feed = pk.decode, self.table.response
@@ -264,6 +289,8 @@ class Owner:
         return int(wait * 1000) + (1 if wait > 0 else 0)
 
     def _housekeeping(self, now: float) -> None:
+        if self.shedder is not None:
+            self._shed_live_sessions(now)
         for check in self._watches:
             reason = check()
             if reason:
@@ -283,6 +310,12 @@ class Owner:
             self._last_stats = now
             log.info("%s", self.stats_line())
             self._check_memory()
+
+    def _shed_live_sessions(self, now: float) -> None:
+        count = self.shedder.sessions_to_shed(now, len(self.table))
+        if count:
+            shed = self.table.shed(count, now)
+            log.warning("still %.1f s behind the input: shed %d live sessions", self.shedder.lag, shed)
 
     def _check_memory(self) -> None:
         limit = self.options.memory_limit_mb
@@ -309,7 +342,9 @@ class Owner:
                 f"retransmit:{e.retransmits} | resp:{e.responses} c-resp:{e.responses_with_payload} "
                 f"resp fin:{e.response_fins} resp rst:{e.response_resets} | "
                 f"raw send failures:{sum(self.sender.failed.values())} "
-                f"unroutable resp:{t.responses_unroutable}")
+                f"unroutable resp:{t.responses_unroutable} | shed:{t.sessions_shed} "
+                f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed} "
+                f"bad:{t.checksums_bad}")
 
     def published_counters(self) -> dict:
         """What the stats channel carries: the summary's numbers and the live session count."""
@@ -322,6 +357,8 @@ class Owner:
             "engine": dataclasses.asdict(self.table.stats),
             "links": dataclasses.asdict(self.links.stats),
             "fanout": {"sampled_out": self.fanout.sampled_out, "unmapped": self.fanout.unmapped},
+            "buffers": {"budget_bytes": self.budget.limit, "used_bytes": self.budget.used,
+                        "peak_bytes": self.budget.peak, "budget_drops": self.budget.bites},
             "raw_sent": self.sender.sent,
             "raw_send_failures": self.sender.failed,
             "stop_reason": self.stop_reason,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tcpcopy.capture import packet as pk
-from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats, should_start_session
+from tcpcopy.session.engine import (BufferBudget, Dropped, Endpoint, Session, SessionConfig, SessionStats,
+                                    should_start_session)
 from tcpcopy.session.ports import PortAllocator
 
 # Segments that may be sent to the target as captured: data, SYN and FIN. Pure ACKs and
@@ -49,16 +50,33 @@ class TableStats:
     checksums_completed: int = 0     # captured with a partial checksum (offload), completed
     checksums_bad: int = 0           # damaged on the wire: dropped, as the online server did
     responses_unroutable: int = 0    # no session for the response's endpoint
+    flows_skipped: int = 0           # connections whose rest is skipped after their session ended abnormally
+    packets_skipped: int = 0         # ... the captured packets skipped so
+    skipped_flows_forgotten: int = 0  # skip entries evicted at the bound (their rest may start a session)
+    sessions_shed: int = 0           # whole connections not copied because the owner was behind
+
+
+# Ends that a new connection on the 4-tuple or the owner decided; the client connection
+# itself did not end abnormally, so nothing of it is skipped.
+_NOT_SKIPPED = frozenset(("superseded", "shutdown"))
+SHED = "shed"   # the drop reason of a live session shed under overload
 
 
 class SessionTable:
     def __init__(self, config: SessionConfig, endpoints_for: EndpointsFor,
                  max_sessions: int = 100_000, stats: SessionStats | None = None,
-                 ports: PortAllocator | None = None):
+                 ports: PortAllocator | None = None, budget: BufferBudget | None = None):
         self.config = config
         self.stats = stats or SessionStats()
         self.table_stats = TableStats()
+        self.budget = budget or BufferBudget()
         self.max_sessions = max_sessions
+        # Client connections whose replay ended abnormally before the client was done: the
+        # rest of each is skipped up to its FIN, RST or a new SYN, never joined mid-stream
+        # as a new session (that would feed, say, the middle of an upload to the target as
+        # a request). Insertion-ordered and bounded: the oldest entry goes first.
+        self._skipping: dict[FlowKey, None] = {}
+        self.refuse_new = False   # overload: connections that would start a session are shed
         self._endpoints_for = endpoints_for
         self.ports = ports or PortAllocator()
         self._by_flow: dict[FlowKey, list[Session]] = {}   # one session per copy
@@ -83,6 +101,8 @@ class SessionTable:
         if (pkt.payload_len or pkt.flags & _REPLAYED_CONTROL) and not self._checksum_usable(pkt):
             return []
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        if self._skipping and key in self._skipping and self._skipped(key, pkt):
+            return []
         sessions = self._by_flow.get(key)
         # A copy still running judges: after one copy's target ended it, in-order data is
         # not a new connection (the copies that ended ignore it).
@@ -128,6 +148,21 @@ class SessionTable:
             if session.finished:
                 self._free(key, session, now)
 
+    def shed(self, count: int, now: float) -> int:
+        """Overload: end ``count`` live sessions, the youngest first, and skip the rest of
+        their connections. Returns how many were shed."""
+        victims = []
+        for _flow, session in reversed(self._by_endpoint.values()):
+            if len(victims) >= count:
+                break
+            if not session.over:
+                victims.append(session)
+        for session in victims:
+            session.abort(now, SHED)
+            self._after(session, now)
+        self.table_stats.sessions_shed += len(victims)
+        return len(victims)
+
     def shutdown(self, now: float) -> None:
         """Reset every live session (TCPCopy does the same on exit)."""
         for session in list(self.sessions()):
@@ -157,6 +192,38 @@ class SessionTable:
         return events
 
     # ------------------------------------------------------------------ internals
+
+    def _skipped(self, key: FlowKey, pkt: pk.Packet) -> bool:
+        """Whether a packet of a skipped connection is skipped. Its FIN or RST is the last
+        one skipped; a new SYN (the 4-tuple reused) ends the skipping and is not."""
+        flags = pkt.flags
+        if flags & pk.SYN and not flags & pk.ACK:
+            del self._skipping[key]
+            return False
+        if flags & (pk.FIN | pk.RST):
+            del self._skipping[key]
+        self.table_stats.packets_skipped += 1
+        return True
+
+    def _skip_rest_of_flow(self, session: Session) -> None:
+        """After an abnormal end: once no copy of the flow is live and the client has not
+        finished, skip the rest of the client connection."""
+        if session.drop_reason in _NOT_SKIPPED:
+            return
+        key = self._flow_of(session)
+        sessions = self._by_flow.get(key)
+        if not sessions or key in self._skipping:
+            return
+        if any(not s.over or s.client_done for s in sessions):
+            return
+        self._skip(key)
+
+    def _skip(self, key: FlowKey) -> None:
+        if len(self._skipping) >= self.max_sessions:
+            del self._skipping[next(iter(self._skipping))]
+            self.table_stats.skipped_flows_forgotten += 1
+        self._skipping[key] = None
+        self.table_stats.flows_skipped += 1
 
     def _checksum_usable(self, pkt: pk.Packet) -> bool:
         """Complete a partial checksum of a segment that may be replayed (once, before the
@@ -195,14 +262,19 @@ class SessionTable:
         beyond max_sessions, is refused and counted."""
         if not should_start_session(pkt, self.config):
             return []
+        copies = self._endpoints_for(pkt, now)
+        if copies and self.refuse_new:
+            self._skip(key)
+            self.table_stats.sessions_shed += 1
+            return []
         sessions = []
-        for wanted in self._endpoints_for(pkt, now):
+        for wanted in copies:
             endpoint = self._allocate(wanted, now)
             if endpoint is None:
                 self.table_stats.sessions_refused += 1
                 continue
             ep_key = (endpoint.client_ip, endpoint.client_port, endpoint.target_ip, endpoint.target_port)
-            session = Session(endpoint, self.config, self.stats)
+            session = Session(endpoint, self.config, self.stats, self.budget)
             self._by_endpoint[ep_key] = (key, session)
             self.table_stats.sessions_started += 1
             self._events.append(SessionStarted(now, endpoint))
@@ -232,6 +304,8 @@ class SessionTable:
         if events:
             endpoint = session.endpoint
             self._events.extend((endpoint, event) for event in events)
+            if session.drop_reason is not None and type(events[-1]) is Dropped:
+                self._skip_rest_of_flow(session)
         deadline = session.next_deadline()
         if deadline is None:
             return

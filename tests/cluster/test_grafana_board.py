@@ -25,7 +25,7 @@ from tcpcopy.cluster.metrics import render_metrics
 from tcpcopy.cluster.stats import Aggregator, process_figures
 from tcpcopy.intercept.routes import RouteTable
 from tcpcopy.intercept.worker import COUNTERS as INTERCEPT_COUNTERS, Worker
-from tcpcopy.session.engine import SessionStats
+from tcpcopy.session.engine import BufferBudget, SessionStats
 from tcpcopy.session.intercepts import LinkStats
 from tcpcopy.session.owner import Owner, OwnerCounters
 from tcpcopy.session.table import TableStats
@@ -82,7 +82,7 @@ def owner_counters() -> dict:
                        table=table, links=SimpleNamespace(stats=LinkStats(registered=133, register_drops=1)),
                        fanout=SimpleNamespace(sampled_out=0, unmapped=0),
                        sender=SimpleNamespace(sent=1800, failed={"EPERM": 3, "ENOBUFS": 1}),
-                       stop_reason="")
+                       budget=BufferBudget(), stop_reason="")
     return parts.published_counters()
 
 

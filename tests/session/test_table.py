@@ -388,6 +388,42 @@ def test_new_data_on_a_lingering_flow_starts_a_new_session():
     assert r.table.stats.closed == {"client_reset": 1} and r.table.stats.dropped == {}
 
 
+def test_the_rest_of_a_dropped_connection_is_skipped_until_its_fin():
+    """An upload whose session is dropped (here its buffer bound) must not have the rest of
+    its body joined mid-stream as a new session: the target would take body bytes for a
+    request. The rest is skipped and counted up to the client's FIN."""
+    r = TableReplay(max_bytes=4000)
+    ep = r.open(0.0, 7, 41000)
+    chunk = b"b" * 1400
+    seq = C_ISN + 1
+    for i in range(3):   # the target acknowledges nothing: the buffer fills
+        r.client(0.02 + i / 1000, 7, 41000, PA, seq, O_ISN + 1, chunk)
+        seq += len(chunk)
+    assert r.events()[-1] == (ep, Dropped(0.022, "buffer_full"))
+    r.sent()
+    for i in range(5):   # the rest of the body, during the linger and after it
+        at = 0.03 + i * 3
+        r.timers(at)
+        assert r.client(at, 7, 41000, PA, seq, O_ISN + 1, chunk) == []
+        seq += len(chunk)
+    assert r.client(15.1, 7, 41000, FA, seq, O_ISN + 1) == []
+    stats = r.table.table_stats
+    assert stats.flows_skipped == 1 and stats.packets_skipped == 6
+    assert stats.sessions_started == 1
+    # The 4-tuple reused for a new connection: its SYN starts a session as usual.
+    assert [seg(p)[0] for p in r.syn(20.0, 7, 41000, isn=5_000_000)] == [pk.SYN]
+    assert stats.sessions_started == 2
+
+
+def test_a_dropped_connection_that_the_client_had_finished_is_not_skipped():
+    r = TableReplay(session_timeout=1.0)
+    ep = r.open(0.0, 7, 41000)
+    r.client(0.02, 7, 41000, FA | pk.PSH, C_ISN + 1, O_ISN + 1, GET)
+    r.timers(5.0)
+    assert r.events()[-1] == (ep, Dropped(5.0, "target_timeout"))
+    assert r.table.table_stats.flows_skipped == 0
+
+
 # --- shutdown and conflicts -------------------------------------------------------------
 
 

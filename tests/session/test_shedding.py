@@ -1,0 +1,80 @@
+"""Overload control: when the owner falls behind, whole sessions are shed, never parts."""
+
+import pytest
+
+from tcpcopy.capture import packet as pk
+from tcpcopy.session.engine import Dropped
+from tcpcopy.session.shedding import LoadShedder, SheddingConfig
+from tests.session.replay import A, PA
+from tests.session.test_table import C_ISN, GET, O_ISN, TableReplay, endpoint
+
+
+def dropped(events) -> list:
+    return [e for e in events if isinstance(e, tuple) and isinstance(e[1], Dropped)]
+
+
+def test_shedding_starts_past_the_high_lag_and_stops_below_the_low_one():
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, patience=1.0, share=0.1))
+    shedder.observe(0.9, 0.0)
+    assert not shedder.shedding
+    shedder.observe(1.2, 1.0)
+    assert shedder.shedding
+    assert shedder.sessions_to_shed(1.5, live=100) == 0       # patience first
+    assert shedder.sessions_to_shed(2.0, live=100) == 10      # then a share
+    assert shedder.sessions_to_shed(2.5, live=90) == 0
+    assert shedder.sessions_to_shed(3.0, live=3) == 1         # at least one
+    shedder.observe(0.5, 3.1)
+    assert shedder.shedding                                    # hysteresis
+    shedder.observe(0.2, 3.2)
+    assert not shedder.shedding
+    assert shedder.sessions_to_shed(10.0, live=100) == 0
+    assert shedder.max_lag == pytest.approx(1.2)
+
+
+def test_new_connections_are_shed_whole_while_refusing():
+    r = TableReplay()
+    r.table.refuse_new = True
+    assert r.syn(0.0, 7, 41000) == []
+    r.table.refuse_new = False
+    # The rest of the shed connection is skipped, even now that new ones are copied again.
+    assert r.client(0.01, 7, 41000, A, C_ISN + 1, O_ISN + 1) == []
+    assert r.client(0.02, 7, 41000, PA, C_ISN + 1, O_ISN + 1, GET) == []
+    assert r.client(0.03, 7, 41000, pk.FIN | pk.ACK, C_ISN + 1 + len(GET), O_ISN + 100) == []
+    stats = r.table.table_stats
+    assert stats.sessions_shed == 1 and stats.sessions_started == 0
+    # Another connection starts as usual.
+    assert [p.flags for p in r.syn(0.04, 8, 41000)] == [pk.SYN]
+
+
+def test_live_sessions_are_shed_youngest_first_with_a_reset_and_their_rest_skipped():
+    r = TableReplay()
+    eps = [r.open(i / 100, 10 + i, 42000) for i in range(4)]
+    r.events()
+    assert r.table.shed(2, 1.0) == 2
+    sent = r.sent()
+    assert sorted((p.dst, p.sport, p.src) for p in sent if p.flags & pk.RST) == sorted(
+        (ep.target_ip, ep.client_port, ep.client_ip) for ep in eps[2:])
+    assert dropped(r.events()) == [(eps[3], Dropped(1.0, "shed")), (eps[2], Dropped(1.0, "shed"))]
+    # The shed connections' next requests are skipped; the others are still copied.
+    assert r.client(1.1, 13, 42000, PA, C_ISN + 1, O_ISN + 1, GET) == []
+    assert [p.payload for p in r.client(1.1, 10, 42000, PA, C_ISN + 1, O_ISN + 1, GET)] == [GET]
+    assert r.table.table_stats.sessions_shed == 2
+    assert endpoint(10, 42000) == eps[0]
+
+
+def test_the_owner_wide_budget_drops_the_session_that_passes_it_and_frees_its_share():
+    from tcpcopy.session.engine import SEGMENT_OVERHEAD, BufferBudget
+    r = TableReplay()
+    r.table.budget = BufferBudget(3 * (1400 + SEGMENT_OVERHEAD))
+    first, second = r.open(0.0, 7, 43000), r.open(0.0, 8, 43000)
+    chunk = b"u" * 1400
+    r.client(0.1, 7, 43000, PA, C_ISN + 1, O_ISN + 1, chunk)     # never acknowledged
+    r.client(0.1, 8, 43000, PA, C_ISN + 1, O_ISN + 1, chunk)
+    r.client(0.1, 8, 43000, PA, C_ISN + 1401, O_ISN + 1, chunk)
+    assert not dropped(r.events())
+    r.client(0.2, 8, 43000, PA, C_ISN + 2801, O_ISN + 1, chunk)  # passes the budget
+    assert dropped(r.events()) == [
+        (second, Dropped(0.2, "memory_budget"))]
+    assert r.table.budget.bites == 1
+    assert r.table.budget.used == 1400 + SEGMENT_OVERHEAD      # the first session's share
+    assert first != second

@@ -451,11 +451,16 @@ def _bytes(frame) -> bytes:
 
 
 def _peer_address(frame) -> str | None:
-    """The remote address of the connection a frame came over (tcp:// only), if known."""
+    """The remote address of the connection a frame came over (tcp:// only), if known. The
+    ROUTER is dual-stack, so IPv4 peers come as IPv4-mapped IPv6 (::ffff:a.b.c.d): shown
+    as the IPv4 address they are."""
     try:
-        return frame.get("Peer-Address")
+        address = frame.get("Peer-Address")
     except (AttributeError, zmq.ZMQError):
         return None
+    if address and address.startswith("::ffff:") and "." in address:
+        return address[len("::ffff:"):]
+    return address
 
 
 def _kernel_drops(handle) -> int:

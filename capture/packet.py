@@ -90,6 +90,7 @@ _MASK16 = 0xFFFF
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U32X2 = struct.Struct("!II")
+_PORTS = struct.Struct("!HH")
 # version/ihl, tos, total length, id, flags/fragment, ttl, protocol, checksum, src, dst
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 # version/class/flow, payload length, next header, hop limit, src, dst
@@ -396,6 +397,31 @@ def _option_spans(buf: bytearray, i: int, end: int):
         length = buf[i + 1]
         yield i, kind, length
         i += length
+
+
+def raw_flow_key(ip) -> tuple[bytes, int] | None:
+    """(flow key, TCP flags) read straight from raw IP bytes, without a decode, for a quick
+    look-up of the connection a packet belongs to. The key is the source and destination
+    addresses and then the two ports, as bytes (``flow_key_bytes`` makes the same key from
+    a decoded packet's fields). None unless the packet is plain enough to read so (IPv4,
+    or IPv6 with TCP right after the fixed header); such a packet takes a full decode."""
+    n = len(ip)
+    if n < 34:
+        return None
+    first = ip[0]
+    if first >> 4 == 4:
+        tcp = (first & 0x0F) << 2
+        if n < tcp + 14 or ip[9] != _PROTO_TCP:
+            return None
+        return ip[12:20] + ip[tcp:tcp + 4], ip[tcp + 13]
+    if first >> 4 == 6 and n >= 54 and ip[6] == _PROTO_TCP:
+        return ip[8:44], ip[53]
+    return None
+
+
+def flow_key_bytes(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
+    """The key ``raw_flow_key`` reads, from decoded fields."""
+    return src + dst + _PORTS.pack(sport, dport)
 
 
 # ---------------------------------------------------------------- the packet

@@ -123,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-budget", dest="buffer_budget_mb", type=_positive_int(16, 1 << 20, "--buffer-budget 1024"),
                    default=1024, metavar="MB",
                    help="client data all sessions may buffer together; the session that passes it is dropped (1024)")
-    p.add_argument("--shed-after", dest="shed_after", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--shed-after", dest="shed_after", type=float, default=5.0, metavar="SECONDS",
                    help="live copy only: when captured input waits this long before the copier gets to it, "
-                        "shed whole sessions (new ones first, then 10%% of the live ones each second) "
-                        "until it catches up; 0 never sheds (1.0)")
+                        "shed whole sessions (new ones, and live ones in proportion to the shortfall) "
+                        "until it catches up; 0 never sheds (5)")
     p.add_argument("-M", dest="mtu", type=_positive_int(576, 65535, "-M 1500"), default=1500,
                    help="split captured packets larger than this (1500)")
     p.add_argument("-D", dest="mss", type=_positive_int(536, 65495, "-D 1460"), default=1460,
@@ -213,7 +213,7 @@ def _shedding(args: argparse.Namespace) -> SheddingConfig | None:
     """Offline replay is paced by the file, never overloaded in a way shedding would help."""
     if args.offline or args.shed_after <= 0:
         return None
-    return SheddingConfig(lag_high=args.shed_after, lag_low=args.shed_after / 4)
+    return SheddingConfig(lag_high=args.shed_after, lag_low=args.shed_after / 5)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:

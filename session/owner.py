@@ -42,6 +42,10 @@ from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 log = logging.getLogger("tcpcopy")
 
 MAX_MESSAGES_PER_TURN = 64   # packet batches taken per loop turn, so responses are not starved
+# Captured input taken per loop turn, in seconds of work: a flood of input (a 100 MB body,
+# 50,000 commands a second) must not keep the target's answers waiting, or a request/answer
+# protocol advances one request per turn.
+INPUT_SLICE = 0.005
 PULL_HWM = 2000
 STATS_EVERY = 30.0
 STARTUP_WAIT = 5.0
@@ -187,10 +191,15 @@ class Owner:
     # ------------------------------------------------------------------ inputs
 
     def _client_batches(self, now: float) -> None:
+        until = time.monotonic() + INPUT_SLICE
         for _ in range(MAX_MESSAGES_PER_TURN):
+            if time.monotonic() > until:
+                return
             try:
                 frame = self.pull.recv(zmq.NOBLOCK)
             except zmq.Again:
+                if self.shedder is not None:
+                    self.shedder.caught_up()   # the owner keeps up with what reaches it
                 return
             try:
                 kind, body = wire.decode(frame)
@@ -223,11 +232,13 @@ class Owner:
     def _client_packets(self, batch: list, now: float) -> None:
         """One batch of [timestamp, ip bytes] into the table (the per-packet path: local
         names, no call that is not needed)."""
-        decode, feed = pk.decode, self.table.client_packet
+        decode, feed, skips = pk.decode, self.table.client_packet, self.table.skips
         self.counters.client_packets += len(batch)
         if self.shedder is not None and batch:
             self._observe_lag(batch[-1][0], now)
         for _ts, ip in batch:
+            if skips(ip):
+                continue
             try:
                 packet = decode(ip)
             except pk.PacketError:

@@ -2,16 +2,25 @@
 
 A copier that is offered more than it can replay must not queue everything and starve
 every session alike (all of them then break); it keeps copying as many whole sessions as
-it can and skips the rest whole. The measure of "behind" is the age of captured input when
-the owner gets to it (its capture timestamp against the same host's clock): queues in front
-of the owner fill, the age grows.
+it can and skips the rest whole. The owner is overloaded when its input queue never runs
+empty and the captured input it takes is older and older: the age of a packet when the
+owner gets to it (its capture timestamp against the same host's clock) measures how far
+behind it is. An owner that empties its queue is keeping up, whatever the age: then any
+delay is before it (the capture worker's CPU, the kernel's buffer), and shedding sessions
+here would not help. A burst (a 100 MB body taken in at veth speed) makes the owner busy and
+behind for a few seconds and then passes; ``lag_high`` is set above that.
 
-* Behind by more than ``lag_high``: new connections are shed (skipped whole, counted).
-* Still behind ``patience`` seconds later: live sessions are shed as well, a ``share`` of
-  them (at least one) every ``patience`` seconds, the youngest first (they have the least
-  copied work to lose).
-* Both stop once the age falls below ``lag_low`` (hysteresis, so the decision does not
-  flap at the threshold).
+* Behind by more than ``lag_high`` without a pause: new connections are shed (skipped
+  whole, counted).
+* Every ``step`` seconds while still behind and falling further behind, live sessions are
+  shed too, the youngest first (they have the least copied work to lose), in proportion
+  to the shortfall: if the age grew by g seconds per second, the owner works through
+  1 - g seconds of input per second, so all but (1 - g) / ``headroom`` of the live
+  sessions go (at most ``max_share`` of them in one step, at least one). Skipping a shed
+  session's packets costs little next to replaying them, so what is kept runs at about
+  the owner's capacity: it neither sheds all nor keeps too many.
+* Shedding stops once the age falls below ``lag_low`` (hysteresis, so the decision does not
+  flap at the threshold) or the owner empties its queue.
 
 Pure: the owner passes the observed age and ``now`` in.
 """
@@ -24,10 +33,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class SheddingConfig:
-    lag_high: float = 1.0    # seconds behind: start shedding new connections
-    lag_low: float = 0.25    # seconds behind: stop shedding
-    patience: float = 1.0    # seconds between shedding steps of live sessions
-    share: float = 0.1       # of the live sessions shed at each step
+    lag_high: float = 5.0    # seconds behind: start shedding
+    lag_low: float = 1.0     # seconds behind: stop shedding
+    step: float = 0.5        # seconds between shedding steps of live sessions
+    headroom: float = 1.05   # keep this much less than the measured capacity
+    max_share: float = 0.5   # of the live sessions shed in one step, at most
 
 
 class LoadShedder:
@@ -36,7 +46,8 @@ class LoadShedder:
         self.shedding = False
         self.lag = 0.0
         self.max_lag = 0.0
-        self._next_step: float | None = None   # when live sessions are shed next
+        self._step_at = 0.0                    # the last step (or the start of shedding)
+        self._step_lag = 0.0                   # the age seen then
 
     def observe(self, lag: float, now: float) -> None:
         """The age, at ``now``, of captured input the owner is about to process."""
@@ -46,14 +57,26 @@ class LoadShedder:
         if self.shedding:
             if lag < self.config.lag_low:
                 self.shedding = False
-                self._next_step = None
         elif lag > self.config.lag_high:
             self.shedding = True
-            self._next_step = now + self.config.patience
+            self._step_at, self._step_lag = now, lag
+
+    def caught_up(self) -> None:
+        """The owner found its input queue empty: it is not the one falling behind."""
+        self.shedding = False
+        self.lag = 0.0
 
     def sessions_to_shed(self, now: float, live: int) -> int:
-        """How many live sessions to shed now (0 unless a step is due)."""
-        if not self.shedding or self._next_step is None or now < self._next_step or live == 0:
+        """How many live sessions to shed now (0 unless a step is due and the owner is
+        still falling behind)."""
+        cfg = self.config
+        elapsed = now - self._step_at
+        if not self.shedding or elapsed < cfg.step:
             return 0
-        self._next_step = now + self.config.patience
-        return max(1, math.ceil(live * self.config.share))
+        growth = (self.lag - self._step_lag) / elapsed
+        self._step_at, self._step_lag = now, self.lag
+        if live == 0 or growth <= 0 or self.lag <= cfg.lag_high:
+            return 0
+        speed = max(0.0, 1.0 - growth)
+        share = min(cfg.max_share, 1.0 - speed / cfg.headroom)
+        return max(1, math.ceil(live * share))

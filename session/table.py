@@ -74,8 +74,9 @@ class SessionTable:
         # Client connections whose replay ended abnormally before the client was done: the
         # rest of each is skipped up to its FIN, RST or a new SYN, never joined mid-stream
         # as a new session (that would feed, say, the middle of an upload to the target as
-        # a request). Insertion-ordered and bounded: the oldest entry goes first.
-        self._skipping: dict[FlowKey, None] = {}
+        # a request). Keyed by pk.raw_flow_key, so an owner can skip a packet before it
+        # decodes it. Insertion-ordered and bounded: the oldest entry goes first.
+        self._skipping: dict[bytes, None] = {}
         self.refuse_new = False   # overload: connections that would start a session are shed
         self._endpoints_for = endpoints_for
         self.ports = ports or PortAllocator()
@@ -101,7 +102,7 @@ class SessionTable:
         if (pkt.payload_len or pkt.flags & _REPLAYED_CONTROL) and not self._checksum_usable(pkt):
             return []
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        if self._skipping and key in self._skipping and self._skipped(key, pkt):
+        if self._skipping and self._skipped(pk.flow_key_bytes(*key), pkt.flags):
             return []
         sessions = self._by_flow.get(key)
         # A copy still running judges: after one copy's target ended it, in-order data is
@@ -193,10 +194,21 @@ class SessionTable:
 
     # ------------------------------------------------------------------ internals
 
-    def _skipped(self, key: FlowKey, pkt: pk.Packet) -> bool:
+    def skips(self, ip) -> bool:
+        """Whether the raw IP packet ``ip`` belongs to a skipped connection (and is counted
+        skipped): the cheap test an owner makes before decoding, since under overload most
+        of its input belongs to shed sessions. False for anything it cannot tell cheaply;
+        the packet then takes the usual way."""
+        if not self._skipping:
+            return False
+        found = pk.raw_flow_key(ip)
+        return found is not None and self._skipped(*found)
+
+    def _skipped(self, key: bytes, flags: int) -> bool:
         """Whether a packet of a skipped connection is skipped. Its FIN or RST is the last
         one skipped; a new SYN (the 4-tuple reused) ends the skipping and is not."""
-        flags = pkt.flags
+        if key not in self._skipping:
+            return False
         if flags & pk.SYN and not flags & pk.ACK:
             del self._skipping[key]
             return False
@@ -212,13 +224,16 @@ class SessionTable:
             return
         key = self._flow_of(session)
         sessions = self._by_flow.get(key)
-        if not sessions or key in self._skipping:
+        if not sessions:
             return
         if any(not s.over or s.client_done for s in sessions):
             return
         self._skip(key)
 
-    def _skip(self, key: FlowKey) -> None:
+    def _skip(self, flow: FlowKey) -> None:
+        key = pk.flow_key_bytes(*flow)
+        if key in self._skipping:
+            return
         if len(self._skipping) >= self.max_sessions:
             del self._skipping[next(iter(self._skipping))]
             self.table_stats.skipped_flows_forgotten += 1

@@ -14,21 +14,36 @@ def dropped(events) -> list:
 
 
 def test_shedding_starts_past_the_high_lag_and_stops_below_the_low_one():
-    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, patience=1.0, share=0.1))
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25))
     shedder.observe(0.9, 0.0)
     assert not shedder.shedding
     shedder.observe(1.2, 1.0)
     assert shedder.shedding
-    assert shedder.sessions_to_shed(1.5, live=100) == 0       # patience first
-    assert shedder.sessions_to_shed(2.0, live=100) == 10      # then a share
-    assert shedder.sessions_to_shed(2.5, live=90) == 0
-    assert shedder.sessions_to_shed(3.0, live=3) == 1         # at least one
     shedder.observe(0.5, 3.1)
     assert shedder.shedding                                    # hysteresis
     shedder.observe(0.2, 3.2)
     assert not shedder.shedding
     assert shedder.sessions_to_shed(10.0, live=100) == 0
     assert shedder.max_lag == pytest.approx(1.2)
+
+
+def test_live_sessions_are_shed_in_proportion_to_the_shortfall():
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5, headroom=1.0,
+                                         max_share=0.5))
+    shedder.observe(1.1, 0.0)
+    assert shedder.sessions_to_shed(0.4, live=100) == 0       # not a step yet
+    # The age grew 0.1 s per second: the owner keeps up with 90% of its input.
+    shedder.observe(1.15, 0.5)
+    assert shedder.sessions_to_shed(0.5, live=100) == 10
+    # Growing 0.8 s per second (20% kept): at most half go in one step.
+    shedder.observe(1.55, 1.0)
+    assert shedder.sessions_to_shed(1.0, live=90) == 45
+    # Catching up: nobody more is shed, though the age is still high.
+    shedder.observe(1.4, 1.5)
+    assert shedder.sessions_to_shed(1.5, live=45) == 0
+    # A tiny shortfall still sheds one.
+    shedder.observe(1.4001, 2.0)
+    assert shedder.sessions_to_shed(2.0, live=45) == 1
 
 
 def test_new_connections_are_shed_whole_while_refusing():
@@ -78,3 +93,12 @@ def test_the_owner_wide_budget_drops_the_session_that_passes_it_and_frees_its_sh
     assert r.table.budget.bites == 1
     assert r.table.budget.used == 1400 + SEGMENT_OVERHEAD      # the first session's share
     assert first != second
+
+
+def test_an_owner_that_empties_its_queue_is_not_behind_whatever_the_age():
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5))
+    shedder.observe(3.0, 0.0)
+    assert shedder.shedding
+    shedder.caught_up()       # the delay is in front of the owner, not in it
+    assert not shedder.shedding
+    assert shedder.sessions_to_shed(5.0, live=100) == 0

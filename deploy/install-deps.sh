@@ -8,8 +8,11 @@
 #   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (deploy/load.py)
 #   socat        runs the lab's server-first greeter, one handler per connection
 #   supervisor   supervisord, which tcpcopy-cluster renders a config for and launches
+#   redis-server the lab's Redis, a small-message protocol on persistent connections (deploy/kvstore.py)
+#   redis-tools  redis-benchmark and redis-cli, its bounded load and its counters
 set -euo pipefail
-wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor)
+wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor
+        redis-server redis-tools)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,7 +25,7 @@ fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# policy-rc.d keeps the packaged nginx from starting a server in the host's own namespace.
+# policy-rc.d keeps the packaged nginx and redis-server from starting a server in the host's own namespace.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then
@@ -30,3 +33,14 @@ if [ ! -e "$policy" ]; then
 fi
 trap '[ $created_policy = 1 ] && rm -f "$policy"' EXIT
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The packaged redis-server is enabled at boot, and a host's own policy-rc.d may let it start
+# now: the lab runs its Redis servers inside its namespaces only, so the packaged one is
+# stopped (through its own pid file) and disabled.
+if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+  else
+    /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+    update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
+fi

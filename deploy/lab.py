@@ -19,8 +19,9 @@ Safety rules the code enforces:
 * Teardown on ``with`` exit, at interpreter exit (atexit), and on SIGTERM and SIGHUP (after
   which the signal takes its usual course and ends the process).
 
-Ready topologies: :func:`two_host` (copier and target on one veth) and :func:`four_host`
-(client, online server, target and assistant: the advanced architecture, design §2).
+Ready topologies: :func:`two_host` (copier and target on one veth), :func:`four_host`
+(client, online server, target and assistant: the advanced architecture, design §2) and
+:func:`four_host_v6` (the same, dual-stack).
 
 Typical use::
 
@@ -184,13 +185,16 @@ def _as_tuple(addresses: str | Sequence[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """``prefix via gateway`` inside one host."""
+    """``prefix via gateway`` inside one host; without a gateway, a blackhole route (packets
+    to ``prefix`` are dropped there, and no error goes back)."""
 
     prefix: str
-    via: str
+    via: str | None = None
 
     def __post_init__(self) -> None:
         check_lab_prefix(self.prefix)
+        if self.via is None:
+            return
         check_lab_address(self.via, what="gateway")
         if ipaddress.ip_network(self.prefix, strict=False).version != ipaddress.ip_address(self.via).version:
             raise ValueError(f"route {self.prefix} via {self.via}: prefix and gateway differ in IP version")
@@ -302,6 +306,18 @@ TARGET_ASSISTANT_SIDE = "198.18.4.2"
 CLIENT_NET = "198.18.1.0/24"
 # TARGET_ADDRESS (198.18.0.2) and FAKE_CLIENT_NET (198.18.3.0/24, the -c pool) as in two_host.
 
+# The IPv6 twins of the four-host addresses (four_host_v6): 198.18.N.H is 2001:2:0:N::H.
+CLIENT_V6 = "2001:2:0:1::2"
+ONLINE_V6 = "2001:2:0:1::1"
+ONLINE_TARGET_SIDE_V6 = "2001:2::1"
+TARGET_V6 = "2001:2::2"
+ONLINE_CONTROL_SIDE_V6 = "2001:2:0:2::2"
+ASSISTANT_V6 = "2001:2:0:2::1"
+ASSISTANT_TARGET_SIDE_V6 = "2001:2:0:4::1"
+TARGET_ASSISTANT_SIDE_V6 = "2001:2:0:4::2"
+CLIENT_NET_V6 = "2001:2:0:1::/64"
+FAKE_CLIENT_NET_V6 = "2001:2:0:3::/64"   # a -c pool for IPv6 clients
+
 
 def _rp_filter_off(*devices: str) -> dict[str, int]:
     """rp_filter 0 on all, default and each named device (the kernel takes the maximum)."""
@@ -332,24 +348,59 @@ def four_host_topology() -> Topology:
       black hole. ip_forward=0 and no route to the clients, so answers addressed to them are
       captured on its target-facing veth by intercept and then dropped without RST or ICMP.
     """
+    return _four_host_topology(ipv6=False)
+
+
+def four_host_v6_topology() -> Topology:
+    """The four-host lab, dual-stack: every link also has an IPv6 address from 2001:2::/48.
+
+    ::
+
+        client 2001:2:0:1::2 ── 2001:2:0:1::1 online 2001:2::1 ── 2001:2::2 target
+                                       2001:2:0:2::2              2001:2:0:4::2
+                                            │                          │
+                                    2001:2:0:2::1 assistant 2001:2:0:4::1
+
+    The IPv4 side is :func:`four_host_topology`'s; the IPv6 side follows the same idea. The
+    target routes the client network 2001:2:0:1::/64 and the -c pool 2001:2:0:3::/64 via the
+    assistant (2001:2:0:4::1). The online host and the assistant do not forward
+    (``net.ipv6.conf.all.forwarding=0``). Unlike IPv4, a host that does not forward still
+    answers a packet it has no route for with an ICMPv6 "no route" error, so the assistant
+    has blackhole routes for both client prefixes: answers addressed to clients are captured
+    by intercept and dropped without a word. IPv6 has no rp_filter, so a replayed packet
+    from 2001:2:0:1::2 on the target's online link is accepted as it is.
+    """
+    return _four_host_topology(ipv6=True)
+
+
+def _four_host_topology(ipv6: bool) -> Topology:
     online_dev, assistant_dev = "to-online", "to-assistant"
+
+    def addresses(v4: str, v6: str) -> tuple[str, ...]:
+        return (f"{v4}/24", f"{v6}/64") if ipv6 else (f"{v4}/24",)
+
+    no_forwarding = {"net.ipv4.ip_forward": 0, **({"net.ipv6.conf.all.forwarding": 0} if ipv6 else {})}
+    target_routes = (Route(CLIENT_NET, ASSISTANT_TARGET_SIDE), Route(FAKE_CLIENT_NET, ASSISTANT_TARGET_SIDE))
+    assistant_routes: tuple[Route, ...] = ()
+    if ipv6:
+        target_routes += (Route(CLIENT_NET_V6, ASSISTANT_TARGET_SIDE_V6),
+                          Route(FAKE_CLIENT_NET_V6, ASSISTANT_TARGET_SIDE_V6))
+        assistant_routes = (Route(CLIENT_NET_V6), Route(FAKE_CLIENT_NET_V6))
     return Topology(
         hosts=(
             Host(CLIENT),
-            Host(ONLINE, sysctls={"net.ipv4.ip_forward": 0,
-                                  **_rp_filter_off("to-client", "to-target", "to-assistant")}),
-            Host(
-                TARGET,
-                routes=(Route(CLIENT_NET, ASSISTANT_TARGET_SIDE), Route(FAKE_CLIENT_NET, ASSISTANT_TARGET_SIDE)),
-                sysctls=_rp_filter_off(online_dev, assistant_dev),
-            ),
-            Host(ASSISTANT, sysctls={"net.ipv4.ip_forward": 0}),
+            Host(ONLINE, sysctls={**no_forwarding, **_rp_filter_off("to-client", "to-target", "to-assistant")}),
+            Host(TARGET, routes=target_routes, sysctls=_rp_filter_off(online_dev, assistant_dev)),
+            Host(ASSISTANT, routes=assistant_routes, sysctls=no_forwarding),
         ),
         links=(
-            link(CLIENT, f"{CLIENT_ADDRESS}/24", ONLINE, f"{ONLINE_ADDRESS}/24"),
-            link(ONLINE, f"{ONLINE_TARGET_SIDE}/24", TARGET, f"{TARGET_ADDRESS}/24"),
-            link(ONLINE, f"{ONLINE_CONTROL_SIDE}/24", ASSISTANT, f"{ASSISTANT_ADDRESS}/24"),
-            link(TARGET, f"{TARGET_ASSISTANT_SIDE}/24", ASSISTANT, f"{ASSISTANT_TARGET_SIDE}/24"),
+            link(CLIENT, addresses(CLIENT_ADDRESS, CLIENT_V6), ONLINE, addresses(ONLINE_ADDRESS, ONLINE_V6)),
+            link(ONLINE, addresses(ONLINE_TARGET_SIDE, ONLINE_TARGET_SIDE_V6),
+                 TARGET, addresses(TARGET_ADDRESS, TARGET_V6)),
+            link(ONLINE, addresses(ONLINE_CONTROL_SIDE, ONLINE_CONTROL_SIDE_V6),
+                 ASSISTANT, addresses(ASSISTANT_ADDRESS, ASSISTANT_V6)),
+            link(TARGET, addresses(TARGET_ASSISTANT_SIDE, TARGET_ASSISTANT_SIDE_V6),
+                 ASSISTANT, addresses(ASSISTANT_TARGET_SIDE, ASSISTANT_TARGET_SIDE_V6)),
         ),
     )
 
@@ -359,9 +410,15 @@ def four_host(tag: str | None = None, *, offloads: str = "host") -> Lab:
     return Lab(four_host_topology(), tag, offloads=offloads)
 
 
+def four_host_v6(tag: str | None = None, *, offloads: str = "host") -> Lab:
+    """A :class:`Lab` (not yet up) of :func:`four_host_v6_topology`."""
+    return Lab(four_host_v6_topology(), tag, offloads=offloads)
+
+
 TOPOLOGIES: dict[str, Callable[[], Topology]] = {
     "two-host": two_host_topology,
     "four-host": four_host_topology,
+    "four-host-v6": four_host_v6_topology,
 }
 
 
@@ -627,7 +684,8 @@ class Lab:
 
     def _add_routes(self, host: Host) -> None:
         for route in host.routes:
-            _ip("-n", self.netns(host.name), "route", "add", route.prefix, "via", route.via)
+            spec = ["blackhole", route.prefix] if route.via is None else [route.prefix, "via", route.via]
+            _ip("-n", self.netns(host.name), "route", "add", *spec)
 
     # -- teardown steps ------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ import psutil
 
 from tcpcopy.deploy import accesslog
 from tcpcopy.cluster.report import load_samples
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS,
-                                ONLINE_CONTROL_SIDE, TARGET, TARGET_ADDRESS, Lab)
+from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_V6, CLIENT, ONLINE, ONLINE_ADDRESS,
+                                ONLINE_CONTROL_SIDE, ONLINE_V6, TARGET, TARGET_ADDRESS, TARGET_V6, Lab)
+from tcpcopy.deploy.kvstore import Redis
 from tcpcopy.deploy.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
@@ -102,14 +103,23 @@ class LiveCopy:
 
     ``start_copy=False`` leaves tcpcopy to the caller (:meth:`start_tcpcopy`), so sessions can
     begin before the copy does. ``greeter_port`` adds a :class:`Greeter` (a server-first line
-    protocol) on that port online and at the target, copied by a second ``-x`` mapping.
+    protocol) on that port online and at the target, copied by a second ``-x`` mapping;
+    ``redis_port`` likewise adds a :class:`Redis` (``online_redis``, ``target_redis``).
     ``stats_endpoint`` (e.g. :data:`STATS_ENDPOINT`) runs both commands with ``--stats`` and
     records their snapshots from before intercept starts until :meth:`stop_recorder`.
+    ``target_upstream`` makes the target's nginx proxy its pages to that server (e.g. a
+    :class:`~tcpcopy.deploy.slowbackend.SlowBackend`) instead of serving them itself.
+    ``ipv6`` (in a :func:`~tcpcopy.deploy.lab.four_host_v6` lab) copies over IPv6: the
+    servers listen on the hosts' IPv6 addresses, intercept listens on all addresses
+    (dual-stack) and tcpcopy names it by its IPv6 one (``-s [2001:2:0:2::1]``).
     """
 
     def __init__(self, lab: Lab, tcpcopy_flags: list[str] = (), intercept_flags: list[str] = (),
                  copies: int = 1, target_files: dict | None = None, *, start_copy: bool = True,
-                 greeter_port: int | None = None, stats_endpoint: str | None = None):
+                 greeter_port: int | None = None, stats_endpoint: str | None = None,
+                 target_upstream: str | None = None, redis_port: int | None = None, ipv6: bool = False):
+        if redis_port is not None and redis_port in (ONLINE_PORT, TARGET_PORT, greeter_port):
+            raise ValueError(f"redis_port {redis_port} is taken by another copied service: pick another")
         self.lab = lab
         self.tcpcopy_flags = list(tcpcopy_flags)
         self.intercept_flags = list(intercept_flags)
@@ -117,13 +127,23 @@ class LiveCopy:
         self.start_copy = start_copy
         self.greeter_port = greeter_port
         self.dir = Path(tempfile.mkdtemp(prefix="tcpcopy-live-"))
-        self.online = Nginx(lab, ONLINE, ONLINE_ADDRESS, ONLINE_PORT)
-        self.target = Nginx(lab, TARGET, TARGET_ADDRESS, TARGET_PORT, files=target_files)
+        self.ipv6 = ipv6
+        self.online_address = ONLINE_V6 if ipv6 else ONLINE_ADDRESS
+        self.target_address = TARGET_V6 if ipv6 else TARGET_ADDRESS
+        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT)
+        self.target = Nginx(lab, TARGET, self.target_address, TARGET_PORT, files=target_files,
+                            upstream=target_upstream)
         self.online_greeter: Greeter | None = None
         self.target_greeter: Greeter | None = None
         if greeter_port is not None:
-            self.online_greeter = Greeter(lab, ONLINE, ONLINE_ADDRESS, greeter_port)
-            self.target_greeter = Greeter(lab, TARGET, TARGET_ADDRESS, greeter_port)
+            self.online_greeter = Greeter(lab, ONLINE, self.online_address, greeter_port)
+            self.target_greeter = Greeter(lab, TARGET, self.target_address, greeter_port)
+        self.redis_port = redis_port
+        self.online_redis: Redis | None = None
+        self.target_redis: Redis | None = None
+        if redis_port is not None:
+            self.online_redis = Redis(lab, ONLINE, self.online_address, redis_port)
+            self.target_redis = Redis(lab, TARGET, self.target_address, redis_port)
         self.intercept: subprocess.Popen | None = None
         self.tcpcopy: subprocess.Popen | None = None
         self.summary_path = self.dir / "summary.json"
@@ -139,9 +159,9 @@ class LiveCopy:
         self.target.start()
         self.online.wait_ready()
         self.target.wait_ready()
-        for greeter in self._greeters():
-            greeter.start()
-            greeter.wait_ready()
+        for server in (*self._greeters(), *self._redis_servers()):
+            server.start()
+            server.wait_ready()
         if self.stats_endpoint:
             self.start_recorder()
         self.start_intercept()
@@ -155,27 +175,41 @@ class LiveCopy:
         self.stop_recorder()
         self.online.stop()
         self.target.stop()
-        for greeter in self._greeters():
-            greeter.stop()
+        for server in (*self._greeters(), *self._redis_servers()):
+            server.stop()
 
     def _greeters(self) -> list[Greeter]:
         return [g for g in (self.online_greeter, self.target_greeter) if g is not None]
 
+    def _redis_servers(self) -> list[Redis]:
+        return [r for r in (self.online_redis, self.target_redis) if r is not None]
+
     @property
     def url(self) -> str:
-        return f"http://{ONLINE_ADDRESS}:{ONLINE_PORT}"
+        return f"http://{_bracketed(self.online_address)}:{ONLINE_PORT}"
 
     def start_intercept(self) -> None:
         ports = " or ".join(f"src port {target}" for _online, target in self._port_map())
         argv = [sys.executable, "-m", "tcpcopy.intercept.main",
                 "-i", self.lab.interface(ASSISTANT, TARGET),
-                "-F", f"tcp and src host {TARGET_ADDRESS} and ({ports})",
-                "-b", ASSISTANT_ADDRESS, *self._stats_flags(), *self.intercept_flags]
+                "-F", f"tcp and src host {self.target_address} and ({ports})",
+                *self._bind_flags(), *self._stats_flags(), *self.intercept_flags]
         self.intercept = self._start(ASSISTANT, argv, "intercept", "listening on")
 
+    def _bind_flags(self) -> list[str]:
+        """IPv4: the control-side address. IPv6: none, so intercept listens on every address,
+        IPv4 and IPv6 (its wildcard is dual-stack), and tcpcopy picks the IPv6 one."""
+        return [] if self.ipv6 else ["-b", ASSISTANT_ADDRESS]
+
+    @property
+    def intercept_address(self) -> str:
+        """What tcpcopy's ``-s`` names intercept by."""
+        return f"[{ASSISTANT_V6}]" if self.ipv6 else ASSISTANT_ADDRESS
+
     def start_tcpcopy(self) -> None:
+        target = _bracketed(self.target_address)
         argv = [sys.executable, "-m", "tcpcopy.session.main",
-                "-x", ",".join(f"{o}-{TARGET_ADDRESS}:{t}" for o, t in self._port_map()), "-s", ASSISTANT_ADDRESS,
+                "-x", ",".join(f"{o}-{target}:{t}" for o, t in self._port_map()), "-s", self.intercept_address,
                 "-i", self.lab.interface(ONLINE, CLIENT), "--summary-json", str(self.summary_path),
                 *self._stats_flags(), *self.tcpcopy_flags]
         self.tcpcopy = self._start(ONLINE, argv, "tcpcopy", "copying")
@@ -207,6 +241,8 @@ class LiveCopy:
         ports = [(ONLINE_PORT, TARGET_PORT)]
         if self.greeter_port is not None:
             ports.append((self.greeter_port, self.greeter_port))
+        if self.redis_port is not None:
+            ports.append((self.redis_port, self.redis_port))
         return ports
 
     def _start(self, host: str, argv: list[str], name: str, ready_text: str) -> subprocess.Popen:
@@ -285,6 +321,11 @@ class LiveCopy:
             loss_ratio=accesslog.loss_ratio(len(online), len(target), self.copies),
             target_status=dict(accesslog.by_status(target)), outcomes=summary.get("owner", {}).get("outcomes", {}),
             tcpcopy_summary=summary, processes=list(self.figures.values()))
+
+
+def _bracketed(address: str) -> str:
+    """An address as it goes before ``:port``: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _role(proc: psutil.Process) -> str:

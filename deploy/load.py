@@ -12,6 +12,8 @@ Only URLs whose host is a lab address are accepted.
 * :func:`pipelined`: like keepalive, with up to ``depth`` requests in flight per connection.
 * :func:`upload`: POSTs of a fixed body (its SHA-256 is in the result, to check what the server
   kept, e.g. with :meth:`Nginx.received_bodies`).
+* :func:`curl_upload`: one POST of such a body with curl, which asks with ``Expect:
+  100-continue`` before it sends the body (h2load never does).
 
 h2load's rate mode opens each period's connections in one burst (``-r`` per
 ``--rate-period``); :func:`pacing` picks a short period so that the connections come evenly.
@@ -42,7 +44,7 @@ HARD_TIMEOUT_SLACK_S = 10.0  # beyond the planned time, before h2load is killed
 MAX_REQUESTS = 200_000
 MAX_CONNECTIONS = 100_000
 MAX_SECONDS = 120.0  # one timed load at most
-MAX_BODY_BYTES = 64 << 20
+MAX_BODY_BYTES = 128 << 20
 PACING_TOLERANCE = 0.005  # the rate may be off by 0.5 % to get a smoother (smaller) burst
 
 
@@ -123,6 +125,18 @@ class PipelinedResult:
     requests_per_connection: int
     depth: int
     summary: H2loadSummary
+
+
+@dataclass(frozen=True, slots=True)
+class CurlUploadResult:
+    """What :func:`curl_upload` sent, the final status, and whether a 100 Continue came first."""
+
+    url: str
+    body_bytes: int
+    body_sha256: str
+    status: int
+    continued: bool
+    output: str  # curl's verbose trace, for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +233,33 @@ def upload(lab: Lab, host: str, url: str, body_bytes: int, count: int, *, connec
         argv = _argv(url, count, connections, timeout_s, ["-d", str(path)])
         summary = run_h2load(lab, host, argv, timeout_s)
     return UploadResult(url, body_bytes, count, connections, hashlib.sha256(body).hexdigest(), summary)
+
+
+def curl_upload(lab: Lab, host: str, url: str, body_bytes: int, *, seed: int = 0,
+                timeout_s: float = 60.0) -> CurlUploadResult:
+    """One POST of a ``body_bytes``-byte body (:func:`body_of`) with ``Expect: 100-continue``:
+    curl sends the headers, waits for the server's 100 Continue (1 s at most), then the body."""
+    _check_positive(body_bytes=body_bytes, timeout_s=timeout_s)
+    if body_bytes > MAX_BODY_BYTES:
+        raise ValueError(f"body_bytes {body_bytes} above the lab's limit {MAX_BODY_BYTES}")
+    check_lab_url(url)
+    body = body_of(body_bytes, seed)
+    with tempfile.TemporaryDirectory(prefix=f"tcl-load-{lab.tag}-") as scratch:
+        path = Path(scratch) / "body.bin"
+        path.write_bytes(body)
+        path.chmod(0o644)
+        argv = ["curl", "-sS", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", f"{timeout_s:g}",
+                "-H", "Expect: 100-continue", "-H", "Content-Type: application/octet-stream",
+                "--data-binary", f"@{path}", url]
+        try:
+            done = lab.run(host, argv, check=False, timeout=timeout_s + HARD_TIMEOUT_SLACK_S)
+        except LabError as exc:
+            raise LoadError(f"curl in {host} killed: {exc}") from None
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise LoadError(f"curl in {host} exited with {done.returncode}: {done.stderr.strip()[-1500:]}")
+    continued = re.search(r"^< HTTP/1\.1 100 ", done.stderr, re.M) is not None
+    return CurlUploadResult(url, body_bytes, hashlib.sha256(body).hexdigest(), int(done.stdout), continued,
+                            done.stderr)
 
 
 def body_of(size: int, seed: int = 0) -> bytes:

@@ -78,7 +78,7 @@ INT_FIELDS = frozenset({"remote_port", "server_port", "status", "request_length"
 FLOAT_FIELDS = frozenset({"time", "request_time"})
 
 UPLOAD_PREFIX = "/upload/"
-MAX_BODY_BYTES = 64 << 20
+MAX_BODY_BYTES = 128 << 20
 UPLOAD_STATUS = 201
 
 # Modules whose compiled-in temp paths must be moved into the server's directory.
@@ -115,12 +115,14 @@ class Nginx(_LabServer):
     unless ``keep_dir`` is set (the access log and the kept bodies are read before that).
 
     It serves ``files`` (by default ``/index.html`` and the 1 MiB ``/big.bin``) and keeps the
-    body of every request under ``UPLOAD_PREFIX`` (answered with ``UPLOAD_STATUS``).
+    body of every request under ``UPLOAD_PREFIX`` (answered with ``UPLOAD_STATUS``). With
+    ``upstream`` (an nginx server address, e.g. ``unix:/path:``) every other request is
+    proxied there instead of served from the files.
     """
 
     def __init__(self, lab: Lab, host: str, address: str, port: int = 80, *,
                  files: Mapping[str, bytes] | None = None, keepalive_requests: int = 1_000_000,
-                 keepalive_timeout_s: int = 65, keep_dir: bool = False) -> None:
+                 keepalive_timeout_s: int = 65, keep_dir: bool = False, upstream: str | None = None) -> None:
         _check_listen_address(address)
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} out of range 1..65535")
@@ -132,6 +134,7 @@ class Nginx(_LabServer):
         self.keepalive_requests = keepalive_requests
         self.keepalive_timeout_s = keepalive_timeout_s
         self.keep_dir = keep_dir
+        self.upstream = upstream
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._cached_log: list[dict[str, Any]] = []
@@ -331,7 +334,7 @@ http {{
         listen {listen};
         server_name _;
         root {d}/site;
-        location / {{
+        location / {{{self._upstream_directives()}
         }}
         # nginx stores a request body only for a handler that reads it; the proxy module is
         # the core one that does. Each body stays in a file of its own (named in the access
@@ -357,6 +360,12 @@ http {{
 }}
 """
 
+    def _upstream_directives(self) -> str:
+        """With an ``upstream``, ``location /`` proxies to it instead of serving the site."""
+        if self.upstream is None:
+            return ""
+        return f"\n            proxy_pass http://{self.upstream};"
+
 
 class ReceivedBody(NamedTuple):
     """A request body nginx kept: its URI, its stored length and the SHA-256 of its bytes."""
@@ -377,12 +386,22 @@ def bodies_of(entries: list[dict[str, Any]]) -> list[ReceivedBody]:
         if not path:
             continue
         try:
-            data = Path(path).read_bytes()
+            length, digest = _file_sha256(Path(path))
         except FileNotFoundError:
             raise ServerError(f"body file {path} of {entry.get('request_method')} {entry.get('uri')} "
                               "is gone: read bodies before the server's directory is removed") from None
-        bodies.append(ReceivedBody(entry["uri"], len(data), hashlib.sha256(data).hexdigest()))
+        bodies.append(ReceivedBody(entry["uri"], length, digest))
     return bodies
+
+
+def _file_sha256(path: Path) -> tuple[int, str]:
+    """The length and SHA-256 of a file, read in chunks (bodies go up to ``MAX_BODY_BYTES``)."""
+    digest, length = hashlib.sha256(), 0
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+            length += len(chunk)
+    return length, digest.hexdigest()
 
 
 def parse_access_log_line(line: str) -> dict[str, Any]:

@@ -725,7 +725,7 @@ CHECKSUM_BAD = 2         # neither: the segment was damaged on the wire
 
 
 def repair_checksums(pkt: Packet) -> int:
-    """Make a captured packet's checksums complete before it is rewritten and sent.
+    """Make a captured packet's TCP checksum complete before it is rewritten and sent.
 
     A frame captured on a host whose NIC or virtual link offloads checksums (veth,
     virtio-net, containers, local traffic) leaves the kernel with a *partial* TCP checksum:
@@ -735,22 +735,29 @@ def repair_checksums(pkt: Packet) -> int:
     over the segment tells a valid checksum from a partial one (the field equals the
     pseudo-header sum) and completes the latter in place. Anything else was damaged on the
     wire; the online server's kernel drops such a segment and the client retransmits it,
-    so the caller drops it too (CHECKSUM_BAD). The IPv4 header checksum is recomputed when
-    it does not verify (the kernel fills it on a raw send anyway).
+    so the caller drops it too (CHECKSUM_BAD).
+
+    The IPv4 header checksum is left alone: it is never offloaded on receive, and a raw
+    socket with IP_HDRINCL has the kernel fill it on every send (raw(7)).
 
     The sums are modulo 0xffff (see the module docstring), so the +0/-0 forms of a folded
-    pseudo-header sum compare equal.
+    pseudo-header sum compare equal. This runs once per captured segment: the pseudo-header
+    is summed from the address bytes directly, without building it.
     """
     buf = pkt.buf
-    if len(buf) < pkt.payload_off + pkt.payload_len:
-        raise PacketError("cannot check the checksum of a packet whose payload is absent")
     tcp_off = pkt.tcp_off
-    if pkt.version == 4 and _sum16(buf[:tcp_off]):
-        _pack16(buf, _IPV4_CSUM_OFF, 0)
-        _pack16(buf, _IPV4_CSUM_OFF, _finish(_sum16(buf[:tcp_off])))
-    pseudo = _pseudo_sum(buf, tcp_off)
-    total = pseudo + _sum16(memoryview(buf)[tcp_off:])
-    if total % 0xFFFF == 0:
+    tcp_len = len(buf) - tcp_off
+    if tcp_len != pkt.payload_off - tcp_off + pkt.payload_len:
+        raise PacketError("cannot check the checksum of a packet whose payload is absent")
+    if pkt.version == 4:
+        pseudo = _from_bytes(buf[12:20], "big") + _PROTO_TCP + tcp_len
+    else:
+        pseudo = _from_bytes(buf[8:40], "big") + _PROTO_TCP + tcp_len
+    segment = _from_bytes(buf[tcp_off:], "big")
+    if tcp_len & 1:
+        segment <<= 8
+    total = (pseudo + segment) % 0xFFFF
+    if total == 0:
         return CHECKSUM_VALID
     csum_off = tcp_off + _TCP_CSUM_OFF
     field = _unpack16(buf, csum_off)[0]

@@ -640,3 +640,20 @@ def test_damaged_segment_reported_bad():
                 payload=b"hello world")
     pkt.buf[-1] ^= 0x40   # one bit flipped on the wire
     assert P.repair_checksums(pkt) == P.CHECKSUM_BAD
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_raw_flow_key_agrees_with_decode(name):
+    raw = bytes(SAMPLES[name])
+    pkt = decode(raw)
+    found = P.raw_flow_key(raw)
+    if name.startswith("v6-") and pkt.tcp_off != 40:
+        assert found is None   # extension headers: the full decode finds TCP
+        return
+    assert found == (P.flow_key_bytes(pkt.src, pkt.sport, pkt.dst, pkt.dport), pkt.flags)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x45" * 20, bytes(SAMPLES["v4-empty"])[:30],
+                                 bytes(IP(dst="198.18.0.2", proto=17) / (b"x" * 40))])
+def test_raw_flow_key_declines_what_it_cannot_read(raw):
+    assert P.raw_flow_key(raw) is None

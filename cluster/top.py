@@ -67,7 +67,7 @@ COLUMNS = (
     Column("req/s", True, {"owner": ("requests_sent",)}),
     Column("resp/s", True, {"owner": ("responses",)}),
     Column("drops/s", True, {"capture": ("packets_dropped_full", "kernel_dropped"),
-                             "owner": ("sessions_refused", "register_drops"),
+                             "owner": ("sessions_refused", "connections_shed", "register_drops"),
                              "intercept": ("records_dropped", "held_refused", "held_expired",
                                            "pcap_dropped")},
            outcome={"owner": "dropped"}),

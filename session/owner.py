@@ -353,7 +353,8 @@ class Owner:
                 f"retransmit:{e.retransmits} | resp:{e.responses} c-resp:{e.responses_with_payload} "
                 f"resp fin:{e.response_fins} resp rst:{e.response_resets} | "
                 f"raw send failures:{sum(self.sender.failed.values())} "
-                f"unroutable resp:{t.responses_unroutable} | shed:{t.sessions_shed} "
+                f"unroutable resp:{t.responses_unroutable} | shed new:{t.connections_shed} "
+                f"shed live:{self.counters.outcomes.get('dropped:shed', 0)} "
                 f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed} "
                 f"bad:{t.checksums_bad}")
 

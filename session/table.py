@@ -53,7 +53,8 @@ class TableStats:
     flows_skipped: int = 0           # connections whose rest is skipped after their session ended abnormally
     packets_skipped: int = 0         # ... the captured packets skipped so
     skipped_flows_forgotten: int = 0  # skip entries evicted at the bound (their rest may start a session)
-    sessions_shed: int = 0           # whole connections not copied because the owner was behind
+    connections_shed: int = 0        # new connections skipped whole while the owner was behind
+                                     # (live sessions shed end as outcome dropped:shed)
 
 
 # Ends that a new connection on the 4-tuple or the owner decided; the client connection
@@ -161,7 +162,6 @@ class SessionTable:
         for session in victims:
             session.abort(now, SHED)
             self._after(session, now)
-        self.table_stats.sessions_shed += len(victims)
         return len(victims)
 
     def shutdown(self, now: float) -> None:
@@ -280,7 +280,7 @@ class SessionTable:
         copies = self._endpoints_for(pkt, now)
         if copies and self.refuse_new:
             self._skip(key)
-            self.table_stats.sessions_shed += 1
+            self.table_stats.connections_shed += 1
             return []
         sessions = []
         for wanted in copies:

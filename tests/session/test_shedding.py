@@ -56,7 +56,7 @@ def test_new_connections_are_shed_whole_while_refusing():
     assert r.client(0.02, 7, 41000, PA, C_ISN + 1, O_ISN + 1, GET) == []
     assert r.client(0.03, 7, 41000, pk.FIN | pk.ACK, C_ISN + 1 + len(GET), O_ISN + 100) == []
     stats = r.table.table_stats
-    assert stats.sessions_shed == 1 and stats.sessions_started == 0
+    assert stats.connections_shed == 1 and stats.sessions_started == 0
     # Another connection starts as usual.
     assert [p.flags for p in r.syn(0.04, 8, 41000)] == [pk.SYN]
 
@@ -73,7 +73,7 @@ def test_live_sessions_are_shed_youngest_first_with_a_reset_and_their_rest_skipp
     # The shed connections' next requests are skipped; the others are still copied.
     assert r.client(1.1, 13, 42000, PA, C_ISN + 1, O_ISN + 1, GET) == []
     assert [p.payload for p in r.client(1.1, 10, 42000, PA, C_ISN + 1, O_ISN + 1, GET)] == [GET]
-    assert r.table.table_stats.sessions_shed == 2
+    assert r.table.stats.dropped == {"shed": 2}
     assert endpoint(10, 42000) == eps[0]
 
 

@@ -65,6 +65,8 @@ class CopyConfig:
     mtu: int = 1500                              # -M
     fake_syn_mss: int = 1460                     # -D
     memory_limit_mb: int | None = None           # -m (None: no limit)
+    buffer_budget_mb: int = 1024                 # --buffer-budget
+    shed_after: float = 5.0                      # --shed-after (0: never shed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mtu": Key(int, 1500, 576, 65535, flag="-M"),
         "fake_syn_mss": Key(int, 1460, 536, 65495, flag="-D"),
         "memory_limit_mb": Key(int, 0, 0, 1 << 20, example="2048", flag="-m"),
+        "buffer_budget_mb": Key(int, 1024, 16, 1 << 20, flag="--buffer-budget"),
+        "shed_after": Key(float, 5.0, 0.0, 3600.0, flag="--shed-after"),
     },
     "capture": {
         "workers": Key(int, 1, 1, MAX_INSTANCES),
@@ -344,7 +348,8 @@ def _copy(source: str, raw: dict[str, Any]) -> CopyConfig:
                           "port_offset 0..instances-1")
     return CopyConfig(mappings, intercepts, pool, raw["copies"], raw["port_offset"], raw["instances"], raw["sample_percent"],
                       session_timeout, keepalive, raw["only_full_sessions"], raw["no_wait"], raw["lonely"],
-                      raw["mtu"], raw["fake_syn_mss"], raw["memory_limit_mb"] or None)
+                      raw["mtu"], raw["fake_syn_mss"], raw["memory_limit_mb"] or None,
+                      raw["buffer_budget_mb"], raw["shed_after"])
 
 
 def _one(source: str, key: str, text: str, parse):

@@ -34,9 +34,8 @@ from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_form
                                      start_command, version_text)
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
-from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions
+from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions, shedding_config
 from tcpcopy.session.rawsend import RawSendError
-from tcpcopy.session.shedding import SheddingConfig
 
 log = logging.getLogger("tcpcopy")
 
@@ -68,6 +67,17 @@ def _positive_float(example: str):
             raise argparse.ArgumentTypeError(f"{text!r}: give a positive number, e.g. {example}")
         return value
     return parse
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0 to 3600, e.g. --shed-after 5 "
+                                         "(0 never sheds)")
+    return value
 
 
 def _address(text: str) -> str:
@@ -123,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-budget", dest="buffer_budget_mb", type=_positive_int(16, 1 << 20, "--buffer-budget 1024"),
                    default=1024, metavar="MB",
                    help="client data all sessions may buffer together; the session that passes it is dropped (1024)")
-    p.add_argument("--shed-after", dest="shed_after", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--shed-after", dest="shed_after", type=_seconds_or_zero, default=5.0, metavar="SECONDS",
                    help="live copy only: when captured input waits this long before the copier gets to it, "
                         "shed whole sessions (new ones, and live ones in proportion to the shortfall) "
                         "until it catches up; 0 never sheds (5)")
@@ -204,16 +214,10 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
                               keepalive_timeout=keepalive, mtu=args.mtu),
         intercepts=args.intercepts, packet_endpoint=packet_endpoint, identity=args.identity,
         lonely=args.lonely, memory_limit_mb=args.memory_mb, buffer_budget_mb=args.buffer_budget_mb,
-        shedding=_shedding(args),
+        # Offline replay is paced by the file: shedding would only lose what it holds.
+        shedding=None if args.offline else shedding_config(args.shed_after),
         instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
         stats_endpoint=args.stats)
-
-
-def _shedding(args: argparse.Namespace) -> SheddingConfig | None:
-    """Offline replay is paced by the file, never overloaded in a way shedding would help."""
-    if args.offline or args.shed_after <= 0:
-        return None
-    return SheddingConfig(lag_high=args.shed_after, lag_low=args.shed_after / 5)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:

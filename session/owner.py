@@ -399,8 +399,17 @@ def options_from_config(config, shard: int) -> OwnerOptions:
         intercepts=copy.intercepts, packet_endpoint=config.owner_endpoint(shard),
         identity=f"owner-{shard}@{socket.gethostname()}", lonely=copy.lonely,
         memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
+        buffer_budget_mb=copy.buffer_budget_mb, shedding=shedding_config(copy.shed_after),
         intercepts_sharded=True, instance=copy.port_offset if copy.instances > 1 else 0,
         instances=copy.instances, stats_endpoint=config.stats.endpoint)
+
+
+def shedding_config(shed_after: float) -> SheddingConfig | None:
+    """--shed-after / copy.shed_after: new connections and then live sessions are shed past
+    it, until the owner is back under a fifth of it; 0 never sheds."""
+    if shed_after <= 0:
+        return None
+    return SheddingConfig(lag_high=shed_after, lag_low=shed_after / 5)
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ from types import MappingProxyType
 
 from .lab import Lab, LabError, check_lab_address
 from .load import MAX_REQUESTS
-from .servers import ServerError, _can_connect, _check_listen_address, _LabServer
+from .servers import ServerError, _can_connect, _LabServer
 
 REDIS_SERVER = "redis-server"
 REDIS_CLI = "redis-cli"
@@ -67,19 +67,10 @@ class Redis(_LabServer):
 
     def __init__(self, lab: Lab, host: str, address: str, port: int = 6379, *,
                  maxclients: int = DEFAULT_MAXCLIENTS, keep_dir: bool = False) -> None:
-        _check_listen_address(address)
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} out of range 1..65535")
         if maxclients < 1:
             raise ValueError(f"maxclients must be positive, got {maxclients}")
-        self.lab = lab
-        self.host = host
-        self.address = address
-        self.port = port
+        self._listen_on(lab, host, address, port, keep_dir)
         self.maxclients = maxclients
-        self.keep_dir = keep_dir
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -127,10 +118,6 @@ class Redis(_LabServer):
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
         return code
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # -- the server's own counters ---------------------------------------------------------
 

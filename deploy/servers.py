@@ -93,6 +93,23 @@ class _LabServer:
     """``with Server(...) as server:`` starts it, waits until it accepts connections, and
     stops it on exit (also when it never became ready)."""
 
+    def _listen_on(self, lab: Lab, host: str, address: str, port: int, keep_dir: bool) -> None:
+        """The fields of a server listening on ``address:port`` in lab host ``host``, checked."""
+        _check_listen_address(address)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 1..65535")
+        self.lab = lab
+        self.host = host
+        self.address = address
+        self.port = port
+        self.keep_dir = keep_dir
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def __enter__(self):
         self.start()
         try:
@@ -123,20 +140,11 @@ class Nginx(_LabServer):
     def __init__(self, lab: Lab, host: str, address: str, port: int = 80, *,
                  files: Mapping[str, bytes] | None = None, keepalive_requests: int = 1_000_000,
                  keepalive_timeout_s: int = 65, keep_dir: bool = False, upstream: str | None = None) -> None:
-        _check_listen_address(address)
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} out of range 1..65535")
-        self.lab = lab
-        self.host = host
-        self.address = address
-        self.port = port
+        self._listen_on(lab, host, address, port, keep_dir)
         self.files = dict(default_site() if files is None else files)
         self.keepalive_requests = keepalive_requests
         self.keepalive_timeout_s = keepalive_timeout_s
-        self.keep_dir = keep_dir
         self.upstream = upstream
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
         self._cached_log: list[dict[str, Any]] = []
         self._cached_bodies: list[ReceivedBody] = []
 
@@ -212,10 +220,6 @@ class Nginx(_LabServer):
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
         return code
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # -- logs --------------------------------------------------------------------------------
 
@@ -527,20 +531,11 @@ class Greeter(_LabServer):
 
     def __init__(self, lab: Lab, host: str, address: str, port: int, *, greeting: str = GREETING,
                  max_children: int = GREETER_MAX_CHILDREN, keep_dir: bool = False) -> None:
-        _check_listen_address(address)
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} out of range 1..65535")
         if any(ch in greeting for ch in "\r\n\0"):
             raise ValueError("the greeting is one line: no CR, LF or NUL in it")
-        self.lab = lab
-        self.host = host
-        self.address = address
-        self.port = port
+        self._listen_on(lab, host, address, port, keep_dir)
         self.greeting = greeting
         self.max_children = max_children
-        self.keep_dir = keep_dir
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
         self._cached_log: list[GreeterEntry] = []
 
     @property
@@ -608,10 +603,6 @@ class Greeter(_LabServer):
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
         return code
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def log_entries(self) -> list[GreeterEntry]:
         """Every logged event in log order (still available after :meth:`stop`)."""

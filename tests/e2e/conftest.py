@@ -27,16 +27,22 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"e2e_report_{report.when}", report)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """An up four-host lab (client, online, target, assistant), torn down after the module."""
+def module_lab(make: Callable[[], Lab]) -> Iterator[Lab]:
+    """The body of a module's ``lab`` fixture: ``make()`` built and up, skipped with the
+    reason where labs cannot run, torn down after the module and checked gone."""
     reason = lab_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with four_host() as up:
+    with make() as up:
         yield up
     left = [ns for ns in list_namespaces() if ns.startswith(f"{up.prefix}{up.tag}-")]
     assert not left, f"lab namespaces left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """An up four-host lab (client, online, target, assistant), torn down after the module."""
+    yield from module_lab(four_host)
 
 
 @pytest.fixture

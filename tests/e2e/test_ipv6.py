@@ -18,10 +18,11 @@ import pytest
 from tcpcopy.deploy import accesslog, load
 from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_TARGET_SIDE_V6, CLIENT, CLIENT_NET_V6, CLIENT_V6,
                                 FAKE_CLIENT_NET_V6, ONLINE, ONLINE_CONTROL_SIDE_V6, TARGET, TARGET_V6, Lab,
-                                four_host_v6, list_namespaces)
+                                four_host_v6)
 from tcpcopy.deploy.livecopy import LiveCopy
 from tcpcopy.deploy.servers import UPLOAD_STATUS
-from tests.lab.conftest import lab_unavailable_reason
+from tests.e2e.conftest import module_lab
+from tests.e2e.test_live_copy import assert_all_succeeded, finish
 
 pytestmark = pytest.mark.lab
 
@@ -33,31 +34,10 @@ ICMP6_ERRORS_OUT = ("Icmp6OutErrors", "Icmp6OutDestUnreachs", "Ip6OutNoRoutes")
 def lab() -> Iterator[Lab]:
     """An up dual-stack four-host lab for this module (it stands in for conftest's ``lab``,
     so ``live_copy`` starts its copies here), torn down after the module."""
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with four_host_v6() as up:
-        yield up
-    left = [ns for ns in list_namespaces() if ns.startswith(f"{up.prefix}{up.tag}-")]
-    assert not left, f"lab namespaces left behind: {left}"
+    yield from module_lab(four_host_v6)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def finish(copy: LiveCopy, expected: int, timeout: float = 20.0) -> int:
-    """Wait until the target logged ``expected`` requests (or stopped gaining), then stop
-    tcpcopy (which writes its summary) and intercept. Returns the target's count."""
-    count = copy.wait_for_target(expected, timeout)
-    copy.stop_tcpcopy()
-    copy.stop_intercept()
-    return count
-
-
-def assert_all_succeeded(*results) -> None:
-    for result in results:
-        s = result.summary
-        assert s.all_succeeded, f"{type(result).__name__}: the client itself saw failures:\n{s.output}"
 
 
 def assert_copied_whole(copy: LiveCopy, expected: int) -> None:

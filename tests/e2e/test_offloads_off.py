@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, Lab, four_host, list_namespaces
+from tcpcopy.deploy.lab import CLIENT, Lab, four_host
 from tcpcopy.deploy.servers import bodies_of
-from tests.lab.conftest import lab_unavailable_reason
+from tests.e2e.conftest import module_lab
 
 pytestmark = pytest.mark.lab
 
@@ -23,12 +23,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """The four-host lab with offloads off on every link (overrides the e2e default)."""
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with four_host(offloads="off") as up:
-        yield up
-    assert not [ns for ns in list_namespaces() if ns.startswith(f"{up.prefix}{up.tag}-")]
+    yield from module_lab(lambda: four_host(offloads="off"))
 
 
 def test_short_connections_and_an_upload_copy_exactly_without_offloads(live_copy) -> None:

@@ -40,7 +40,7 @@ __all__ = [
     "ip_offset", "decode", "decode_frame", "build", "split",
     "opt_mss", "opt_wscale", "opt_sack_permitted", "opt_timestamps",
     "tcp_checksum_ok", "ipv4_checksum_ok", "flags_text",
-    "repair_checksums", "CHECKSUM_VALID", "CHECKSUM_COMPLETED", "CHECKSUM_BAD",
+    "repair_checksums", "CHECKSUM_COMPLETE", "CHECKSUM_COMPLETED",
 ]
 
 
@@ -719,9 +719,8 @@ def tcp_checksum_ok(pkt: Packet) -> bool:
     return _tcp_sum(pkt.buf, pkt.tcp_off) % 0xFFFF == 0
 
 
-CHECKSUM_VALID = 0       # the captured TCP checksum verified as it was
-CHECKSUM_COMPLETED = 1   # it was partial (checksum offload) and is now complete
-CHECKSUM_BAD = 2         # neither: the segment was damaged on the wire
+CHECKSUM_COMPLETE = 0    # the captured TCP checksum was not a partial one: left as it was
+CHECKSUM_COMPLETED = 1   # it was partial (checksum offload, GRO) and is now complete
 
 
 def repair_checksums(pkt: Packet) -> int:
@@ -729,20 +728,23 @@ def repair_checksums(pkt: Packet) -> int:
 
     A frame captured on a host whose NIC or virtual link offloads checksums (veth,
     virtio-net, containers, local traffic) leaves the kernel with a *partial* TCP checksum:
-    the field holds the pseudo-header sum, for the device to finish over the segment. GRO
-    super-packets carry one too. An incremental update (RFC 1624) of a partial checksum
-    stays wrong, so every captured segment that will be sent passes here first: one sum
-    over the segment tells a valid checksum from a partial one (the field equals the
-    pseudo-header sum) and completes the latter in place. Anything else was damaged on the
-    wire; the online server's kernel drops such a segment and the client retransmits it,
-    so the caller drops it too (CHECKSUM_BAD).
+    the field holds the folded pseudo-header sum, for the device to finish over the segment;
+    GRO super-packets carry one too. An incremental update (RFC 1624) of a partial checksum
+    stays wrong, so every captured segment that will be sent passes here first.
+
+    The test is cheap: the pseudo-header sum comes from the header fields alone. A field
+    that equals it is partial and is completed with one sum over the segment (a complete
+    checksum that happens to equal it is left as it was: completing a valid checksum gives
+    itself). Any other field is taken as complete without summing the segment: inbound
+    packets that a NIC did not merge carry the checksum they had on the wire. One damaged
+    on the way is dropped by the online server's stack, and the client sends it again; the
+    engine replays that fresh copy in place of the damaged one (see
+    ``Session._take_fresh_copy``), so verifying every segment would buy nothing.
 
     The IPv4 header checksum is left alone: it is never offloaded on receive, and a raw
-    socket with IP_HDRINCL has the kernel fill it on every send (raw(7)).
-
-    The sums are modulo 0xffff (see the module docstring), so the +0/-0 forms of a folded
-    pseudo-header sum compare equal. This runs once per captured segment: the pseudo-header
-    is summed from the address bytes directly, without building it.
+    socket with IP_HDRINCL has the kernel fill it on every send (raw(7)). The sums are
+    modulo 0xffff (see the module docstring), so the +0/-0 forms of a folded sum compare
+    equal.
     """
     buf = pkt.buf
     tcp_off = pkt.tcp_off
@@ -753,17 +755,14 @@ def repair_checksums(pkt: Packet) -> int:
         pseudo = _from_bytes(buf[12:20], "big") + _PROTO_TCP + tcp_len
     else:
         pseudo = _from_bytes(buf[8:40], "big") + _PROTO_TCP + tcp_len
-    segment = _from_bytes(buf[tcp_off:], "big")
-    if tcp_len & 1:
-        segment <<= 8
-    total = (pseudo + segment) % 0xFFFF
-    if total == 0:
-        return CHECKSUM_VALID
     csum_off = tcp_off + _TCP_CSUM_OFF
     field = _unpack16(buf, csum_off)[0]
     if (field - pseudo) % 0xFFFF:
-        return CHECKSUM_BAD
-    _pack16(buf, csum_off, _finish(total - field))
+        return CHECKSUM_COMPLETE
+    segment = _from_bytes(buf[tcp_off:], "big")
+    if tcp_len & 1:
+        segment <<= 8
+    _pack16(buf, csum_off, _finish(pseudo + segment - field))
     return CHECKSUM_COMPLETED
 
 

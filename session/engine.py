@@ -543,12 +543,27 @@ class Session:
         seg = _Segment(pkt, start)
         if seg.end <= self._next_expected:
             self.stats.client_retransmits_skipped += 1
+            self._take_fresh_copy(seg)
             return
         # A partial overlap is queued whole: the target trims what it already has
         # (RFC 9293 §3.10.7.4), so the new bytes need no copy.
         self._queue(seg)
         self._release_held()
         self._check_bounds(now)
+
+    def _take_fresh_copy(self, fresh: _Segment) -> None:
+        """A client retransmission of a segment still waiting for the target's ACK replaces
+        the queued copy. The client retransmits when the online server did not take the
+        segment, so the first capture may have been damaged on the wire (its checksum is
+        not verified), and the target would drop every resend of it."""
+        for queue in (self._unacked, self._unsent):
+            for seg in queue:
+                if seg.start == fresh.start and seg.data_len == fresh.data_len and seg.fin == fresh.fin:
+                    self._rewrite_addresses(fresh.pkt)
+                    if fresh.pkt.sack_blocks:
+                        fresh.pkt.blank_sack()
+                    seg.pkt = fresh.pkt
+                    return
 
     def _queue(self, seg: _Segment) -> None:
         pkt = seg.pkt

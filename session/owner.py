@@ -355,8 +355,7 @@ class Owner:
                 f"raw send failures:{sum(self.sender.failed.values())} "
                 f"unroutable resp:{t.responses_unroutable} | shed new:{t.connections_shed} "
                 f"shed live:{self.counters.outcomes.get('dropped:shed', 0)} "
-                f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed} "
-                f"bad:{t.checksums_bad}")
+                f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed}")
 
     def published_counters(self) -> dict:
         """What the stats channel carries: the summary's numbers and the live session count."""

@@ -48,7 +48,6 @@ class TableStats:
     sessions_left_closing: int = 0   # ... while a session replayed its close: it finished alone
     client_packets_ignored: int = 0  # no session and none to start (or not mapped)
     checksums_completed: int = 0     # captured with a partial checksum (offload), completed
-    checksums_bad: int = 0           # damaged on the wire: dropped, as the online server did
     responses_unroutable: int = 0    # no session for the response's endpoint
     flows_skipped: int = 0           # connections whose rest is skipped after their session ended abnormally
     packets_skipped: int = 0         # ... the captured packets skipped so
@@ -100,8 +99,8 @@ class SessionTable:
     def client_packet(self, pkt: pk.Packet, now: float) -> list[Session]:
         """Feed a captured client packet to every copy of its flow (starting them if the
         packet begins a session); returns the sessions it went to."""
-        if (pkt.payload_len or pkt.flags & _REPLAYED_CONTROL) and not self._checksum_usable(pkt):
-            return []
+        if (pkt.payload_len or pkt.flags & _REPLAYED_CONTROL) and pk.repair_checksums(pkt):
+            self.table_stats.checksums_completed += 1
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         if self._skipping and self._skipped(pk.flow_key_bytes(*key), pkt.flags):
             return []
@@ -239,17 +238,6 @@ class SessionTable:
             self.table_stats.skipped_flows_forgotten += 1
         self._skipping[key] = None
         self.table_stats.flows_skipped += 1
-
-    def _checksum_usable(self, pkt: pk.Packet) -> bool:
-        """Complete a partial checksum of a segment that may be replayed (once, before the
-        copies are made); False for a damaged one, which is dropped and counted."""
-        verdict = pk.repair_checksums(pkt)
-        if verdict == pk.CHECKSUM_COMPLETED:
-            self.table_stats.checksums_completed += 1
-        elif verdict == pk.CHECKSUM_BAD:
-            self.table_stats.checksums_bad += 1
-            return False
-        return True
 
     def _holds(self, session: Session) -> bool:
         """The session is still in the table (a freed one may have stale heap entries)."""

@@ -628,18 +628,27 @@ def test_partial_checksum_completed_and_survives_rewrites(version, payload_len):
     assert_checksums_agree_with_scapy(captured)
 
 
-def test_valid_checksum_left_alone():
+def test_complete_checksum_left_alone():
     pkt = build(bytes(4), bytes([198, 18, 0, 2]), 1, 2, 3, 4, ACK, 5, payload=b"abc")
     before = pkt.to_bytes()
-    assert P.repair_checksums(pkt) == P.CHECKSUM_VALID
+    assert P.repair_checksums(pkt) == P.CHECKSUM_COMPLETE
     assert pkt.to_bytes() == before
 
 
-def test_damaged_segment_reported_bad():
-    pkt = build(bytes([198, 18, 5, 1]), bytes([198, 18, 0, 2]), 1, 2, 3, 4, PSH | ACK, 5,
-                payload=b"hello world")
-    pkt.buf[-1] ^= 0x40   # one bit flipped on the wire
-    assert P.repair_checksums(pkt) == P.CHECKSUM_BAD
+def test_a_complete_checksum_that_equals_the_pseudo_header_sum_stays_right():
+    """One valid segment in 65,535 has a checksum equal to its pseudo-header sum: it is
+    "completed", which leaves it as it was."""
+    for seq in range(200_000):
+        pkt = build(bytes([198, 18, 5, 1]), bytes([198, 18, 0, 2]), 1, 2, seq, 4, PSH | ACK, 5,
+                    payload=b"hello world")
+        field = struct.unpack_from("!H", pkt.buf, pkt.tcp_off + 16)[0]
+        if (field - P._pseudo_sum(pkt.buf, pkt.tcp_off)) % 0xFFFF == 0:
+            break
+    else:
+        pytest.fail("no such segment among the sequence numbers tried")
+    before = pkt.to_bytes()
+    P.repair_checksums(pkt)
+    assert pkt.to_bytes() == before and P.tcp_checksum_ok(pkt)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

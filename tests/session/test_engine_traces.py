@@ -16,7 +16,8 @@ from tcpcopy.session.engine import (
     should_start_session, SessionConfig,
 )
 from tests.session.replay import (
-    A, C_ISN, FA, O_ISN, PA, RA, SA, T_ISN, TARGET_PORT, Replay, seg,
+    A, C_ISN, FA, O_ISN, ONLINE, PA, RA, REAL_CLIENT, REAL_CLIENT_PORT, SA, T_ISN, TARGET_PORT, Replay,
+    seg,
 )
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"          # 27 bytes
@@ -347,6 +348,24 @@ def test_client_retransmissions_are_not_sent_twice():
     r.handshake()
     request(r, 0.02, 0, 0)
     assert request(r, 0.3, 0, 0) == []
+    assert r.stats.client_retransmits_skipped == 1
+
+
+def test_a_client_retransmission_replaces_a_copy_damaged_on_the_wire():
+    """The first capture of a segment was damaged (the online server dropped it and the
+    client sent it again): resends to the target carry the fresh copy."""
+    r = Replay()
+    r.handshake()
+    damaged = pk.build(REAL_CLIENT, ONLINE, REAL_CLIENT_PORT, 80, C_ISN + 1, O_ISN + 1, PA, 29200,
+                       payload=GET)
+    damaged.buf[-1] ^= 0x20
+    r.session.handle_client(pk.decode(damaged.to_bytes()), 0.02)
+    first = [pk.decode(raw) for raw in r.session.take_packets()]
+    assert [p.payload for p in first] == [GET[:-1] + bytes([GET[-1] ^ 0x20])]
+    assert not pk.tcp_checksum_ok(first[0])
+    assert request(r, 0.1, 0, 0) == []          # the client's retransmission, whole
+    out = r.timer(r.deadline)                      # our RTO resend
+    assert [(seg(p), pk.tcp_checksum_ok(p)) for p in out] == [((PA, C_ISN + 1, T_ISN + 1, GET), True)]
     assert r.stats.client_retransmits_skipped == 1
 
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="tcpcopy-cluster", epilog=f"Example: {EXAMPLE}",
                            description="Run this host's share of a tcpcopy cluster under supervisord: "
                                        "session owners and capture workers (online), or intercepts (assistant).")
-    parser.add_argument("-v", action="version", version=version_text("tcpcopy-cluster"))
+    parser.add_argument("-v", "--version", action="version", version=version_text("tcpcopy-cluster"), help="print the version and exit")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     helps = {"render": "print the supervisord.conf of the role",
              "start": "render it into supervisor.dir/ROLE/ and launch supervisord",

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
     parser.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
     parser.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
-    parser.add_argument("-v", action="version", version=version_text("intercept"), help="print the version and exit")
+    parser.add_argument("-v", "--version", action="version", version=version_text("intercept"), help="print the version and exit")
     parser.add_argument("--payload", type=_payload, default=0, metavar="N",
                         help=f"also send the first N payload bytes of each answer (0..{MAX_PAYLOAD}; "
                              "like the C tool's TC_PAYLOAD build)")

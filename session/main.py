@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", dest="log_file", metavar="FILE", help="log to FILE (default: stderr)")
     p.add_argument("-P", dest="pid_file", metavar="FILE", help="write the pid to FILE, removed on exit")
     p.add_argument("-d", dest="daemon", action="store_true", help="run as a daemon (needs -l)")
-    p.add_argument("-v", action="version", version=version_text("tcpcopy"))
+    p.add_argument("-v", "--version", action="version", version=version_text("tcpcopy"), help="print the version and exit")
     p.add_argument("--stats", metavar="ENDPOINT", default="",
                    help="publish counters every second to the ZeroMQ ENDPOINT where "
                         "`python -m tcpcopy.cluster.top --stats ENDPOINT` (or /metrics) listens")

@@ -275,7 +275,23 @@ def _run(args: argparse.Namespace, packet_endpoint: str) -> int:
         if args.summary_json:
             with open(args.summary_json, "w") as out:
                 json.dump(owner.summary(), out, indent=2, sort_keys=True)
+    if args.offline and owner.stop_reason == "input ended" and not owner.table.table_stats.sessions_started:
+        log.error("%s", nothing_copied(owner, args))
+        return 1
     return 0 if owner.stop_reason in ("input ended", "signal") else 1
+
+
+def nothing_copied(owner: Owner, args: argparse.Namespace) -> str:
+    """Why an offline replay copied no session, and what to check."""
+    packets = owner.counters.client_packets
+    if not packets:
+        return (f"nothing copied: no packet of {args.source} passed the filter built from -x "
+                f"{','.join(str(m.online_port) for m in args.mappings)}"
+                f"{' and -F' if args.user_filter else ''}: check the port and that the file holds "
+                "the clients' side (packets to the online server)")
+    return (f"nothing copied: {packets} client packets, none began a session "
+            f"(not mapped by -x: {owner.fanout.unmapped}, sampled out by -r: {owner.fanout.sampled_out}, "
+            f"malformed: {owner.counters.malformed_client}; -O copies only sessions whose SYN is in the file)")
 
 
 def _capture_failure(capture: subprocess.Popen) -> str | None:

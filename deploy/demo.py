@@ -138,6 +138,8 @@ def run_demo(rate: int, seconds: float, keepalive: tuple[int, int], copies: int,
         result.report = copy.report()
     if report_dir is not None:
         result.files = write_report(copy, result, rate, seconds, keepalive, copies, report_dir)
+    if copy is not None:
+        copy.remove_dir()
     return result
 
 

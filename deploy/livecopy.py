@@ -14,6 +14,7 @@ Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,10 @@ class LiveCopy:
             time.sleep(0.05)
         proc.kill()
         raise LiveCopyError(f"{name} did not start:\n{self.log(name)[-2000:]}")
+
+    def remove_dir(self) -> None:
+        """Remove the run's directory (logs, summary, samples) once they have been read."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"

@@ -146,6 +146,7 @@ def profile(kind: str, rate: int, seconds: float, out: Path) -> list[str]:
             time.sleep(0.5)
             said = offer_load(copy, kind, rate, seconds)
             problems = wait_sampling(procs, seconds + 30)
+        copy.remove_dir()
     texts = [summarize(raw) for raw in sorted(out.glob("*.txt")) if not raw.name.endswith(".profile.txt")]
     for raw, text in zip(sorted(out.glob("*.txt")), texts):
         raw.with_suffix(".profile.txt").write_text(text)

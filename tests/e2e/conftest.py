@@ -7,7 +7,6 @@ tcpcopy and intercept logs is printed with it, and their directory is kept for a
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -67,7 +66,7 @@ def live_copy(lab: Lab, request) -> Iterator[Callable[..., LiveCopy]]:
                     print(f"----- {name} log ({copy.dir}/{name}.log), tail -----")
                     print(copy.log(name)[-LOG_TAIL:])
             else:
-                shutil.rmtree(copy.dir, ignore_errors=True)
+                copy.remove_dir()
 
 
 @pytest.fixture

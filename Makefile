@@ -4,17 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast demo bench soak replay-demo lab-down clean
+.PHONY: help deps venv test test-fast demo bench soak profile replay-demo lab-down clean
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
 	@echo "make demo       the main job: a live copy in the four-host lab (nginx, h2load, intercept, tcpcopy), ending in a report"
-	@echo "make bench      the benchmark suite: the live copy at fixed offered rates, 3 runs each, judged against the targets (about 20 min)"
+	@echo "make bench      the benchmark suite: the C TCPCopy and this copy side by side (HTTP, Redis, uploads), 3 runs each, judged on ratios to C and losses (about 20 min)"
 	@echo "make soak       a 10-minute copy with each process's RSS sampled (no growth is the target)"
+	@echo "make profile    where the copier's CPU goes under a load: py-spy flame graphs and text profiles in bench/profile/ (PROFILE_ARGS)"
 	@echo "make replay-demo  a recorded HTTP session replayed through the engine alone to nginx"
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
-	@echo "make deps       install the Debian packages (libpcap-dev, iproute2, nginx-light, ethtool, curl)"
+	@echo "make deps       install the Debian packages (deploy/install-deps.sh lists them)"
 	@echo "make venv       create $(VENV) and install the project (editable) with its test extras"
 
 deps:
@@ -43,6 +44,10 @@ bench: deps venv
 
 soak: deps venv
 	$(BIN)/python -m tcpcopy.deploy.benchmark --soak 600 --json bench/soak.json
+
+profile: deps venv
+	$(BIN)/pip install -q py-spy
+	$(BIN)/python -m tcpcopy.deploy.profile $(PROFILE_ARGS)
 
 replay-demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.replay_demo

@@ -66,7 +66,7 @@ class CopyConfig:
     fake_syn_mss: int = 1460                     # -D
     memory_limit_mb: int | None = None           # -m (None: no limit)
     buffer_budget_mb: int = 1024                 # --buffer-budget
-    shed_after: float = 5.0                      # --shed-after (0: never shed)
+    shed_after: float = 10.0                     # --shed-after (0: never shed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fake_syn_mss": Key(int, 1460, 536, 65495, flag="-D"),
         "memory_limit_mb": Key(int, 0, 0, 1 << 20, example="2048", flag="-m"),
         "buffer_budget_mb": Key(int, 1024, 16, 1 << 20, flag="--buffer-budget"),
-        "shed_after": Key(float, 5.0, 0.0, 3600.0, flag="--shed-after"),
+        "shed_after": Key(float, 10.0, 0.0, 3600.0, flag="--shed-after"),
     },
     "capture": {
         "workers": Key(int, 1, 1, MAX_INSTANCES),

@@ -75,7 +75,7 @@ def _seconds_or_zero(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0 to 3600, e.g. --shed-after 5 "
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0 to 3600, e.g. --shed-after 10 "
                                          "(0 never sheds)")
     return value
 
@@ -133,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-budget", dest="buffer_budget_mb", type=_positive_int(16, 1 << 20, "--buffer-budget 1024"),
                    default=1024, metavar="MB",
                    help="client data all sessions may buffer together; the session that passes it is dropped (1024)")
-    p.add_argument("--shed-after", dest="shed_after", type=_seconds_or_zero, default=5.0, metavar="SECONDS",
+    p.add_argument("--shed-after", dest="shed_after", type=_seconds_or_zero, default=10.0, metavar="SECONDS",
                    help="live copy only: when captured input waits this long before the copier gets to it, "
                         "shed whole sessions (new ones, and live ones in proportion to the shortfall) "
-                        "until it catches up; 0 never sheds (5)")
+                        "until it catches up; 0 never sheds (10)")
     p.add_argument("-M", dest="mtu", type=_positive_int(576, 65535, "-M 1500"), default=1500,
                    help="split captured packets larger than this (1500)")
     p.add_argument("-D", dest="mss", type=_positive_int(536, 65495, "-D 1460"), default=1460,

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class SheddingConfig:
-    lag_high: float = 5.0    # seconds behind: start shedding
-    lag_low: float = 1.0     # seconds behind: stop shedding
+    lag_high: float = 10.0   # seconds behind: start shedding
+    lag_low: float = 2.0     # seconds behind: stop shedding
     step: float = 0.5        # seconds between shedding steps of live sessions
     headroom: float = 1.05   # keep this much less than the measured capacity
     max_share: float = 0.5   # of the live sessions shed in one step, at most

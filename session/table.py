@@ -91,6 +91,10 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._by_endpoint)
 
+    def live(self) -> int:
+        """Sessions not over yet (the table also holds lingering ones): O(sessions)."""
+        return sum(1 for _flow, session in self._by_endpoint.values() if not session.over)
+
     def sessions(self):
         return (entry[1] for entry in self._by_endpoint.values())
 

@@ -102,3 +102,12 @@ def test_an_owner_that_empties_its_queue_is_not_behind_whatever_the_age():
     shedder.caught_up()       # the delay is in front of the owner, not in it
     assert not shedder.shedding
     assert shedder.sessions_to_shed(5.0, live=100) == 0
+
+
+def test_lingering_sessions_are_not_counted_as_live():
+    r = TableReplay()
+    for i in range(4):
+        r.open(i / 100, 20 + i, 44000)
+    assert r.table.live() == 4
+    r.table.shed(2, 1.0)
+    assert len(r.table) == 4 and r.table.live() == 2   # the shed ones linger

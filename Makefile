@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast demo bench soak profile replay-demo lab-down clean
+.PHONY: help deps venv test test-fast fuzz demo bench soak profile replay-demo lab-down clean
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
+	@echo "make fuzz       the message decoders' fuzzers with 10^6 inputs each (hours; FUZZ_ROUNDS=1 for a tenth)"
 	@echo "make demo       the main job: a live copy in the four-host lab (nginx, h2load, intercept, tcpcopy), ending in a report"
 	@echo "make bench      the benchmark suite: the C TCPCopy and this copy side by side (HTTP, Redis, uploads), 3 runs each, judged on ratios to C and losses (about 20 min)"
 	@echo "make soak       a 10-minute copy with each process's RSS sampled (no growth is the target)"
@@ -35,6 +36,19 @@ test: deps venv
 
 test-fast: venv
 	$(BIN)/pytest -m "not lab"
+
+# The same fuzzers run in `make test` with a few thousand inputs in all. Here each gets
+# FUZZ_ROUNDS x FUZZ_EXAMPLES inputs (10^6), in rounds of their own seed, which keeps the
+# fuzzer's own bookkeeping (it grows with the inputs of a run) to a few hundred MB.
+FUZZ_ROUNDS   ?= 10
+FUZZ_EXAMPLES ?= 100000
+
+fuzz: venv
+	@for round in $$(seq 1 $(FUZZ_ROUNDS)); do \
+		echo "fuzz round $$round of $(FUZZ_ROUNDS): $(FUZZ_EXAMPLES) inputs per fuzzer"; \
+		TCPCOPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
+			--hypothesis-seed=$$round tests/cluster/test_wire_fuzz.py || exit 1; \
+	done
 
 demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.demo

@@ -30,6 +30,8 @@ from tcpcopy.cluster.stats import Aggregator, is_gauge
 PROG = "python -m tcpcopy.cluster.metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 POLL_SLICE = 0.5
+IDLE_TIMEOUT = 10.0      # seconds a scrape connection may idle before it is closed
+MAX_CONNECTIONS = 32     # connections served at once; more are closed at once
 
 # Resource figures of every process: figure -> (metric, type, help).
 PROCESS_METRICS = {
@@ -132,7 +134,7 @@ def _cluster(out: Exposition, snapshot: dict) -> None:
     counts = snapshot["aggregator"]
     out.add("tcpcopy_stats_messages_total", "counter", "STATS messages taken by the aggregator",
             {}, counts["messages"])
-    for reason in ("wire_errors", "unexpected", "bad_figures"):
+    for reason in ("wire_errors", "unexpected", "bad_figures", "too_deep"):
         out.add("tcpcopy_stats_rejected_total", "counter",
                 "stats messages or figures the aggregator could not use", {"reason": reason},
                 counts[reason])
@@ -142,6 +144,7 @@ def _cluster(out: Exposition, snapshot: dict) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     aggregator: Aggregator  # set on the subclass serve_metrics makes
+    timeout = IDLE_TIMEOUT  # a connection that sends nothing for this long is closed
 
     def do_GET(self):
         if self.path.split("?", 1)[0] != "/metrics":
@@ -161,14 +164,37 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS of them: a connection beyond is
+    closed at once, and each handler's socket times out after IDLE_TIMEOUT, so connections
+    that say nothing never pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
     """An HTTP server answering /metrics from a thread; ``close`` stops it."""
 
     def __init__(self, aggregator: Aggregator, host: str, port: int):
         handler = type("MetricsHandler", (_Handler,), {"aggregator": aggregator})
-        server_class = type("MetricsHTTPServer", (ThreadingHTTPServer,),
-                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             "daemon_threads": True})
+        server_class = type("MetricsHTTPServer", (_BoundedHTTPServer,),
+                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
         self.httpd = server_class((host, port), handler)
         self.host, self.port = host, self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tcpcopy-metrics",

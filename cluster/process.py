@@ -1,12 +1,23 @@
 """What every tcpcopy command does the same way: its argument parser's error style, flags
-kept from the C tool that no longer apply, logging, daemonizing, pid files, the version."""
+kept from the C tool that no longer apply, logging, daemonizing, pid files, the version.
+
+The commands run as root and their -l and -P files may sit in directories other users can
+write (/tmp): every file is opened here, by ``open_for_writing``, which never follows a
+symbolic link, refuses what is not a plain file of this user's with one link, and creates
+files 0644; the pid file is also locked, so a second process given the same -P says so and
+stops. ipc:// sockets live in a ``private_directory`` (0700).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import logging
 import os
+import re
+import stat
 import sys
 from importlib import metadata
 
@@ -69,10 +80,27 @@ class JsonLines(logging.Formatter):
                            "message": record.getMessage()}, ensure_ascii=False)
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters (newlines, ESC, ...) escaped as repr does."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+class TextLines(logging.Formatter):
+    """One line per record for people: control characters in the message are escaped, so
+    no value in it (a peer's name) can forge a line or drive a terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(command: str, path: str | None, log_format: str = "text") -> None:
     """Log lines to ``path`` (stderr when None): text for people, or JSON lines."""
-    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines(command) if log_format == "json" else logging.Formatter(
+    handler = _log_file_handler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines(command) if log_format == "json" else TextLines(
         f"%(asctime)s {command}[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -93,22 +121,119 @@ def daemonize() -> None:
     os.close(null)
 
 
+class UnsafePath(OSError):
+    """A path this process refuses to use; the text names it and the fix."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EPERM, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def open_for_writing(path: str, flags: int, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` (created ``mode``), never through a symbolic link planted
+    there (O_NOFOLLOW), and only if it is a plain file of this user's with one link: root
+    must never write through another user's file into a third one. Raises OSError."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{path} is a symbolic link: remove it, or name the file itself") from None
+        if exc.errno == errno.ENXIO:   # a FIFO nobody reads
+            raise UnsafePath(f"{path} is not a plain file: remove it, or name another file") from None
+        raise
+    try:
+        _check_own_plain_file(os.fstat(fd), path)
+        os.set_blocking(fd, True)   # O_NONBLOCK only kept a FIFO from stalling the open
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_own_plain_file(info: os.stat_result, path: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath(f"{path} is not a plain file: remove it, or name another file")
+    if info.st_uid != os.geteuid():
+        raise UnsafePath(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
+                         "remove it, or keep the file in a directory only this user can write")
+    if info.st_nlink != 1:
+        raise UnsafePath(f"{path} has {info.st_nlink} hard links: remove it, or name another file")
+
+
+def _log_file_handler(path: str) -> logging.Handler:
+    fd = open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace"))
+
+
+def private_directory(path: str) -> None:
+    """Create ``path`` (with its parents) for ipc:// sockets, or take the one there: a real
+    directory of this user's, left mode 0700 whatever the umask, so no other user can
+    connect to the sockets in it. Raises OSError naming the fault and the fix."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{path} is not a directory (a symbolic link?): remove it, or choose another")
+    if info.st_uid != os.geteuid():
+        raise UnsafePath(f"{path} belongs to uid {info.st_uid}, not to this user: remove it, or choose "
+                         "another directory")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+class PidFileBusy(OSError):
+    """Another process holds the pid file's lock."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+_pid_files: dict[str, int] = {}   # path -> descriptor holding its lock, for the process's life
+
+
+def lock_pid_file(path: str | None) -> None:
+    """Open and lock ``path`` (-P) before anything is written, so two processes never share
+    one; raises PidFileBusy naming the holder. The lock lives as long as the process (a
+    daemon's fork shares it)."""
+    if not path or path in _pid_files:
+        return
+    fd = open_for_writing(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f"pid {holder}" if holder.isdigit() else "another process"
+        raise PidFileBusy(errno.EEXIST, f"-P {path}: {who} holds this pid file (is another instance "
+                                        "running?): stop it first, or give this one another -P") from None
+    _pid_files[path] = fd
+
+
 def write_pid_file(path: str | None) -> None:
-    if path:
-        with open(path, "w") as out:
-            out.write(f"{os.getpid()}\n")
+    """Lock ``path`` (unless done) and write this process's pid into it."""
+    if not path:
+        return
+    lock_pid_file(path)
+    fd = _pid_files[path]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 def remove_pid_file(path: str | None) -> None:
-    """Remove the pid file if it is still ours (a newer process may have replaced it)."""
-    if not path:
+    """Remove the pid file this process locked, if the path still names it (someone may
+    have removed it and another process made a new one), and release the lock."""
+    fd = _pid_files.pop(path, None) if path else None
+    if fd is None:
         return
     try:
-        with open(path) as pid_in:
-            if pid_in.read().strip() == str(os.getpid()):
-                os.remove(path)
+        here, ours = os.stat(path, follow_symlinks=False), os.fstat(fd)
+        if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
+            os.unlink(path)
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def add_log_format(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +260,12 @@ def start_command(command: str, args: argparse.Namespace) -> int | None:
         return 2
     for note in args.notes:
         log.warning("%s", note)
+    try:
+        lock_pid_file(args.pid_file)   # before -d, so a second instance says so on the terminal
+    except PidFileBusy as exc:
+        return _start_failed(command, args, str(exc))
+    except OSError as exc:
+        return _start_failed(command, args, f"-P {args.pid_file}: cannot write the pid file: {exc.strerror}")
     if args.daemon:
         daemonize()
     try:
@@ -143,6 +274,14 @@ def start_command(command: str, args: argparse.Namespace) -> int | None:
         log.error("-P %s: cannot write the pid file: %s", args.pid_file, exc.strerror)
         return 2
     return None
+
+
+def _start_failed(command: str, args: argparse.Namespace, message: str) -> int:
+    """Log why the command cannot start; also on stderr when the log goes to a file."""
+    log.error("%s", message)
+    if args.log_file:
+        print(f"{command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def resolve_shard(parser: argparse.ArgumentParser, args: argparse.Namespace, from_config) -> None:

@@ -43,7 +43,8 @@ PUB_HWM = 4              # messages a publisher queues while the aggregator is a
 SUB_HWM = 1000
 HISTORY = 16             # snapshots kept per process, for rates over a window
 MAX_PROCESSES = 1024     # beyond this the longest-silent process is forgotten
-MAX_FIGURES = 4096       # figures kept from one message; the rest are counted as bad
+MAX_FIGURES = wire.STATS_MAX_FIGURES   # figures kept from one message; the rest are counted as bad
+MAX_DEPTH = 8            # levels of groups flattened; deeper ones are counted as too_deep
 
 GAUGES = frozenset({"pid", "published_at", "rss_bytes", "num_threads", "num_fds",
                     "sessions_active", "routes", "owners"})
@@ -69,19 +70,35 @@ def number(value) -> int | float | None:
 def flatten(counters: dict, prefix: str = "") -> dict:
     """Nested dicts joined with dots, ``{"outcomes": {"closed:completed": 3}}`` ->
     ``{"outcomes.closed:completed": 3}``; values that are not numbers (a stop reason, a
-    list) are left out."""
-    flat = {}
-    for key, value in counters.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        elif (figure := number(value)) is not None:
-            flat[name] = figure
-    return flat
+    list) and groups nested deeper than MAX_DEPTH are left out."""
+    return flatten_counted(counters, prefix)[0]
 
 
-def _leaves(counters: dict) -> int:
-    return sum(_leaves(v) if isinstance(v, dict) else 1 for v in counters.values())
+def flatten_counted(counters: dict, prefix: str = "") -> tuple[dict, int, int]:
+    """(figures, values left out as not numbers, groups left out as deeper than MAX_DEPTH).
+
+    Walks with its own stack, never recursing, so a message nested as deep as msgpack
+    allows costs a count, not a RecursionError; figures keep their depth-first order."""
+    flat: dict = {}
+    not_numbers = too_deep = 0
+    stack = [(prefix, iter(counters.items()))]
+    while stack:
+        group_prefix, items = stack[-1]
+        for key, value in items:
+            name = f"{group_prefix}{key}"
+            if isinstance(value, dict):
+                if len(stack) >= MAX_DEPTH:
+                    too_deep += 1
+                    continue
+                stack.append((name + ".", iter(value.items())))
+                break
+            if (figure := number(value)) is not None:
+                flat[name] = figure
+            else:
+                not_numbers += 1
+        else:
+            stack.pop()
+    return flat, not_numbers, too_deep
 
 
 def process_figures(process: psutil.Process) -> dict:
@@ -180,12 +197,13 @@ class Aggregator:
         self.stale_after = stale_after
         self.processes: dict[tuple[str, str], ProcessStats] = {}
         self.counts = {"messages": 0, "wire_errors": 0, "unexpected": 0, "bad_figures": 0,
-                       "forgotten": 0, "duplicates": 0}
+                       "too_deep": 0, "forgotten": 0, "duplicates": 0}
         self.last_error = ""
         self._lock = threading.Lock()
         self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, SUB_HWM)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.AGGREGATOR_TAKES))
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             self.socket.bind(endpoint)
@@ -231,8 +249,9 @@ class Aggregator:
         return False
 
     def _figures(self, counters: dict) -> dict:
-        figures = flatten({str(k): v for k, v in counters.items()})
-        bad = _leaves(counters) - len(figures)
+        """The figures of one message, at most MAX_FIGURES; what is left out is counted."""
+        figures, bad, too_deep = flatten_counted(counters)
+        self.counts["too_deep"] += too_deep
         if len(figures) > MAX_FIGURES:
             bad += len(figures) - MAX_FIGURES
             figures = dict(sorted(figures.items())[:MAX_FIGURES])

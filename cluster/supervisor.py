@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, load_config
+from tcpcopy.cluster.process import private_directory
 
 STOP_WAIT_SECS = 10
 START_SECS = 1
@@ -204,10 +205,14 @@ def _check_interfaces(config: ClusterConfig, host_role: str) -> None:
 
 
 def _prepare_dirs(config: ClusterConfig, host_role: str) -> None:
+    """The role's directory, and on the online host the owners' ipc:// directory (0700)."""
     dirs = [config.role_dir(host_role)] + ([config.owners.run_dir] if host_role == "online" else [])
     for directory in dirs:
         try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
+            if directory == config.owners.run_dir:
+                private_directory(directory)
+            else:
+                os.makedirs(directory, mode=0o750, exist_ok=True)
         except OSError as exc:
             raise ClusterError(f"cannot create {directory}: {exc.strerror}: run as a user who may, "
                                "or change supervisor.dir / owners.run_dir") from None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from tcpcopy.cluster import wire
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.cluster.stats import Aggregator, figure, outcomes
 
@@ -132,7 +133,8 @@ def _figure_column(column: Column) -> TableColumn:
 
 TABLE = (
     TableColumn("role", 9, lambda row: row["role"], left=True),
-    TableColumn("identity", None, lambda row: row["identity"], left=True),
+    # A publisher chose its identity: shown escaped, so it cannot drive the terminal.
+    TableColumn("identity", None, lambda row: wire.printable(row["identity"]), left=True),
     TableColumn("state", 9, _state, left=True),
     TableColumn("pid", 7, lambda row: str(row["pid"])),
     TableColumn("cpu%", 5, lambda row: f"{row['cpu_percent']:.1f}"),
@@ -227,7 +229,7 @@ def _layout(rows: list, width: int) -> tuple[list, int]:
     """The table columns that fit ``width``, and the identity's width: up to IDENTITY_ROOM
     characters of the longest identity push out the columns of DROP_ORDER, beyond that
     the identity takes what is left, never less than MIN_IDENTITY."""
-    longest = max([MIN_IDENTITY, *(len(row["identity"]) for row in rows)])
+    longest = max([MIN_IDENTITY, *(len(wire.printable(row["identity"])) for row in rows)])
     columns = list(TABLE)
     for title in DROP_ORDER:
         if _fixed_width(columns) + min(longest, IDENTITY_ROOM) <= width:

@@ -29,7 +29,8 @@ from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
                                      resolve_shard, shard_of, start_command, version_text)
 from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
-from tcpcopy.intercept.worker import DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
+from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER
+from tcpcopy.intercept.worker import DEFAULT_MAX_OWNERS, DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
 
 log = logging.getLogger("tcpcopy.intercept")
 
@@ -91,6 +92,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 100_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive whole number, e.g. 256")
+    return int(text)
+
+
 def _identity(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the identity is empty: give a name, e.g. --identity intercept-0@assist1")
@@ -120,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "like the C tool's TC_PAYLOAD build)")
     parser.add_argument("--route-ttl", type=_seconds, default=120.0, metavar="SECONDS",
                         help="drop a route idle this long (default 120; owners also unregister)")
+    parser.add_argument("--max-owners", type=_count, default=DEFAULT_MAX_OWNERS, metavar="N",
+                        help=f"session owners served at once (default {DEFAULT_MAX_OWNERS}); "
+                             "further HELLOs are refused and counted")
+    parser.add_argument("--routes-per-owner", type=_count, default=DEFAULT_MAX_PER_OWNER, metavar="N",
+                        help=f"connections one owner may register at once (default {DEFAULT_MAX_PER_OWNER}); "
+                             "further REGISTERs are refused and counted")
     parser.add_argument("--identity", type=_identity, default=f"intercept@{socket.gethostname()}",
                         metavar="NAME", help="name in HELLO messages and logs (default intercept@HOSTNAME)")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
@@ -170,7 +183,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     bpf = combine_filters(args.bpf, intercept_shard_filter(*args.shard))
     return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
                         payload=args.payload, route_ttl=args.route_ttl, identity=args.identity,
-                        stats_endpoint=args.stats)
+                        stats_endpoint=args.stats, max_owners=args.max_owners,
+                        routes_per_owner=args.routes_per_owner)
 
 
 def main(argv=None) -> int:

@@ -9,10 +9,14 @@ target reads backwards (dst, dport, src, sport). The C intercept keys its table 
 32-bit sum of the four fields, so two owners' connections can collide and one receives the
 other's answers; a dict on the whole tuple cannot collide.
 
-Routes live until their owner unregisters them, the owner goes away, or they sit idle for
-``ttl`` seconds (a lookup or a re-register refreshes them; the C tool never expires a route).
-Routes are kept in least-recently-used order, so expiry and eviction at ``max_routes`` both
-take from the front in O(1) per route.
+A route belongs to the owner that registered it: until that owner unregisters it, the owner
+goes away (``drop_owner``: it said BYE, restarted or went silent), or the route sits idle for
+``ttl`` seconds (a lookup or the owner's re-register refreshes it; the C tool never expires a
+route). Another owner's REGISTER of it is refused and its UNREGISTER ignored, both counted, so
+no peer takes or removes an owner's routes. Each owner holds at most ``max_per_owner`` routes
+and the table ``max_routes``; a REGISTER beyond either is refused and counted, never paid for
+with another owner's routes. Routes are kept in least-recently-used order, so expiry takes
+from the front in O(1) per route.
 
 Held records answer a race: the target's SYN-ACK (or RST) can be captured before the owner's
 REGISTER for that connection arrives, because the SYN goes out right after the REGISTER on a
@@ -29,17 +33,19 @@ Key = tuple[bytes, int, bytes, int]   # (client_ip, client_port, target_ip, targ
 
 DEFAULT_TTL = 120.0
 DEFAULT_MAX_ROUTES = 1_000_000
+DEFAULT_MAX_PER_OWNER = 262_144   # an owner keeps 200,000 sessions at most by default
 DEFAULT_MAX_HELD = 65536
 DEFAULT_HOLD_TIME = 2.0
 
 COUNTERS = (
     "registered",            # REGISTER endpoints accepted (new or refreshed)
-    "moved",                 # a re-register that moved a route to another owner
+    "register_taken",        # REGISTER of a route another owner holds: refused
+    "register_over_quota",   # REGISTER beyond the owner's max_per_owner routes: refused
+    "register_table_full",   # REGISTER of a new route at max_routes: refused
     "unregistered",          # routes removed by their owner's UNREGISTER
     "unregister_not_owner",  # UNREGISTER of a route another owner holds: ignored
     "unregister_unknown",    # UNREGISTER of a route that is not there: ignored
     "routes_expired",        # idle longer than ttl
-    "routes_evicted",        # oldest-idle route pushed out at max_routes
     "routes_dropped_owner",  # removed because their owner left or was forgotten
     "held",                  # records accepted to wait for their registration
     "held_refused",          # records not held: max_held reached
@@ -52,13 +58,16 @@ class RouteTable:
     """Maps replayed 4-tuples to owner identities (opaque bytes); bounded, with counters."""
 
     def __init__(self, ttl: float = DEFAULT_TTL, max_routes: int = DEFAULT_MAX_ROUTES,
-                 max_held: int = DEFAULT_MAX_HELD, hold_time: float = DEFAULT_HOLD_TIME) -> None:
+                 max_held: int = DEFAULT_MAX_HELD, hold_time: float = DEFAULT_HOLD_TIME,
+                 max_per_owner: int = DEFAULT_MAX_PER_OWNER) -> None:
         if ttl <= 0 or hold_time <= 0:
             raise ValueError(f"ttl ({ttl}) and hold_time ({hold_time}) must be positive")
-        if max_routes < 1 or max_held < 0:
-            raise ValueError(f"max_routes ({max_routes}) must be >= 1 and max_held ({max_held}) >= 0")
+        if max_routes < 1 or max_held < 0 or max_per_owner < 1:
+            raise ValueError(f"max_routes ({max_routes}) and max_per_owner ({max_per_owner}) must be "
+                             f">= 1 and max_held ({max_held}) >= 0")
         self.ttl = ttl
         self.max_routes = max_routes
+        self.max_per_owner = max_per_owner
         self.max_held = max_held
         self.hold_time = hold_time
         # key -> [owner, last_used]; least recently used first.
@@ -71,23 +80,38 @@ class RouteTable:
 
     # -- routes
 
-    def register(self, key: Key, owner: bytes, now: float) -> None:
-        """Route ``key`` to ``owner``; a re-register refreshes it and may move it."""
+    def register(self, key: Key, owner: bytes, now: float) -> bool:
+        """Route ``key`` to ``owner``, or refresh it when ``owner`` holds it already; False
+        (counted) when another owner holds it or a bound is reached."""
         route = self._routes.get(key)
         if route is None:
-            if len(self._routes) >= self.max_routes:
-                self._evict_oldest()
+            refusal = self._refusal(owner)
+            if refusal:
+                self._counts[refusal] += 1
+                return False
             self._routes[key] = [owner, now]
             self._by_owner.setdefault(owner, set()).add(key)
+        elif route[0] != owner:
+            self._counts["register_taken"] += 1
+            return False
         else:
-            if route[0] != owner:
-                self._forget_owner_key(route[0], key)
-                self._by_owner.setdefault(owner, set()).add(key)
-                route[0] = owner
-                self._counts["moved"] += 1
             route[1] = now
             self._routes.move_to_end(key)
         self._counts["registered"] += 1
+        return True
+
+    def _refusal(self, owner: bytes) -> str:
+        """The counter of the bound a new route of ``owner`` would pass, or ""."""
+        if len(self._by_owner.get(owner, ())) >= self.max_per_owner:
+            return "register_over_quota"
+        if len(self._routes) >= self.max_routes:
+            return "register_table_full"
+        return ""
+
+    def holder(self, key: Key) -> bytes | None:
+        """The owner of ``key``, or None; unlike ``lookup`` it refreshes nothing."""
+        route = self._routes.get(key)
+        return None if route is None else route[0]
 
     def unregister(self, key: Key, owner: bytes) -> bool:
         """Remove ``key`` if ``owner`` holds it; True if removed."""
@@ -119,11 +143,6 @@ class RouteTable:
         route[1] = now
         self._routes.move_to_end(key)
         return route[0]
-
-    def _evict_oldest(self) -> None:
-        key, (owner, _last) = self._routes.popitem(last=False)
-        self._forget_owner_key(owner, key)
-        self._counts["routes_evicted"] += 1
 
     def _forget_owner_key(self, owner: bytes, key: Key) -> None:
         keys = self._by_owner.get(owner)

@@ -15,6 +15,15 @@ batch. A batch leaves as one RESPONSES message at ``BATCH_RECORDS`` records or
 full, when quiet an answer waits at most a millisecond (the C intercept adapts a count
 threshold for the same trade, reference §2.5).
 
+Peers are not trusted. Only a peer that said HELLO as an owner is one (at most
+``max_owners`` of them); anything else it sends before is refused and counted. A route
+belongs to the owner that registered it (``routes.py``): another owner can neither take nor
+remove it, except once its owner has been silent for OWNER_SILENCE (then the owner is
+forgotten with its routes). Owners pick random routing ids and the ROUTER has no handover,
+so no peer can speak for another. Every message is bounded (ZMQ_MAXMSGSIZE and the wire's
+limits), a wake-up reads control messages for at most CONTROL_SLICE, and what a peer chose
+(its identity, its BYE reason) is logged through ``wire.printable``.
+
 Sending never blocks: ROUTER_MANDATORY makes an owner that has gone raise EHOSTUNREACH
 instead of swallowing messages silently, and SNDHWM bounds what waits for a slow owner
 (``SEND_HWM`` messages of up to ``BATCH_RECORDS`` records each); both are counted drops, so
@@ -25,6 +34,7 @@ Time comes from ``clock`` (monotonic seconds), read once per wake-up and passed 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -39,7 +49,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.stats import StatsPublisher
-from tcpcopy.intercept.routes import DEFAULT_TTL, RouteTable
+from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_TTL, RouteTable
 
 log = logging.getLogger("tcpcopy.intercept")
 
@@ -51,11 +61,17 @@ OWNER_SILENCE = 10.0       # an owner silent this long is gone, with its routes
 SEND_HWM = 4096            # messages queued per owner before sends are dropped
 CLOSE_LINGER_MS = 500      # time BYE messages get to leave on shutdown
 CONTROL_BURST = 256        # control messages handled per wake-up before pcap's turn
+CONTROL_SLICE = 0.02       # seconds of control messages per wake-up at most
+PEER_HEARTBEAT_MS = 1000   # ZeroMQ's own pings, so a dead connection ends within
+PEER_TIMEOUT_MS = 3000     #   seconds and its owner's reconnection (same id) is taken
+DEFAULT_MAX_OWNERS = 256
 HEADER_SNAPLEN = 256       # link + IP (with options or IPv6 extensions) + TCP with options
 CAPTURE_BUFFER = 32 << 20  # the kernel's ring for answers not yet read
 CAPTURE_TIMEOUT_MS = 1     # the kernel hands over its block of answers after this long
 MAX_PAYLOAD = 1460
-PEER_LOG_MEMORY = 1024     # peers whose first fault was logged, remembered at most
+PEER_LOG_MEMORY = 1024     # (peer, fault) pairs logged once, remembered at most
+PEER_LOG_LINES = 20        # lines about peers logged per PEER_LOG_WINDOW at most: a peer
+PEER_LOG_WINDOW = 60.0     #   that reconnects gets a new routing id, so "once" is per window
 
 _SYN_OR_RST = pk.SYN | pk.RST
 
@@ -69,6 +85,8 @@ COUNTERS = (
     "records_dropped",      # records in those messages
     "control_unsent",       # HELLO/HEARTBEAT/BYE that could not be sent
     "peer_errors",          # messages from peers that could not be understood or used
+    "before_hello",         # REGISTER/UNREGISTER/HEARTBEAT from a peer with no HELLO: refused
+    "owners_refused",       # HELLOs beyond max_owners: refused
     "owners_forgotten",     # owners dropped after OWNER_SILENCE without a message
     "owners_restarted",     # an owner said HELLO with a new instance: old routes dropped
 )
@@ -86,10 +104,15 @@ class WorkerConfig:
     identity: str = "intercept"
     stats_every: float = 30.0
     stats_endpoint: str = ""         # publish counters there every second ("": off)
+    max_owners: int = DEFAULT_MAX_OWNERS
+    routes_per_owner: int = DEFAULT_MAX_PER_OWNER
 
     def __post_init__(self) -> None:
         if not 0 <= self.payload <= MAX_PAYLOAD:
             raise ValueError(f"payload {self.payload} out of range 0..{MAX_PAYLOAD}")
+        if self.max_owners < 1 or self.routes_per_owner < 1:
+            raise ValueError(f"max_owners ({self.max_owners}) and routes_per_owner "
+                             f"({self.routes_per_owner}) must be at least 1")
 
     @property
     def snaplen(self) -> int:
@@ -98,10 +121,10 @@ class WorkerConfig:
 
 @dataclass(slots=True)
 class Owner:
-    """A session owner we have heard from. ``identity`` is None until its HELLO."""
+    """A session owner that said HELLO."""
 
-    identity: str | None
-    instance: str | None
+    identity: str
+    instance: str
     address: str | None
     last_seen: float
 
@@ -113,7 +136,7 @@ class Worker:
                  context: zmq.Context | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.routes = RouteTable(ttl=config.route_ttl)
+        self.routes = RouteTable(ttl=config.route_ttl, max_per_owner=config.routes_per_owner)
         self.hello = wire.Hello("intercept", config.identity, secrets.token_hex(8))
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._payload = config.payload
@@ -121,7 +144,10 @@ class Worker:
         self._batches: dict[bytes, list] = {}   # owner -> [due, records]; earliest due first
         self._captures: list = []                # (device, handle, linktype)
         self._closed_pcap_drops = 0
-        self._logged_peers: set[bytes] = set()
+        self._logged: set[tuple[bytes, str]] = set()   # (peer, fault) pairs logged
+        self._greeted: dict[bytes, float] = {}           # peers without HELLO: last greeting
+        self._peer_lines = self._unlogged = 0            # lines about peers in this window
+        self._log_window = clock()
         self._now = clock()
         self._next_tick = self._now + TICK
         self._next_stats = self._now + config.stats_every
@@ -138,7 +164,12 @@ class Worker:
     def _router(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a gone owner is an error, not a silent sink
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)    # an owner reconnecting with its id takes over
+        # No ROUTER_HANDOVER: a connection that claims a routing id in use is refused, so no
+        # peer takes over an owner's; ZeroMQ's pings end a dead connection within seconds,
+        # after which the owner's reconnection with its id is accepted.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, PEER_HEARTBEAT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PEER_TIMEOUT_MS)
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.INTERCEPT_TAKES))
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, 1)                # dual-stack: IPv4 and IPv6 owners alike
@@ -196,12 +227,17 @@ class Worker:
     # -- control channel
 
     def _receive_control(self, now: float) -> None:
+        """At most CONTROL_BURST messages or CONTROL_SLICE seconds, so a flood of control
+        messages never holds back the captured answers, heartbeats and expiry."""
+        until = time.monotonic() + CONTROL_SLICE
         for _ in range(CONTROL_BURST):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.on_control(frames, now)
+            if time.monotonic() >= until:
+                return
 
     def on_control(self, frames: list, now: float) -> None:
         """One message from a peer: [routing id, frame] as zmq Frames (or bytes)."""
@@ -223,57 +259,116 @@ class Worker:
             self._peer_fault(routing_id, frames[1], f"sent {wire.KIND_NAMES[kind]}, which an intercept "
                              "does not take (is another role connected to the intercept port?)")
             return
-        if routing_id not in self.owners:
-            # An owner that knew an earlier instance of this intercept: greeting it tells it
-            # this one has no routes, so it registers its live endpoints again.
-            self._send_control(routing_id, wire.encode_hello(self.hello))
-        self._touch(routing_id, frames[1], now)
+        owner = self.owners.get(routing_id)
+        if owner is None:
+            self._before_hello(routing_id, kind, frames[1], now)
+            return
+        owner.last_seen = now
         handler(self, routing_id, body, now)
+
+    def _before_hello(self, routing_id: bytes, kind: int, frame, now: float) -> None:
+        """A message from a peer that has not said HELLO: refused (a BYE has nothing to end).
+        The peer is greeted, at most once a second: an owner that knew an earlier instance
+        of this intercept answers with HELLO and registers its live endpoints again."""
+        if kind == wire.BYE:
+            return
+        self.counts["before_hello"] += 1
+        if self._first_time(routing_id, "before_hello"):
+            log.info("peer %s: %s before HELLO refused (an owner that knew an earlier intercept says "
+                     "HELLO when greeted; further ones are only counted)",
+                     self._peer_name(routing_id, frame), wire.KIND_NAMES[kind])
+        if now - self._greeted.get(routing_id, -math.inf) >= TICK:
+            if len(self._greeted) >= PEER_LOG_MEMORY:
+                self._greeted.clear()
+            self._greeted[routing_id] = now
+            self._send_control(routing_id, wire.encode_hello(self.hello))
 
     def _on_hello(self, routing_id: bytes, hello: wire.Hello, frame, now: float) -> None:
         if hello.role != "owner":
-            self._peer_fault(routing_id, frame, f"says it is a {hello.role!r} ({hello.identity}); "
-                             "only session owners talk to an intercept")
+            self._peer_fault(routing_id, frame, f"says it is a {hello.role!r} "
+                             f"({wire.printable(hello.identity)}); only session owners talk to an intercept")
             return
-        known = self.owners.get(routing_id)
-        if known is not None and known.instance not in (None, hello.instance):
+        owner = self.owners.get(routing_id)
+        if owner is None:
+            owner = self._new_owner(routing_id, hello, frame, now)
+            if owner is None:
+                return
+        elif owner.instance != hello.instance:
             self.routes.drop_owner(routing_id)   # a restarted owner knows nothing of them
             self._batches.pop(routing_id, None)
             self.counts["owners_restarted"] += 1
-            log.info("owner %s restarted: its old routes are dropped", hello.identity)
-        owner = self._touch(routing_id, frame, now)
-        owner.identity, owner.instance = hello.identity, hello.instance
-        log.info("owner %s connected from %s", hello.identity, owner.address or "?")
+            log.info("owner %s restarted: its old routes are dropped", wire.printable(hello.identity))
+        owner.identity, owner.instance, owner.last_seen = hello.identity, hello.instance, now
+        self._greeted.pop(routing_id, None)
         self._send_control(routing_id, wire.encode_hello(self.hello))
+
+    def _new_owner(self, routing_id: bytes, hello: wire.Hello, frame, now: float) -> Owner | None:
+        """Admit a peer as an owner, up to max_owners; beyond, refuse it (counted) with a BYE."""
+        limit = self.config.max_owners
+        if len(self.owners) >= limit:
+            self.counts["owners_refused"] += 1
+            if self._first_time(b"", "owners_refused"):
+                log.warning("%d owners connected, the limit: HELLO from %s refused, and further ones "
+                            "(counted as owners_refused); raise intercept --max-owners if they are all "
+                            "real", limit, self._peer_name(routing_id, frame, hello.identity))
+            self._send_control(routing_id, wire.encode_bye(
+                f"refused: this intercept serves {limit} owners at most (intercept --max-owners)"))
+            return None
+        owner = self.owners[routing_id] = Owner(hello.identity, hello.instance, _peer_address(frame), now)
+        if self._may_log():
+            log.info("owner %s connected from %s", wire.printable(hello.identity), owner.address or "?")
+        return owner
 
     def _on_register(self, routing_id: bytes, endpoints: list, now: float) -> None:
         for key in endpoints:
-            self.routes.register(key, routing_id, now)
-            for record in self.routes.release(key):
-                self._add(routing_id, record, now)
+            self._free_if_silent(key, routing_id, now)
+            if self.routes.register(key, routing_id, now):
+                for record in self.routes.release(key):
+                    self._add(routing_id, record, now)
+            else:
+                self._register_refused(routing_id, key)
+
+    def _free_if_silent(self, key, routing_id: bytes, now: float) -> None:
+        """A route whose owner has been silent for OWNER_SILENCE goes to whoever registers it:
+        that owner is forgotten now, with its routes, as the next tick would."""
+        holder = self.routes.holder(key)
+        if holder is None or holder == routing_id:
+            return
+        owner = self.owners.get(holder)
+        if owner is None or now - owner.last_seen >= OWNER_SILENCE:
+            self._forget_silent(holder, owner, now)
+
+    def _register_refused(self, routing_id: bytes, key) -> None:
+        """Log the first refusal of each kind for each owner (the counters have them all)."""
+        holder = self.routes.holder(key)
+        if holder is not None and holder != routing_id:
+            why = (f"another owner ({self._owner_name(holder)}) holds {_endpoint_text(key)} "
+                   "(two copiers replaying the same client addresses? give each its own -c or -f)",
+                   "register_taken")
+        elif self.routes.routes_of(routing_id) >= self.routes.max_per_owner:
+            why = (f"it holds {self.routes.max_per_owner} routes, its limit (raise intercept "
+                   "--routes-per-owner if it really keeps that many connections)", "register_over_quota")
+        else:
+            why = (f"the route table is full ({self.routes.max_routes} routes)", "register_table_full")
+        if self._first_time(routing_id, why[1]):
+            log.warning("owner %s: REGISTER refused: %s; further refusals are only counted (%s)",
+                        self._owner_name(routing_id), why[0], why[1])
 
     def _on_unregister(self, routing_id: bytes, endpoints: list, now: float) -> None:
         for key in endpoints:
             self.routes.unregister(key, routing_id)
 
     def _on_heartbeat(self, routing_id: bytes, sent_at: float, now: float) -> None:
-        pass   # _touch did the work: the owner is alive
+        pass   # on_control did the work: the owner is alive
 
     def _on_bye(self, routing_id: bytes, reason: str, now: float) -> None:
-        owner = self.owners.get(routing_id)
+        name = self._owner_name(routing_id)
         dropped = self._forget(routing_id)
-        log.info("owner %s left (%s): %d routes dropped",
-                 owner.identity if owner else routing_id.hex(), reason, dropped)
+        if self._may_log():
+            log.info("owner %s left (%s): %d routes dropped", name, wire.printable(reason), dropped)
 
     _HANDLERS = {wire.REGISTER: _on_register, wire.UNREGISTER: _on_unregister,
                  wire.HEARTBEAT: _on_heartbeat, wire.BYE: _on_bye}
-
-    def _touch(self, routing_id: bytes, frame, now: float) -> Owner:
-        owner = self.owners.get(routing_id)
-        if owner is None:
-            owner = self.owners[routing_id] = Owner(None, None, _peer_address(frame), now)
-        owner.last_seen = now
-        return owner
 
     def _forget(self, routing_id: bytes) -> int:
         """Drop an owner, its routes and its unsent batch; the number of routes dropped."""
@@ -283,22 +378,63 @@ class Worker:
             self.counts["records_dropped"] += len(batch[1])
         return self.routes.drop_owner(routing_id)
 
+    def _forget_silent(self, routing_id: bytes, owner: Owner | None, now: float) -> None:
+        dropped = self._forget(routing_id)
+        if owner is None:
+            return
+        self.counts["owners_forgotten"] += 1
+        if self._may_log():
+            log.warning("owner %s silent for %.0f s: forgotten with its %d routes",
+                        self._name_of(owner, routing_id), now - owner.last_seen, dropped)
+
+    def _first_time(self, routing_id: bytes, fault: str) -> bool:
+        """True the first time ``fault`` is seen from a peer (memory bounded) and the log
+        budget lasts, so each is logged once while the counters keep every one."""
+        key = (routing_id, fault)
+        if key in self._logged:
+            return False
+        if len(self._logged) >= PEER_LOG_MEMORY:
+            self._logged.clear()
+        self._logged.add(key)
+        return self._may_log()
+
+    def _may_log(self) -> bool:
+        """True while this window's budget of lines about peers lasts; the rest are counted
+        and summed up once the window ends (``tick``)."""
+        if self._peer_lines < PEER_LOG_LINES:
+            self._peer_lines += 1
+            return True
+        self._unlogged += 1
+        return False
+
+    def _log_window_ends(self, now: float) -> None:
+        if now - self._log_window < PEER_LOG_WINDOW:
+            return
+        if self._unlogged:
+            log.warning("%d more lines about peers were not logged in the last %.0f s (the counters "
+                        "have every fault)", self._unlogged, now - self._log_window)
+        self._log_window, self._peer_lines, self._unlogged = now, 0, 0
+
     def _peer_fault(self, routing_id: bytes, frame, problem: str) -> None:
         """Count a message we cannot use; log the first one from each peer, naming it."""
         self.counts["peer_errors"] += 1
-        if routing_id in self._logged_peers:
-            return
-        if len(self._logged_peers) >= PEER_LOG_MEMORY:
-            self._logged_peers.clear()
-        self._logged_peers.add(routing_id)
-        log.warning("peer %s: %s; message dropped (further faults from this peer are only counted)",
-                    self._peer_name(routing_id, frame), problem)
+        if self._first_time(routing_id, "fault"):
+            log.warning("peer %s: %s; message dropped (further faults from this peer are only counted)",
+                        self._peer_name(routing_id, frame), problem)
 
-    def _peer_name(self, routing_id: bytes, frame) -> str:
+    def _peer_name(self, routing_id: bytes, frame, claimed: str | None = None) -> str:
         owner = self.owners.get(routing_id)
-        name = owner.identity if owner and owner.identity else "(no HELLO yet)"
+        name = owner.identity if owner else claimed
+        shown = wire.printable(name) if name is not None else "(no HELLO yet)"
         address = (owner.address if owner else None) or _peer_address(frame) or "?"
-        return f"{name} at {address}, routing id {routing_id.hex()}"
+        return f"{shown} at {address}, routing id {routing_id.hex()}"
+
+    def _owner_name(self, routing_id: bytes) -> str:
+        return self._name_of(self.owners.get(routing_id), routing_id)
+
+    @staticmethod
+    def _name_of(owner: Owner | None, routing_id: bytes) -> str:
+        return wire.printable(owner.identity) if owner else routing_id.hex()
 
     # -- captured answers
 
@@ -391,13 +527,11 @@ class Worker:
         """Once a second: expire routes, heartbeat live owners, forget silent ones, stats."""
         self._next_tick = now + TICK
         self.routes.expire(now)
+        self._log_window_ends(now)
         heartbeat = wire.encode_heartbeat(time.time())
         for routing_id, owner in list(self.owners.items()):
             if now - owner.last_seen >= OWNER_SILENCE:
-                dropped = self._forget(routing_id)
-                self.counts["owners_forgotten"] += 1
-                log.warning("owner %s silent for %.0f s: forgotten with its %d routes",
-                            owner.identity or routing_id.hex(), now - owner.last_seen, dropped)
+                self._forget_silent(routing_id, owner, now)
             else:
                 self._send_control(routing_id, heartbeat)
         if self.publisher is not None:
@@ -442,7 +576,10 @@ class Worker:
                   ("hold_expired", s["held_expired"]), ("hold_refused", s["held_refused"]),
                   ("send_drops", s["send_drops"]), ("records_dropped", s["records_dropped"]),
                   ("malformed", s["malformed"]), ("peer_errors", s["peer_errors"]),
-                  ("owners", s["owners"]), ("pcap_dropped", s["pcap_dropped"]))
+                  ("before_hello", s["before_hello"]), ("register_taken", s["register_taken"]),
+                  ("over_quota", s["register_over_quota"]), ("table_full", s["register_table_full"]),
+                  ("owners", s["owners"]), ("owners_refused", s["owners_refused"]),
+                  ("pcap_dropped", s["pcap_dropped"]))
         return "stats: " + " ".join(f"{name}={value}" for name, value in fields)
 
 
@@ -461,6 +598,15 @@ def _peer_address(frame) -> str | None:
     if address and address.startswith("::ffff:") and "." in address:
         return address[len("::ffff:"):]
     return address
+
+
+def _endpoint_text(key) -> str:
+    """A replayed connection as client -> target, for log lines."""
+    client_ip, client_port, target_ip, target_port = key
+    client, target = ipaddress.ip_address(client_ip), ipaddress.ip_address(target_ip)
+    if client.version == 6:
+        return f"[{client}]:{client_port} -> [{target}]:{target_port}"
+    return f"{client}:{client_port} -> {target}:{target_port}"
 
 
 def _kernel_drops(handle) -> int:

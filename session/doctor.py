@@ -265,6 +265,8 @@ class Doctor:
                                 "(a wrong address, or a firewall between?)")
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, wire.new_routing_id())
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT))
         if ":" in address.host:
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(address.zmq_endpoint)
@@ -285,9 +287,10 @@ class Doctor:
             if body.role != "intercept":
                 sock.close(linger=0)
                 return None, FAIL, (f"something else listens on {address}: a tcpcopy {body.role} "
-                                    f"({body.identity}), not an intercept: point -s at intercept's port")
+                                    f"({wire.printable(body.identity)}), not an intercept: "
+                                    "point -s at intercept's port")
             sock.setsockopt(zmq.LINGER, 500)   # UNREGISTER and BYE must still leave at the end
-            return _Link(address, sock, body.identity), None, f"answers as {body.identity}"
+            return _Link(address, sock, body.identity), None, f"answers as {wire.printable(body.identity)}"
         sock.close(linger=0)
         return None, FAIL, (f"intercept {address} does not answer: a TCP connection to it succeeds but "
                             f"no intercept HELLO came within {HELLO_WAIT:g} s: {fix} "

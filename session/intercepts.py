@@ -67,6 +67,8 @@ class InterceptLinks:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer not connected
             sock.setsockopt(zmq.IPV6, 1)       # -s may name the intercept by an IPv6 address
+            sock.setsockopt(zmq.ROUTING_ID, wire.new_routing_id())   # no other peer can claim it
+            sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT))
             sock.connect(address.zmq_endpoint)
             self.links.append(InterceptLink(address, sock))
         self._by_socket = {link.socket: link for link in self.links}
@@ -114,14 +116,16 @@ class InterceptLinks:
         for link in self.links:
             if link.pending_unregister:
                 batch, link.pending_unregister = link.pending_unregister, []
-                if self._send(link, wire.encode_unregister(batch)):
-                    self.stats.unregistered += len(batch)
+                for part in wire.endpoint_batches(batch):
+                    if self._send(link, wire.encode_unregister(part)):
+                        self.stats.unregistered += len(part)
             if link.pending_register:
                 batch, link.pending_register = link.pending_register, []
-                if self._send(link, wire.encode_register(batch)):
-                    self.stats.registered += len(batch)
-                else:
-                    self.stats.register_drops += len(batch)
+                for part in wire.endpoint_batches(batch):
+                    if self._send(link, wire.encode_register(part)):
+                        self.stats.registered += len(part)
+                    else:
+                        self.stats.register_drops += len(part)
 
     # ------------------------------------------------------------------ receiving
 
@@ -156,7 +160,8 @@ class InterceptLinks:
     def _hello(self, link: InterceptLink, hello: wire.Hello, now: float, live_endpoints) -> None:
         restarted = link.instance is not None and link.instance != hello.instance
         link.instance = hello.instance
-        if restarted:
+        if restarted:   # it takes REGISTERs only from an owner that said HELLO to it
+            self._send(link, wire.encode_hello(wire.Hello("owner", self.identity, self.instance)))
             link.pending_register.extend(e for e in live_endpoints() if link in self._links_for(e))
             self.notices.append(f"intercept {link.address} restarted: registered "
                                 f"{len(link.pending_register)} live endpoints again")

@@ -14,7 +14,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import resource
 import signal
 import socket
@@ -28,7 +27,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.options import InterceptAddress
-from tcpcopy.cluster.process import CommandParser, setup_logging
+from tcpcopy.cluster.process import CommandParser, private_directory, setup_logging
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session.engine import BufferBudget, Closed, Dropped, SessionConfig
@@ -96,6 +95,7 @@ class Owner:
         self.pull = self.context.socket(zmq.PULL)
         self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
         self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE))
         self.pull.bind(options.packet_endpoint)
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
                                     sharded=options.intercepts_sharded)
@@ -323,7 +323,7 @@ class Owner:
             self._check_memory()
 
     def _shed_live_sessions(self, now: float) -> None:
-        count = self.shedder.sessions_to_shed(now, len(self.table))
+        count = self.shedder.sessions_to_shed(now, self.table.live())
         if count:
             shed = self.table.shed(count, now)
             log.warning("still %.1f s behind the input: shed %d live sessions", self.shedder.lag, shed)
@@ -422,12 +422,12 @@ def main(argv=None) -> int:
     try:
         config = load_config(args.config)
         shard, _ = parse_shard(f"{args.shard}/{config.owners.count}")
-        os.makedirs(config.owners.run_dir, exist_ok=True)
+        private_directory(config.owners.run_dir)   # 0700: only this user reaches the sockets
         owner = Owner(options_from_config(config, shard))
         owner.wait_for_intercepts()
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    except (OwnerError, RawSendError, zmq.ZMQError) as exc:
+    except (OwnerError, RawSendError, zmq.ZMQError, OSError) as exc:
         log.error("%s", exc)
         return 2
     owner.ready_message = f"owner {shard} of {config.owners.count}: a capture worker is feeding it"

@@ -225,3 +225,72 @@ def test_the_command_refuses_a_bad_listen_address(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--stats", "ipc:///nonexistent/x", "--listen", "9108"])
     assert exit_.value.code == 2 and "HOST:PORT" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- idle and excess connections
+
+def handler_threads() -> int:
+    import threading
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-"))
+
+
+def closed_by_server(conn: socket.socket, timeout: float) -> bool:
+    conn.settimeout(timeout)
+    try:
+        return conn.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_time_out_so_threads_do_not_pile_up(tmp_path, monkeypatch):
+    from tcpcopy.cluster import metrics
+    monkeypatch.setattr(metrics._Handler, "timeout", 0.5)
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats")
+    server = serve_metrics(aggregator, "127.0.0.1", 0)
+    before = handler_threads()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+    try:
+        idle[0].sendall(b"GET /metr")                 # a request that never ends
+        time.sleep(0.2)
+        assert handler_threads() > before             # each connection holds a thread ...
+        assert all(closed_by_server(conn, 5.0) for conn in idle)   # ... until it times out
+        deadline = time.monotonic() + 3
+        while handler_threads() > before:
+            assert time.monotonic() < deadline, "handler threads stayed"
+            time.sleep(0.05)
+        assert scrape(server.url)[1].startswith("# HELP")
+    finally:
+        for conn in idle:
+            conn.close()
+        server.close()
+        aggregator.close()
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(tmp_path, monkeypatch):
+    from tcpcopy.cluster import metrics
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 3)
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats")
+    server = serve_metrics(aggregator, "127.0.0.1", 0)
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        assert closed_by_server(extra, 2.0) and handler_threads() <= 3
+        extra.close()
+        for conn in held:
+            conn.close()
+        deadline = time.monotonic() + 3
+        while True:                                  # slots come back as the held ones end
+            try:
+                assert scrape(server.url)[1].startswith("# HELP")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        for conn in held:
+            conn.close()
+        server.close()
+        aggregator.close()

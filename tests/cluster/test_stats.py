@@ -190,7 +190,7 @@ def test_anything_but_stats_is_counted_never_raised(aggregator):
     assert not aggregator.ingest(msgpack.packb([wire.FORMAT_VERSION, wire.STATS, ["nobody", "x", {}]]))
     assert aggregator.ingest(wire.encode_stats("owner", "owner-0", {"ok": 1, "text": "no", "n": None}))
     assert aggregator.counts == {"messages": 1, "wire_errors": 2, "unexpected": 1, "bad_figures": 2,
-                                 "forgotten": 0, "duplicates": 0}
+                                 "too_deep": 0, "forgotten": 0, "duplicates": 0}
     assert aggregator.last_error.startswith("malformed STATS message")
 
 
@@ -346,3 +346,72 @@ def test_the_same_message_twice_is_counted_once(aggregator, clock):
     aggregator.ingest(frame("owner", "owner-0", 5.0))
     assert len(aggregator.processes[("owner", "owner-0")].history) == 1
     assert aggregator.counts["duplicates"] == 1
+
+
+# ---------------------------------------------------------------- hostile publishers
+
+def nested(depth: int, leaf=1) -> dict:
+    counters = {"n": leaf}
+    for _ in range(depth - 1):
+        counters = {"g": counters}
+    return counters
+
+
+def test_flatten_walks_without_recursion_and_counts_groups_too_deep():
+    flat, not_numbers, too_deep = stats.flatten_counted({"ok": 1, "deep": nested(50_000), "t": "x"})
+    assert flat == {"ok": 1} and (not_numbers, too_deep) == (1, 1)
+    flat, _, too_deep = stats.flatten_counted(nested(stats.MAX_DEPTH))
+    assert flat == {".".join(["g"] * (stats.MAX_DEPTH - 1) + ["n"]): 1} and too_deep == 0
+
+
+def test_flatten_keeps_depth_first_order():
+    counters = {"a": 1, "b": {"c": 2, "d": {"e": 3}, "f": 4}, "g": 5}
+    assert list(flatten(counters)) == ["a", "b.c", "b.d.e", "b.f", "g"]
+
+
+def test_a_stats_message_nested_600_deep_is_counted_and_everything_still_renders(endpoint, aggregator):
+    """The reported 1.8 KB message that killed the metrics server and top."""
+    from tcpcopy.cluster.metrics import render_metrics
+    from tcpcopy.cluster.top import render
+    frame = wire.encode_stats("owner", "owner-0@h", {**nested(600), "ok": 7})
+    assert len(frame) < 2000
+    rogue = zmq.Context.instance().socket(zmq.PUB)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(endpoint)
+    try:
+        deadline = time.monotonic() + 5
+        while not aggregator.counts["messages"]:
+            assert time.monotonic() < deadline
+            rogue.send(frame)
+            aggregator.poll(0.05)
+    finally:
+        rogue.close()
+    assert aggregator.counts["too_deep"] >= 1
+    assert aggregator.processes[("owner", "owner-0@h")].latest.figures == {"ok": 7}
+    snapshot = aggregator.snapshot_json()
+    assert "owner-0@h" in render(snapshot) and "tcpcopy_ok_total" in render_metrics(snapshot)
+    assert 'tcpcopy_stats_rejected_total{reason="too_deep"}' in render_metrics(snapshot)
+
+
+def test_a_stats_frame_over_the_size_limit_never_reaches_the_aggregator(endpoint, aggregator):
+    rogue = zmq.Context.instance().socket(zmq.PUB)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(endpoint)
+    try:
+        deadline = time.monotonic() + 5
+        while not aggregator.counts["messages"]:
+            assert time.monotonic() < deadline
+            rogue.send(bytes(wire.LIMITS[wire.STATS].frame + 1))   # the socket drops this peer
+            rogue.send(wire.encode_stats("capture", "capture-0@h", {"captured": 1}))
+            aggregator.poll(0.05)
+    finally:
+        rogue.close()
+    assert aggregator.counts["wire_errors"] == 0 and aggregator.processes[("capture", "capture-0@h")]
+
+
+def test_an_identity_with_control_characters_reaches_top_escaped(aggregator):
+    from tcpcopy.cluster.top import render
+    aggregator.ingest(frame("owner", "evil\x1b[2J\x1b]0;title\x07\nforged-row", 1.0, requests_sent=1))
+    text = render(aggregator.snapshot_json(), width=160)
+    assert "\x1b" not in text and "\x07" not in text
+    assert text.splitlines()[-1].startswith("owner     evil\\x1b[2J\\x1b]0;title\\x07\\nforged-row ok")

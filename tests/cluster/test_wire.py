@@ -255,3 +255,104 @@ def test_arbitrary_three_element_messages_decode_or_raise_wire_error(version, ki
 @example(wire.FORMAT_VERSION, [], None)
 def test_arbitrary_three_element_messages_with_any_kind_decode_or_raise_wire_error(version, kind, body):
     decodes_or_wire_error(raw(version, kind, body))
+
+
+# ---------------------------------------------------------------- limits
+
+def test_every_limit_holds_the_largest_legitimate_message():
+    """What the processes really send fits, with the sizes they really use."""
+    from tcpcopy.capture.worker import MAX_BATCH
+    from tcpcopy.intercept.worker import BATCH_RECORDS, HEADER_SNAPLEN, MAX_PAYLOAD
+    assert MAX_BATCH <= wire.PACKETS_MAX_ITEMS and BATCH_RECORDS <= wire.RESPONSES_MAX_RECORDS
+    assert HEADER_SNAPLEN + MAX_PAYLOAD <= wire.RECORD_MAX_BYTES
+    packets = wire.encode_packets([[1717171717.123456, bytes(wire.PACKET_MAX_BYTES)]] * MAX_BATCH)
+    endpoints = wire.encode_register([(V6_CLIENT, 65535, V6_TARGET, 65535)] * wire.ENDPOINTS_MAX)
+    responses = wire.encode_responses([bytes(wire.RECORD_MAX_BYTES)] * wire.RESPONSES_MAX_RECORDS)
+    hello = wire.encode_hello(Hello("capture", "c" * wire.TEXT_MAX, "i" * wire.TEXT_MAX))
+    stats = wire.encode_stats("owner", "o" * wire.STATS_TEXT_MAX,
+                              {f"{'n' * 200}{i}": 2**63 - 1 for i in range(wire.STATS_MAX_FIGURES)})
+    for frame in (packets, endpoints, responses, hello, stats, wire.encode_bye("b" * wire.TEXT_MAX),
+                  wire.encode_heartbeat(1717171717.123456)):
+        kind, _ = wire.decode(frame)
+        assert len(frame) <= wire.LIMITS[kind].frame
+    assert wire.max_frame(wire.INTERCEPT_TAKES) == wire.LIMITS[wire.REGISTER].frame
+    assert wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE) == wire.PACKETS_MAX_FRAME
+
+
+@pytest.mark.parametrize("frame, message", [
+    (raw(1, wire.HELLO, ["owner", "x" * (wire.TEXT_MAX + 1), "i"]), "malformed HELLO"),
+    (wire.encode_hello(Hello("owner", "x", "i")) + bytes(20_000), "HELLO message of 20"),
+    (raw(1, wire.REGISTER, [[V4_CLIENT, 1, V4_TARGET, 2]] * (wire.ENDPOINTS_MAX + 1)), "max_array_len"),
+    (raw(1, wire.RESPONSES, [bytes(wire.RECORD_MAX_BYTES + 1)]), "max_bin_len"),
+    (raw(1, wire.PACKETS, [[0.0, b""]] * (wire.PACKETS_MAX_ITEMS + 1)), "max_array_len"),
+    (raw(1, wire.STATS, ["owner", "o", {str(i): i for i in range(wire.STATS_MAX_FIGURES + 1)}]), "max_map_len"),
+    (raw(1, wire.HEARTBEAT, 1.0) + b"\x00" * 100, "HEARTBEAT message of"),
+    (b"\x93\x01\x03\xdd\xff\xff\xff\xff", "max_array_len"),          # 4 billion items, 8 bytes
+    (b"\x93\x01\x02\xc6\xff\xff\xff\xff", "malformed PACKETS"),      # a 4 GB bin, 8 bytes
+    (b"\x93\x01\x07\x93\xa5owner\xa1o\xdf\xff\xff\xff\xff", "max_map_len"),
+    (b"\x93\x01\x08\xd4\x01\x00", "max_ext_len"),                  # ext types are refused
+], ids=["long-identity", "padded-hello", "endpoints", "record", "packets", "figures", "heartbeat",
+        "array-header", "bin-header", "map-header", "ext"])
+def test_a_message_over_its_kinds_limits_is_a_wire_error(frame, message):
+    with pytest.raises(WireError, match=message):
+        wire.decode(frame)
+
+
+def test_a_frame_that_declares_no_kind_is_unpacked_under_small_limits():
+    with pytest.raises(WireError, match="not a tcpcopy message"):
+        wire.decode(msgpack.packb([[0] * 100, 1, None]))
+    with pytest.raises(WireError, match="not a tcpcopy message"):
+        wire.decode(bytes(wire.UNKNOWN.frame + 1))
+
+
+def test_another_version_is_named_before_its_body_is_unpacked():
+    with pytest.raises(WireError, match="format 2, .* same tcpcopy version"):
+        wire.decode(b"\x93\x02\x01" + b"\xdd\xff\xff\xff\xff")
+
+
+def test_a_huge_frame_is_refused_without_being_unpacked():
+    import time
+    frame = b"\x93\x01\x03" + b"\x90" * (10 << 20)        # the reported 10 MB REGISTER
+    started = time.process_time()
+    with pytest.raises(WireError, match="over its limit"):
+        wire.decode(frame)
+    assert time.process_time() - started < 0.05
+
+
+@pytest.mark.parametrize("kind", sorted(wire.KIND_NAMES))
+def test_deep_nesting_in_any_body_is_a_wire_error_never_a_recursion_error(kind):
+    for depth in (50, 900, 1100):
+        frame = b"\x93\x01" + bytes([kind]) + b"\x91" * depth + b"\x90"
+        try:
+            wire.decode(frame)
+        except WireError:
+            continue
+        assert kind == wire.STATS, depth  # never reached: a nested list is no STATS body
+
+
+def test_endpoint_lists_are_split_to_fit_one_message_each():
+    endpoints = [(V4_CLIENT, n, V4_TARGET, 80) for n in range(2 * wire.ENDPOINTS_MAX + 1)]
+    parts = wire.endpoint_batches(endpoints)
+    assert [len(p) for p in parts] == [wire.ENDPOINTS_MAX, wire.ENDPOINTS_MAX, 1]
+    assert [e for part in parts for e in wire.decode(wire.encode_register(part))[1]] == endpoints
+    assert wire.endpoint_batches([]) == []
+
+
+def test_routing_ids_are_16_random_bytes_never_starting_with_zero():
+    ids = {wire.new_routing_id() for _ in range(2000)}
+    assert len(ids) == 2000 and all(len(i) == 16 and i[0] != 0 for i in ids)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("owner-0@online1", "owner-0@online1"),
+    ("a\nb", "a\\nb"),
+    ("\x1b[2J\x07", "\\x1b[2J\\x07"),
+    ("back\\slash", "back\\\\slash"),
+    ("\u202egnp.exe", "\\u202egnp.exe"),
+    ("é", "é"),
+    ("x" * 300, "x" * 200 + "..."),
+    (b"\x00bytes", "b'\\x00bytes'"),
+])
+def test_printable_escapes_what_a_peer_chose(text, shown):
+    assert wire.printable(text) == shown
+    assert wire.printable(text).isprintable()

@@ -56,16 +56,16 @@ def test_unregister_by_another_owner_is_ignored_and_counted():
     assert table.owners() == set()
 
 
-def test_re_register_moves_the_route_to_the_new_owner():
+def test_another_owners_register_of_a_held_route_is_refused_and_counted():
     table = RouteTable()
-    table.register(A, OWNER_1, 0.0)
-    table.register(A, OWNER_2, 1.0)
-    assert table.lookup(A, 1.0) == OWNER_2
-    assert table.counters()["moved"] == 1
-    assert table.routes_of(OWNER_1) == 0 and table.routes_of(OWNER_2) == 1
-    assert not table.unregister(A, OWNER_1)   # the old owner no longer holds it
-    assert table.drop_owner(OWNER_1) == 0
-    assert table.lookup(A, 1.0) == OWNER_2
+    assert table.register(A, OWNER_1, 0.0)
+    assert not table.register(A, OWNER_2, 1.0)
+    assert table.lookup(A, 1.0) == OWNER_1 and table.holder(A) == OWNER_1
+    assert table.counters()["register_taken"] == 1 and table.counters()["registered"] == 1
+    assert table.routes_of(OWNER_1) == 1 and table.routes_of(OWNER_2) == 0
+    assert table.register(A, OWNER_1, 2.0)     # its owner refreshes it
+    assert table.drop_owner(OWNER_1) == 1      # once its owner is gone, it is free
+    assert table.register(A, OWNER_2, 3.0) and table.lookup(A, 3.0) == OWNER_2
 
 
 def test_idle_routes_expire_after_ttl_and_lookups_refresh_them():
@@ -86,16 +86,28 @@ def test_idle_routes_expire_after_ttl_and_lookups_refresh_them():
     assert table.owners() == set()
 
 
-def test_at_max_routes_the_oldest_idle_route_is_evicted_and_counted():
+def test_at_max_routes_a_new_route_is_refused_and_no_owner_loses_one():
     table = RouteTable(max_routes=2)
     c = (CLIENT, 40002, TARGET, 8080)
     table.register(A, OWNER_1, 0.0)
     table.register(B, OWNER_2, 1.0)
-    table.lookup(A, 2.0)              # B is now the oldest idle
-    table.register(c, OWNER_1, 3.0)
-    assert A in table and c in table and B not in table
-    assert table.counters()["routes_evicted"] == 1
-    assert table.routes_of(OWNER_2) == 0
+    assert not table.register(c, OWNER_1, 3.0)
+    assert A in table and B in table and c not in table
+    assert table.counters()["register_table_full"] == 1
+    assert table.register(A, OWNER_1, 4.0)     # a refresh needs no room
+    table.expire(200.0)                          # idle routes still expire
+    assert table.register(c, OWNER_1, 200.0)
+
+
+def test_an_owner_beyond_its_quota_is_refused_and_others_keep_room():
+    table = RouteTable(max_routes=10, max_per_owner=3)
+    keys = [(CLIENT, 41000 + n, TARGET, 8080) for n in range(6)]
+    assert [table.register(k, OWNER_1, 0.0) for k in keys] == [True] * 3 + [False] * 3
+    assert table.counters()["register_over_quota"] == 3 and table.routes_of(OWNER_1) == 3
+    assert table.register(keys[0], OWNER_1, 1.0)          # its own routes refresh
+    assert all(table.register(k, OWNER_2, 1.0) for k in keys[3:])
+    assert table.unregister(keys[0], OWNER_1) and table.register(keys[0], OWNER_2, 2.0) is False
+    assert table.register((CLIENT, 42000, TARGET, 8080), OWNER_1, 2.0)   # room again
 
 
 def test_held_records_are_released_in_arrival_order_once():
@@ -155,6 +167,8 @@ def test_bad_bounds_are_refused():
         RouteTable(ttl=0)
     with pytest.raises(ValueError):
         RouteTable(max_routes=0)
+    with pytest.raises(ValueError):
+        RouteTable(max_per_owner=0)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["register", "unregister", "drop", "lookup"]),
@@ -166,14 +180,14 @@ ops = st.lists(st.tuples(st.sampled_from(["register", "unregister", "drop", "loo
 @settings(max_examples=200, deadline=None)
 @given(ops)
 def test_the_table_agrees_with_a_plain_dict(script):
-    """Without time or bounds in play, the table is a dict with owner-checked deletes."""
+    """Without time or bounds in play, the table is a dict where the first owner keeps a key
+    until it unregisters it or is dropped."""
     table = RouteTable()
     model: dict = {}
     for op, n, owner in script:
         key = (CLIENT, 40000 + n, TARGET, 8080)
         if op == "register":
-            table.register(key, owner, 0.0)
-            model[key] = owner
+            assert table.register(key, owner, 0.0) == (model.setdefault(key, owner) == owner)
         elif op == "unregister":
             removed = table.unregister(key, owner)
             assert removed == (model.get(key) == owner)

@@ -269,6 +269,8 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     (("-F", "tcp", "-b", "assistant"), ["-b", "IP address"]),
     (("-F", "tcp", "-t", "60"), ["-t", "--route-ttl"]),
     (("-F", "tcp", "-d"), ["-d", "-l"]),
+    (("-F", "tcp", "--max-owners", "0"), ["--max-owners", "positive whole number"]),
+    (("-F", "tcp", "--routes-per-owner", "many"), ["--routes-per-owner", "positive whole number"]),
 ])
 def test_bad_flags_get_one_line_naming_the_flag_and_exit_2(args, names):
     done = run_command(*args)

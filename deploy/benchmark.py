@@ -61,7 +61,7 @@ from tcpcopy.deploy import accesslog, ctool, load
 from tcpcopy.deploy.clustercopy import ClusterCopy, ClusterCopyError
 from tcpcopy.deploy.ctool import CCopy, CTool, CToolError
 from tcpcopy.deploy.kvstore import MAX_SECONDS as KV_MAX_SECONDS
-from tcpcopy.deploy.kvstore import KvLoadError, Redis, redis_benchmark
+from tcpcopy.deploy.kvstore import KvLoadError, Redis, redis_benchmark, wait_until_quiet
 from tcpcopy.deploy.lab import (CLIENT, ONLINE, ONLINE_ADDRESS, TARGET, TARGET_ADDRESS, LabError,
                                 four_host)
 from tcpcopy.deploy.livecopy import ONLINE_PORT, TARGET_PORT
@@ -380,16 +380,8 @@ def _commands(redis: Redis) -> int:
 
 
 def drain_redis(redis: Redis, timeout: float = DRAIN_TIMEOUT_S, quiet: float = TARGET_QUIET_S) -> tuple[int, float]:
-    """Poll the SET and GET calls until they have not changed for ``quiet`` seconds (or
-    ``timeout`` passed): the count then, and when it last changed (monotonic)."""
-    deadline = time.monotonic() + timeout
-    count, last_change = _commands(redis), time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - last_change < quiet:
-        time.sleep(0.1)
-        now = _commands(redis)
-        if now != count:
-            count, last_change = now, time.monotonic()
-    return count, last_change
+    """The SET and GET calls once they stopped changing, and when they last changed."""
+    return wait_until_quiet(lambda: _commands(redis), timeout, quiet)
 
 
 def count_upload(scenario: Scenario, services: Services, offered: Offered) -> Tally:

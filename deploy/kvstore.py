@@ -24,10 +24,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from .lab import Lab, LabError, check_lab_address
 from .load import MAX_REQUESTS
@@ -323,3 +324,17 @@ def _program(name: str) -> str:
         raise LabError(f"{name} is not installed: apt-get install redis-server redis-tools "
                        "(or run deploy/install-deps.sh)")
     return path
+
+
+def wait_until_quiet(read: Callable[[], Any], timeout: float, quiet: float) -> tuple[Any, float]:
+    """Poll ``read()`` (e.g. a server's command counts) until its value has not changed for
+    ``quiet`` seconds, or ``timeout`` passed: the value then, and when it last changed
+    (monotonic). A copy that lags behind the load is over when the target stops gaining."""
+    deadline = time.monotonic() + timeout
+    value, last_change = read(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last_change < quiet:
+        time.sleep(0.1)
+        now = read()
+        if now != value:
+            value, last_change = now, time.monotonic()
+    return value, last_change

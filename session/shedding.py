@@ -16,7 +16,8 @@ behind for a few seconds and then passes; ``lag_high`` is set above that.
   shed too, the youngest first (they have the least copied work to lose), in proportion
   to the shortfall: if the age grew by g seconds per second, the owner works through
   1 - g seconds of input per second, so all but (1 - g) / ``headroom`` of the live
-  sessions go (at most ``max_share`` of them in one step, at least one). Skipping a shed
+  sessions go (at most ``max_share`` of them in one step, at least one; the step after a
+  shedding one only measures, since its span straddles the change). Skipping a shed
   session's packets costs little next to replaying them, so what is kept runs at about
   the owner's capacity: it neither sheds all nor keeps too many.
 * Shedding stops once the age falls below ``lag_low`` (hysteresis, so the decision does not
@@ -37,7 +38,7 @@ class SheddingConfig:
     lag_low: float = 2.0     # seconds behind: stop shedding
     step: float = 0.5        # seconds between shedding steps of live sessions
     headroom: float = 1.05   # keep this much less than the measured capacity
-    max_share: float = 0.5   # of the live sessions shed in one step, at most
+    max_share: float = 0.3   # of the live sessions shed in one step, at most
 
 
 class LoadShedder:
@@ -48,6 +49,7 @@ class LoadShedder:
         self.max_lag = 0.0
         self._step_at = 0.0                    # the last step (or the start of shedding)
         self._step_lag = 0.0                   # the age seen then
+        self._settling = False                 # the last step shed: the next one only measures
 
     def observe(self, lag: float, now: float) -> None:
         """The age, at ``now``, of captured input the owner is about to process."""
@@ -75,8 +77,13 @@ class LoadShedder:
             return 0
         growth = (self.lag - self._step_lag) / elapsed
         self._step_at, self._step_lag = now, self.lag
+        if self._settling:
+            # What was measured spans the last shedding: judge from the next step on.
+            self._settling = False
+            return 0
         if live == 0 or growth <= 0 or self.lag <= cfg.lag_high:
             return 0
         speed = max(0.0, 1.0 - growth)
         share = min(cfg.max_share, 1.0 - speed / cfg.headroom)
+        self._settling = True
         return max(1, math.ceil(live * share))

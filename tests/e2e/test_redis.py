@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tcpcopy.deploy.kvstore import Redis, redis_benchmark
+from tcpcopy.deploy.kvstore import Redis, redis_benchmark, wait_until_quiet
 from tcpcopy.deploy.lab import CLIENT, ONLINE_ADDRESS
 from tcpcopy.deploy.livecopy import LiveCopy
 
@@ -38,16 +38,8 @@ def copied_counts(redis: Redis) -> dict[str, int]:
 
 
 def drain(redis: Redis, timeout: float = DRAIN_TIMEOUT_S, quiet: float = QUIET_S) -> tuple[dict[str, int], float]:
-    """Poll the target's SET and GET calls until they have not changed for ``quiet`` seconds
-    (or ``timeout`` passed); the counts then, and when they last changed (monotonic)."""
-    deadline = time.monotonic() + timeout
-    counts, last_change = copied_counts(redis), time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - last_change < quiet:
-        time.sleep(0.1)
-        now = copied_counts(redis)
-        if now != counts:
-            counts, last_change = now, time.monotonic()
-    return counts, last_change
+    """The target's SET and GET calls once they stopped changing, and when they last changed."""
+    return wait_until_quiet(lambda: copied_counts(redis), timeout, quiet)
 
 
 def copier_summary(copy: LiveCopy) -> dict:

@@ -35,15 +35,20 @@ def test_live_sessions_are_shed_in_proportion_to_the_shortfall():
     # The age grew 0.1 s per second: the owner keeps up with 90% of its input.
     shedder.observe(1.15, 0.5)
     assert shedder.sessions_to_shed(0.5, live=100) == 10
-    # Growing 0.8 s per second (20% kept): at most half go in one step.
+    # The next step straddles that shedding: it only measures.
     shedder.observe(1.55, 1.0)
-    assert shedder.sessions_to_shed(1.0, live=90) == 45
+    assert shedder.sessions_to_shed(1.0, live=90) == 0
+    # Growing 0.8 s per second (20% kept): at most half go in one step.
+    shedder.observe(1.95, 1.5)
+    assert shedder.sessions_to_shed(1.5, live=90) == 45
+    shedder.observe(1.95, 2.0)
+    assert shedder.sessions_to_shed(2.0, live=45) == 0        # settling
     # Catching up: nobody more is shed, though the age is still high.
-    shedder.observe(1.4, 1.5)
-    assert shedder.sessions_to_shed(1.5, live=45) == 0
+    shedder.observe(1.8, 2.5)
+    assert shedder.sessions_to_shed(2.5, live=45) == 0
     # A tiny shortfall still sheds one.
-    shedder.observe(1.4001, 2.0)
-    assert shedder.sessions_to_shed(2.0, live=45) == 1
+    shedder.observe(1.8001, 3.0)
+    assert shedder.sessions_to_shed(3.0, live=45) == 1
 
 
 def test_new_connections_are_shed_whole_while_refusing():

@@ -375,17 +375,7 @@ def test_a_stats_message_nested_600_deep_is_counted_and_everything_still_renders
     from tcpcopy.cluster.top import render
     frame = wire.encode_stats("owner", "owner-0@h", {**nested(600), "ok": 7})
     assert len(frame) < 2000
-    rogue = zmq.Context.instance().socket(zmq.PUB)
-    rogue.setsockopt(zmq.LINGER, 0)
-    rogue.connect(endpoint)
-    try:
-        deadline = time.monotonic() + 5
-        while not aggregator.counts["messages"]:
-            assert time.monotonic() < deadline
-            rogue.send(frame)
-            aggregator.poll(0.05)
-    finally:
-        rogue.close()
+    publish_until_taken(endpoint, aggregator, frame)
     assert aggregator.counts["too_deep"] >= 1
     assert aggregator.processes[("owner", "owner-0@h")].latest.figures == {"ok": 7}
     snapshot = aggregator.snapshot_json()
@@ -393,7 +383,9 @@ def test_a_stats_message_nested_600_deep_is_counted_and_everything_still_renders
     assert 'tcpcopy_stats_rejected_total{reason="too_deep"}' in render_metrics(snapshot)
 
 
-def test_a_stats_frame_over_the_size_limit_never_reaches_the_aggregator(endpoint, aggregator):
+def publish_until_taken(endpoint: str, aggregator, *frames: bytes) -> None:
+    """A rogue publisher sends ``frames`` again and again until the aggregator has taken a
+    message (a SUB misses what is published before its subscription is through)."""
     rogue = zmq.Context.instance().socket(zmq.PUB)
     rogue.setsockopt(zmq.LINGER, 0)
     rogue.connect(endpoint)
@@ -401,11 +393,17 @@ def test_a_stats_frame_over_the_size_limit_never_reaches_the_aggregator(endpoint
         deadline = time.monotonic() + 5
         while not aggregator.counts["messages"]:
             assert time.monotonic() < deadline
-            rogue.send(bytes(wire.LIMITS[wire.STATS].frame + 1))   # the socket drops this peer
-            rogue.send(wire.encode_stats("capture", "capture-0@h", {"captured": 1}))
+            for frame in frames:
+                rogue.send(frame)
             aggregator.poll(0.05)
     finally:
         rogue.close()
+
+
+def test_a_stats_frame_over_the_size_limit_never_reaches_the_aggregator(endpoint, aggregator):
+    publish_until_taken(endpoint, aggregator,
+                        bytes(wire.LIMITS[wire.STATS].frame + 1),   # the socket drops this peer
+                        wire.encode_stats("capture", "capture-0@h", {"captured": 1}))
     assert aggregator.counts["wire_errors"] == 0 and aggregator.processes[("capture", "capture-0@h")]
 
 

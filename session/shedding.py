@@ -10,8 +10,8 @@ delay is before it (the capture worker's CPU, the kernel's buffer), and shedding
 here would not help. A burst (a 100 MB body taken in at veth speed) makes the owner busy and
 behind for a few seconds and then passes; ``lag_high`` is set above that.
 
-* Behind by more than ``lag_high`` without a pause: new connections are shed (skipped
-  whole, counted).
+* Behind by more than ``lag_high``, its queue full for ``busy_for`` seconds without a
+  break: new connections are shed (skipped whole, counted).
 * Every ``step`` seconds while still behind and falling further behind, live sessions are
   shed too, the youngest first (they have the least copied work to lose), in proportion
   to the shortfall: if the age grew by g seconds per second, the owner works through
@@ -39,6 +39,7 @@ class SheddingConfig:
     step: float = 0.5        # seconds between shedding steps of live sessions
     headroom: float = 1.05   # keep this much less than the measured capacity
     max_share: float = 0.3   # of the live sessions shed in one step, at most
+    busy_for: float = 1.0    # seconds the owner's queue must have stayed full before it sheds
 
 
 class LoadShedder:
@@ -50,23 +51,26 @@ class LoadShedder:
         self._step_at = 0.0                    # the last step (or the start of shedding)
         self._step_lag = 0.0                   # the age seen then
         self._settling = False                 # the last step shed: the next one only measures
+        self._busy_since: float | None = None  # the queue has not run empty since then
 
     def observe(self, lag: float, now: float) -> None:
         """The age, at ``now``, of captured input the owner is about to process."""
         self.lag = lag
         if lag > self.max_lag:
             self.max_lag = lag
+        if self._busy_since is None:
+            self._busy_since = now
         if self.shedding:
             if lag < self.config.lag_low:
                 self.shedding = False
-        elif lag > self.config.lag_high:
+        elif lag > self.config.lag_high and now - self._busy_since >= self.config.busy_for:
             self.shedding = True
             self._step_at, self._step_lag = now, lag
 
     def caught_up(self) -> None:
         """The owner found its input queue empty: it is not the one falling behind."""
         self.shedding = False
-        self.lag = 0.0
+        self._busy_since = None
 
     def sessions_to_shed(self, now: float, live: int) -> int:
         """How many live sessions to shed now (0 unless a step is due and the owner is

@@ -14,7 +14,7 @@ def dropped(events) -> list:
 
 
 def test_shedding_starts_past_the_high_lag_and_stops_below_the_low_one():
-    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25))
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, busy_for=0.0))
     shedder.observe(0.9, 0.0)
     assert not shedder.shedding
     shedder.observe(1.2, 1.0)
@@ -29,7 +29,7 @@ def test_shedding_starts_past_the_high_lag_and_stops_below_the_low_one():
 
 def test_live_sessions_are_shed_in_proportion_to_the_shortfall():
     shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5, headroom=1.0,
-                                         max_share=0.5))
+                                         max_share=0.5, busy_for=0.0))
     shedder.observe(1.1, 0.0)
     assert shedder.sessions_to_shed(0.4, live=100) == 0       # not a step yet
     # The age grew 0.1 s per second: the owner keeps up with 90% of its input.
@@ -101,12 +101,18 @@ def test_the_owner_wide_budget_drops_the_session_that_passes_it_and_frees_its_sh
 
 
 def test_an_owner_that_empties_its_queue_is_not_behind_whatever_the_age():
-    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5))
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5, busy_for=1.0))
     shedder.observe(3.0, 0.0)
+    shedder.observe(3.0, 1.0)
     assert shedder.shedding
     shedder.caught_up()       # the delay is in front of the owner, not in it
     assert not shedder.shedding
     assert shedder.sessions_to_shed(5.0, live=100) == 0
+    # Old input between empty queues (a slow capture worker) never starts shedding.
+    for t in range(2, 10):
+        shedder.observe(3.0, t)
+        assert not shedder.shedding
+        shedder.caught_up()
 
 
 def test_lingering_sessions_are_not_counted_as_live():

@@ -106,6 +106,14 @@ class StatsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """CurveZMQ keys on the control and stats channels (cluster/curve.py)."""
+
+    curve: bool = True        # false: plain channels, each process warns once
+    keys_dir: str = ""        # the keygen directory, absolute; "tcpcopy-cluster start" makes it if missing
+
+
     path: str                 # the file it was loaded from, absolute
     copy: CopyConfig
     capture: CaptureConfig
@@ -115,6 +123,7 @@ class ClusterConfig:
     stats: StatsConfig = StatsConfig()
 
     def owner_endpoint(self, shard: int) -> str:
+    security: SecurityConfig = SecurityConfig()
         """Where owner ``shard`` binds and every capture worker pushes its flows."""
         return f"ipc://{self.owners.run_dir}/owner-{shard}.sock"
 
@@ -199,6 +208,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
+    "security": {
+        "curve": Key(bool, True),
+        "keys_dir": Key(str, "keys", example='"/etc/tcpcopy/keys"'),
+    },
 # ----------------------------------------------------------------------------- loading
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -318,7 +331,7 @@ def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> Cluste
     supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]))
     config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
                            _intercept(source, copy, values["intercept"]), supervisor,
-                           StatsConfig(values["stats"]["endpoint"]))
+                           StatsConfig(values["stats"]["endpoint"]), _security(source, base, values["security"]))
     _check_filters(source, config)
     _check_socket_paths(source, config)
     _check_intercepts_match(source, config)
@@ -414,6 +427,13 @@ def _response_filter(mappings: tuple[Mapping, ...]) -> str:
     """The default intercept filter: what the targets send (their address and port)."""
     terms = dict.fromkeys(f"(src host {m.target_ip} and src port {m.target_port})" for m in mappings)
     return "tcp and (" + " or ".join(terms) + ")"
+
+def _security(source: str, base: Path, raw: dict[str, Any]) -> SecurityConfig:
+    if not raw["keys_dir"].strip():
+        raise ConfigError(source, "security.keys_dir", "is empty",
+                          'name the key directory, e.g. keys_dir = "/etc/tcpcopy/keys", or set curve = false')
+    return SecurityConfig(raw["curve"], str((base / raw["keys_dir"]).absolute()))
+
 
 
 def _check_filters(source: str, config: ClusterConfig) -> None:

@@ -36,6 +36,7 @@ import psutil
 import zmq
 
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.curve import STATS_DOMAIN, ClientKeys, KeyGate, ServerKeys, connect_with_keys, listen_with_keys
 
 STALE_AFTER = 3.0        # seconds without a STATS message before a process is stale
 PUBLISH_EVERY = 1.0
@@ -129,7 +130,7 @@ class StatsPublisher:
     """One process's side of the stats channel."""
 
     def __init__(self, endpoint: str, role: str, identity: str, every: float = PUBLISH_EVERY,
-                 context: zmq.Context | None = None, clock=time.monotonic):
+                 context: zmq.Context | None = None, clock=time.monotonic, keys: ClientKeys | None = None):
         if role not in wire.ROLES:
             raise ValueError(f"stats role {role!r} is not one of {', '.join(wire.ROLES)}")
         self.role, self.identity, self.every = role, identity, every
@@ -141,6 +142,8 @@ class StatsPublisher:
         self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, PUB_HWM)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            connect_with_keys(self.socket, keys)
         self.socket.connect(endpoint)
 
     def maybe_publish(self, now: float, counters_fn) -> bool:
@@ -187,11 +190,12 @@ class Aggregator:
     """The latest STATS of every process that publishes to ``endpoint``.
 
     ``clock`` is the aggregator's own monotonic clock (arrival times, ages); tests pass their
-    own. ``poll`` and the readers may run in different threads.
+    own. ``poll`` and the readers may run in different threads. With ``keys`` it admits
+    only the publishers whose public keys are listed (CURVE); refusals are in ``counts``.
     """
 
     def __init__(self, endpoint: str, clock=time.monotonic, context: zmq.Context | None = None,
-                 stale_after: float = STALE_AFTER):
+                 stale_after: float = STALE_AFTER, keys: ServerKeys | None = None):
         self.endpoint = endpoint
         self.clock = clock
         self.stale_after = stale_after
@@ -205,14 +209,25 @@ class Aggregator:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.AGGREGATOR_TAKES))
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.gate = None
         try:
+            if keys is not None:
+                listen_with_keys(self.socket, keys, STATS_DOMAIN)
+                self.gate = KeyGate(self.socket, keys, STATS_DOMAIN, "stats listener")
             self.socket.bind(endpoint)
-        except zmq.ZMQError:
-            self.socket.close(linger=0)
+        except (zmq.ZMQError, RuntimeError):
+            self.close()
             raise
 
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
         self.socket.close(linger=0)
+
+    def refused(self) -> int:
+        """Publishers refused for their keys, or for having none (0 without keys)."""
+        gate = self.gate.counts if self.gate is not None else {}
+        return sum(value for name, value in gate.items() if name.startswith("refused"))
 
     # -- input
 
@@ -332,7 +347,8 @@ class Aggregator:
             rows = [self._row(p, window, now) for p in
                     sorted(self.processes.values(), key=lambda p: (p.role, p.identity))]
             return {"time": time.time(), "endpoint": self.endpoint, "stale_after": self.stale_after,
-                    "aggregator": dict(self.counts), "last_error": self.last_error,
+                    "aggregator": {**self.counts, "refused_peers": self.refused()},
+                    "last_error": self.last_error,
                     "processes": rows, "totals": self._totals(now),
                     "rates": _rates_by_role(rows), "loss": self._loss()}
 

@@ -48,6 +48,7 @@ import zmq
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.curve import CONTROL_DOMAIN, ClientKeys, KeyGate, ServerKeys, listen_with_keys
 from tcpcopy.cluster.stats import StatsPublisher
 from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_TTL, RouteTable
 
@@ -74,6 +75,7 @@ PEER_LOG_LINES = 20        # lines about peers logged per PEER_LOG_WINDOW at mos
 PEER_LOG_WINDOW = 60.0     #   that reconnects gets a new routing id, so "once" is per window
 
 _SYN_OR_RST = pk.SYN | pk.RST
+_GATE_COUNTS = ("admitted", "refused_key", "refused_plain", "refused_handshake")   # KeyGate.counts
 
 COUNTERS = (
     "all",                  # answers captured and decoded
@@ -107,6 +109,8 @@ class WorkerConfig:
     max_owners: int = DEFAULT_MAX_OWNERS
     routes_per_owner: int = DEFAULT_MAX_PER_OWNER
 
+    keys: ServerKeys | None = None   # CURVE: this intercept's pair and the owners it admits
+    stats_keys: ClientKeys | None = None   # CURVE on the stats channel
     def __post_init__(self) -> None:
         if not 0 <= self.payload <= MAX_PAYLOAD:
             raise ValueError(f"payload {self.payload} out of range 0..{MAX_PAYLOAD}")
@@ -155,9 +159,12 @@ class Worker:
         self._context = context or zmq.Context.instance()
         self.socket = self._router()
         self._poller = zmq.Poller()
+        self.gate = (KeyGate(self.socket, config.keys, CONTROL_DOMAIN, "intercept control channel",
+                             self._context) if config.keys is not None else None)
         self._poller.register(self.socket, zmq.POLLIN)
         self.publisher = (StatsPublisher(config.stats_endpoint, "intercept", config.identity,
-                                         context=self._context) if config.stats_endpoint else None)
+                                         context=self._context, keys=config.stats_keys)
+                          if config.stats_endpoint else None)
 
     # -- set-up
 
@@ -174,6 +181,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, 1)                # dual-stack: IPv4 and IPv6 owners alike
         return sock
+        if self.config.keys is not None:
+            listen_with_keys(sock, self.config.keys, CONTROL_DOMAIN)
 
     def bind(self) -> str:
         """Bind the ROUTER; the endpoint actually bound (``*`` ports resolved)."""
@@ -316,7 +325,8 @@ class Worker:
             return None
         owner = self.owners[routing_id] = Owner(hello.identity, hello.instance, _peer_address(frame), now)
         if self._may_log():
-            log.info("owner %s connected from %s", wire.printable(hello.identity), owner.address or "?")
+            log.info("owner %s connected from %s%s", wire.printable(hello.identity), owner.address or "?",
+                     _key_note(frame))
         return owner
 
     def _on_register(self, routing_id: bytes, endpoints: list, now: float) -> None:
@@ -589,6 +599,8 @@ def _bytes(frame) -> bytes:
 
 def _peer_address(frame) -> str | None:
     """The remote address of the connection a frame came over (tcp:// only), if known. The
+        if self.gate is not None:
+            self.gate.close()
     ROUTER is dual-stack, so IPv4 peers come as IPv4-mapped IPv6 (::ffff:a.b.c.d): shown
     as the IPv4 address they are."""
     try:
@@ -604,6 +616,8 @@ def _endpoint_text(key) -> str:
     """A replayed connection as client -> target, for log lines."""
     client_ip, client_port, target_ip, target_port = key
     client, target = ipaddress.ip_address(client_ip), ipaddress.ip_address(target_ip)
+        gate = self.gate.counts if self.gate is not None else dict.fromkeys(_GATE_COUNTS, 0)
+        numbers.update((f"curve_{name}", gate[name]) for name in _GATE_COUNTS)
     if client.version == 6:
         return f"[{client}]:{client_port} -> [{target}]:{target_port}"
     return f"{client}:{client_port} -> {target}:{target_port}"
@@ -620,5 +634,15 @@ def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
             pass
+                  ("refused_key", s["curve_refused_key"]), ("refused_plain", s["curve_refused_plain"]),
     except (BlockingIOError, InterruptedError):
         pass
+def _key_note(frame) -> str:
+    """", key NAME.key" for an owner admitted by its CURVE key (the gate's User-Id), else ""."""
+    try:
+        name = frame.get("User-Id")
+    except (AttributeError, zmq.ZMQError):
+        return ""
+    return f", key {wire.printable(name)}" if name else ""
+
+

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.curve import ClientKeys, connect_with_keys
 from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.cluster.shard import flow_shard
 
@@ -49,10 +50,11 @@ class InterceptLink:
 class InterceptLinks:
     """All intercept links of one owner."""
 
-    def __init__(self, context: zmq.Context, addresses, identity: str, sharded: bool = False):
+    def __init__(self, context: zmq.Context, addresses, identity: str, sharded: bool = False,
+                 keys: ClientKeys | None = None):
         """``sharded``: intercept i captures only the answers to replayed endpoints of shard
         i (cluster.shard), so each endpoint is registered with that one intercept; otherwise
-        with every intercept, as TCPCopy does."""
+        with every intercept, as TCPCopy does. ``keys``: CURVE with every intercept."""
         self.identity = identity
         self.sharded = sharded
         self.instance = uuid.uuid4().hex
@@ -69,6 +71,8 @@ class InterceptLinks:
             sock.setsockopt(zmq.IPV6, 1)       # -s may name the intercept by an IPv6 address
             sock.setsockopt(zmq.ROUTING_ID, wire.new_routing_id())   # no other peer can claim it
             sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT))
+            if keys is not None:
+                connect_with_keys(sock, keys)
             sock.connect(address.zmq_endpoint)
             self.links.append(InterceptLink(address, sock))
         self._by_socket = {link.socket: link for link in self.links}

@@ -6,6 +6,11 @@ write (/tmp): every file is opened here, by ``open_for_writing``, which never fo
 symbolic link, refuses what is not a plain file of this user's with one link, and creates
 files 0644; the pid file is also locked, so a second process given the same -P says so and
 stops. ipc:// sockets live in a ``private_directory`` (0700).
+
+With ``--user`` a command drops to that user once its raw sockets and captures are open
+(``cluster/privileges.py``): the log file is given to the user at start, so SIGHUP (which
+reopens log files, ``install_log_reopen``) still works; the pid file stays root's and is
+emptied at exit when the user may not remove it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
 import sys
 from importlib import metadata
 
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import ConfigError
+from tcpcopy.cluster.privileges import (PrivilegeError, RunAs, check_can_switch, describe, drop_privileges,
+                                        resolve_user)
 from tcpcopy.cluster.shard import parse_shard
 
 log = logging.getLogger("tcpcopy")
@@ -97,14 +105,20 @@ class TextLines(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup_logging(command: str, path: str | None, log_format: str = "text") -> None:
-    """Log lines to ``path`` (stderr when None): text for people, or JSON lines."""
-    handler = _log_file_handler(path) if path else logging.StreamHandler(sys.stderr)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def setup_logging(command: str, path: str | None, log_format: str = "text", level: str = "info",
+                  owner_uid: int | None = None) -> None:
+    """Log lines to ``path`` (stderr when None): text for people, or JSON lines, from
+    ``level`` up. ``owner_uid``: the user the process will drop to, who gets the file, so
+    it can still reopen it on SIGHUP."""
+    handler = ReopenableFileHandler(path, owner_uid) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines(command) if log_format == "json" else TextLines(
         f"%(asctime)s {command}[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(level.upper())
 
 
 def daemonize() -> None:
@@ -131,10 +145,11 @@ class UnsafePath(OSError):
         return self.strerror
 
 
-def open_for_writing(path: str, flags: int, mode: int = 0o644) -> int:
+def open_for_writing(path: str, flags: int, mode: int = 0o644, owner_uid: int | None = None) -> int:
     """A descriptor of ``path`` (created ``mode``), never through a symbolic link planted
-    there (O_NOFOLLOW), and only if it is a plain file of this user's with one link: root
-    must never write through another user's file into a third one. Raises OSError."""
+    there (O_NOFOLLOW), and only if it is a plain file of this user's (or of ``owner_uid``,
+    the user this process drops to) with one link: root must never write through another
+    user's file into a third one. Raises OSError."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
@@ -144,7 +159,7 @@ def open_for_writing(path: str, flags: int, mode: int = 0o644) -> int:
             raise UnsafePath(f"{path} is not a plain file: remove it, or name another file") from None
         raise
     try:
-        _check_own_plain_file(os.fstat(fd), path)
+        _check_own_plain_file(os.fstat(fd), path, owner_uid)
         os.set_blocking(fd, True)   # O_NONBLOCK only kept a FIFO from stalling the open
     except BaseException:
         os.close(fd)
@@ -152,32 +167,83 @@ def open_for_writing(path: str, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def _check_own_plain_file(info: os.stat_result, path: str) -> None:
+def _check_own_plain_file(info: os.stat_result, path: str, owner_uid: int | None = None) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"{path} is not a plain file: remove it, or name another file")
-    if info.st_uid != os.geteuid():
+    if info.st_uid not in (os.geteuid(), owner_uid):
         raise UnsafePath(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
                          "remove it, or keep the file in a directory only this user can write")
     if info.st_nlink != 1:
         raise UnsafePath(f"{path} has {info.st_nlink} hard links: remove it, or name another file")
 
 
-def _log_file_handler(path: str) -> logging.Handler:
-    fd = open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    return logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace"))
+class ReopenableFileHandler(logging.StreamHandler):
+    """A log file that ``reopen`` opens again by its path (after logrotate moved it)."""
+
+    def __init__(self, path: str, owner_uid: int | None = None):
+        self.path, self.owner_uid = path, owner_uid
+        super().__init__(self._open())
+
+    def _open(self):
+        fd = open_for_writing(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, self.owner_uid)
+        if self.owner_uid is not None and os.geteuid() == 0:
+            os.fchown(fd, self.owner_uid, -1)   # the dropped process reopens it too
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Write to the file now at the path; on failure keep the open one (and say so)."""
+        try:
+            stream = self._open()
+        except OSError as exc:
+            log.error("SIGHUP: cannot reopen the log file %s (%s): still writing to the one open before",
+                      self.path, exc)
+            return
+        old = self.setStream(stream)
+        if old is not None:
+            old.close()
+        log.info("SIGHUP: log file %s reopened", self.path)
 
 
-def private_directory(path: str) -> None:
+_reopen_requested = False
+
+
+def install_log_reopen() -> None:
+    """SIGHUP asks for the log files to be reopened (log rotation), never stops the
+    process; the loop calls ``reopen_logs_if_asked`` where writing is safe."""
+    def on_hangup(_signum, _frame):
+        global _reopen_requested
+        _reopen_requested = True
+
+    signal.signal(signal.SIGHUP, on_hangup)
+
+
+def reopen_logs_if_asked() -> None:
+    """Reopen every log file once SIGHUP asked for it (stderr has nothing to reopen)."""
+    global _reopen_requested
+    if not _reopen_requested:
+        return
+    _reopen_requested = False
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, ReopenableFileHandler):
+            handler.reopen()
+
+
+def private_directory(path: str, run_as: RunAs | None = None) -> None:
     """Create ``path`` (with its parents) for ipc:// sockets, or take the one there: a real
     directory of this user's, left mode 0700 whatever the umask, so no other user can
-    connect to the sockets in it. Raises OSError naming the fault and the fix."""
+    connect to the sockets in it. With ``run_as`` (--user) it is that user's instead, so
+    the processes still bind and reach their sockets after the drop. Raises OSError naming
+    the fault and the fix."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePath(f"{path} is not a directory (a symbolic link?): remove it, or choose another")
-    if info.st_uid != os.geteuid():
+    owners = (os.geteuid(),) if run_as is None else (os.geteuid(), run_as.uid)
+    if info.st_uid not in owners:
         raise UnsafePath(f"{path} belongs to uid {info.st_uid}, not to this user: remove it, or choose "
                          "another directory")
+    if run_as is not None and os.geteuid() == 0 and (info.st_uid, info.st_gid) != (run_as.uid, run_as.gid):
+        os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(path, 0o700)
 
@@ -230,6 +296,8 @@ def remove_pid_file(path: str | None) -> None:
         here, ours = os.stat(path, follow_symlinks=False), os.fstat(fd)
         if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
             os.unlink(path)
+    except PermissionError:
+        os.ftruncate(fd, 0)   # dropped to --user, which may not write the directory: emptied
     except OSError:
         pass
     finally:
@@ -239,6 +307,48 @@ def remove_pid_file(path: str | None) -> None:
 def add_log_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log lines for people (text, the default) or one JSON object per line")
+    add_log_level(parser)
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower,
+                        help="log lines of this level and above (info)")
+
+
+def add_user(parser: argparse.ArgumentParser) -> None:
+    """--user NAME: resolved at parse time, so a user that does not exist stops the command
+    with exit 2 before anything is opened."""
+    def user(text: str) -> RunAs:
+        try:
+            run_as = resolve_user(text)
+            check_can_switch(run_as)
+        except PrivilegeError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("--user ")) from None
+        return run_as
+
+    parser.add_argument("--user", type=user, metavar="NAME",
+                        help="after opening the raw sockets and captures, run as this unprivileged user "
+                             "with CAP_NET_RAW only (log and output files are given to it)")
+
+
+def user_from_config(name: str) -> RunAs | None:
+    """The config's supervisor.user (None when empty); ValueError naming the fault."""
+    if not name:
+        return None
+    try:
+        run_as = resolve_user(name, "supervisor.user")
+        check_can_switch(run_as, "supervisor.user")
+    except PrivilegeError as exc:
+        raise ValueError(str(exc)) from None
+    return run_as
+
+
+def drop_to(run_as: RunAs | None) -> None:
+    """Drop to ``run_as`` (nothing when None) and log what the process now runs as; raises
+    PrivilegeError."""
+    if run_as is None:
+        return
+    log.info("%s", describe(run_as, drop_privileges(run_as)))
 
 
 def absolute_paths(args: argparse.Namespace, *names: str) -> None:
@@ -252,8 +362,10 @@ def absolute_paths(args: argparse.Namespace, *names: str) -> None:
 def start_command(command: str, args: argparse.Namespace) -> int | None:
     """Logging (-l), the notes about ignored C flags, daemonizing (-d) and the pid file (-P),
     in that order; an exit status when one of them fails, else None."""
+    run_as = getattr(args, "user", None)
     try:
-        setup_logging(command, args.log_file, getattr(args, "log_format", "text"))
+        setup_logging(command, args.log_file, getattr(args, "log_format", "text"),
+                      getattr(args, "log_level", "info"), run_as.uid if run_as else None)
     except OSError as exc:
         print(f"{command}: error: -l {args.log_file}: cannot open the log file: {exc.strerror}",
               file=sys.stderr)

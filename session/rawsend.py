@@ -64,16 +64,30 @@ class RawSender:
 
 
 class DualSender:
-    """Routes each packet to the IPv4 or the IPv6 raw socket by its version nibble."""
+    """Routes each packet to the IPv4 or the IPv6 raw socket by its version nibble.
+
+    Both sockets are opened at once, so a process that drops its privileges afterwards
+    (``--user``) still has them. On a host without IPv6 the second cannot exist: its
+    packets are then counted as failed under that errno."""
 
     def __init__(self):
         self._v4 = RawSender(ipv6=False)
         self._v6: RawSender | None = None
+        self._v6_missing = ""   # errno name when the host has no IPv6 raw socket
+        self._v6_failed = 0
+        try:
+            self._v6 = RawSender(ipv6=True)
+        except RawSendError:
+            self._v4.close()
+            raise
+        except OSError as exc:
+            self._v6_missing = errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
     def send(self, packet: bytes) -> bool:
         if packet[0] >> 4 == 6:
             if self._v6 is None:
-                self._v6 = RawSender(ipv6=True)
+                self._v6_failed += 1
+                return False
             return self._v6.send(packet)
         return self._v4.send(packet)
 
@@ -84,7 +98,8 @@ class DualSender:
     @property
     def failed(self) -> dict[str, int]:
         merged = dict(self._v4.failed)
-        for name, count in (self._v6.failed if self._v6 else {}).items():
+        v6_failed = self._v6.failed if self._v6 else {self._v6_missing: self._v6_failed} if self._v6_failed else {}
+        for name, count in v6_failed.items():
             merged[name] = merged.get(name, 0) + count
         return merged
 

@@ -28,7 +28,8 @@ from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
-from tcpcopy.cluster.process import resolve_shard, shard_of
+from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
+from tcpcopy.cluster.process import add_user, resolve_shard, shard_of, user_from_config
 from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard
 from tcpcopy.cluster.stats import StatsPublisher
 
@@ -118,6 +119,7 @@ class Worker:
         self.publisher: StatsPublisher | None = None
         self._hello: bytes | None = None
         self._next_hello = 0.0
+        self.run_as = None   # --user: dropped to once the capture is open
 
     def publish(self, now: float, refresh=None) -> None:
         """Counters to the stats channel when due; ``refresh()`` first updates what must be
@@ -186,6 +188,7 @@ def _client_endpoint(ip: bytes) -> tuple[bytes, int]:
 def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int) -> None:
     handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
                        buffer_bytes=buffer_mb << 20, timeout_ms=2, inbound_only=True)
+    drop_privileges_to(worker.run_as)   # the handle is open: reading and refiltering it need no privilege
     worker.linktype = handle.datalink()
     gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     worker.announce(iface)
@@ -204,6 +207,12 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
         worker.announce_again(now)
         worker.publish(now, lambda: _read_kernel_counters(worker, handle))
     _read_kernel_counters(worker, handle)
+
+
+def drop_privileges_to(run_as) -> None:
+    """--user: become that user with CAP_NET_RAW only, and say so on stderr."""
+    if run_as is not None:
+        print(f"capture: {describe(run_as, drop_privileges(run_as))}", file=sys.stderr)
 
 
 def _read_kernel_counters(worker: Worker, handle) -> None:
@@ -299,6 +308,7 @@ def parse_args(argv):
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="capture only flows of shard K of N (the kernel filters the rest); "
                              "with --config just K")
+    add_user(parser)
     args = parser.parse_args(argv)
     resolve_shard(parser, args, _from_cluster_config)
     if not (args.iface or args.offline) or not args.filter or not args.owner:
@@ -317,6 +327,7 @@ def _from_cluster_config(args) -> None:
     args.owner = list(config.owner_endpoints())
     args.buffer_mb, args.snaplen = config.capture.buffer_mb, config.capture.snaplen
     args.stats = args.stats or config.stats.endpoint
+    args.user = args.user or user_from_config(config.supervisor.user)
 
 
 def main(argv=None) -> int:
@@ -331,14 +342,19 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # It writes only to stderr, which tcpcopy or supervisord holds: SIGHUP (log rotation
+    # sent to every process) has nothing to reopen here and must not stop the capture.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    worker.run_as = args.user
     try:
         if args.iface:
             run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb)
         else:
+            drop_privileges_to(args.user)   # a file needs no privilege; the user must be able to read it
             pacing = OfflinePacing(args.speed, None if args.idle_gap_ms is None else args.idle_gap_ms / 1000,
                                    args.repeat)
             run_offline(worker, args.offline, args.filter, pacing)
-    except (CaptureError, CaptureFileError) as exc:
+    except (CaptureError, CaptureFileError, PrivilegeError) as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class InterceptConfig:
 @dataclass(frozen=True, slots=True)
 class SupervisorConfig:
     dir: str = "/run/tcpcopy-cluster"
+    user: str = ""            # every program drops to this user once its sockets are open ("": stays root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,6 @@ class StatsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterConfig:
-@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     """CurveZMQ keys on the control and stats channels (cluster/curve.py)."""
 
@@ -114,6 +114,8 @@ class SecurityConfig:
     keys_dir: str = ""        # the keygen directory, absolute; "tcpcopy-cluster start" makes it if missing
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
     path: str                 # the file it was loaded from, absolute
     copy: CopyConfig
     capture: CaptureConfig
@@ -121,9 +123,9 @@ class SecurityConfig:
     intercept: InterceptConfig
     supervisor: SupervisorConfig
     stats: StatsConfig = StatsConfig()
+    security: SecurityConfig = SecurityConfig()
 
     def owner_endpoint(self, shard: int) -> str:
-    security: SecurityConfig = SecurityConfig()
         """Where owner ``shard`` binds and every capture worker pushes its flows."""
         return f"ipc://{self.owners.run_dir}/owner-{shard}.sock"
 
@@ -201,17 +203,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "supervisor": {
         "dir": Key(str, "/run/tcpcopy-cluster", example='"/run/tcpcopy-cluster"'),
+        "user": Key(str, "", example='"tcpcopy"', flag="--user"),
     },
     "stats": {
         "endpoint": Key(str, "", example='"tcp://198.18.2.2:36600"'),
     },
-}
-
-
     "security": {
         "curve": Key(bool, True),
         "keys_dir": Key(str, "keys", example='"/etc/tcpcopy/keys"'),
     },
+}
+
+
 # ----------------------------------------------------------------------------- loading
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -328,7 +331,8 @@ def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> Cluste
     copy = _copy(source, values["copy"])
     owners = OwnersConfig(values["owners"]["count"],
                           _directory(source, base, "owners.run_dir", values["owners"]["run_dir"]))
-    supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]))
+    supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]),
+                                  _user_name(source, values["supervisor"]["user"]))
     config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
                            _intercept(source, copy, values["intercept"]), supervisor,
                            StatsConfig(values["stats"]["endpoint"]), _security(source, base, values["security"]))
@@ -394,6 +398,15 @@ def _directory(source: str, base: Path, key: str, text: str) -> str:
     return str(base / text)
 
 
+def _user_name(source: str, text: str) -> str:
+    """A user name as useradd accepts it (or a uid); whether it exists is checked where the
+    programs run (tcpcopy-cluster start, and each program)."""
+    if text and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", text):
+        raise ConfigError(source, "supervisor.user", f"{text!r} is not a user name",
+                          'name an unprivileged user, e.g. user = "tcpcopy", or "" to keep root')
+    return text
+
+
 def _capture(source: str, raw: dict[str, Any]) -> CaptureConfig:
     if not raw["interface"]:
         raise ConfigError(source, "capture.interface", "is empty",
@@ -415,6 +428,13 @@ def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any]) -> InterceptC
     return InterceptConfig(count, interfaces, bpf, bind, raw["base_port"], raw["payload"])
 
 
+def _security(source: str, base: Path, raw: dict[str, Any]) -> SecurityConfig:
+    if not raw["keys_dir"].strip():
+        raise ConfigError(source, "security.keys_dir", "is empty",
+                          'name the key directory, e.g. keys_dir = "/etc/tcpcopy/keys", or set curve = false')
+    return SecurityConfig(raw["curve"], str((base / raw["keys_dir"]).absolute()))
+
+
 def _bind_address(source: str, text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -427,13 +447,6 @@ def _response_filter(mappings: tuple[Mapping, ...]) -> str:
     """The default intercept filter: what the targets send (their address and port)."""
     terms = dict.fromkeys(f"(src host {m.target_ip} and src port {m.target_port})" for m in mappings)
     return "tcp and (" + " or ".join(terms) + ")"
-
-def _security(source: str, base: Path, raw: dict[str, Any]) -> SecurityConfig:
-    if not raw["keys_dir"].strip():
-        raise ConfigError(source, "security.keys_dir", "is empty",
-                          'name the key directory, e.g. keys_dir = "/etc/tcpcopy/keys", or set curve = false')
-    return SecurityConfig(raw["curve"], str((base / raw["keys_dir"]).absolute()))
-
 
 
 def _check_filters(source: str, config: ClusterConfig) -> None:

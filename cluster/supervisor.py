@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, load_config
-from tcpcopy.cluster.process import private_directory
+from tcpcopy.cluster.privileges import RunAs
+from tcpcopy.cluster.process import private_directory, user_from_config
 
 STOP_WAIT_SECS = 10
 START_SECS = 1
@@ -58,6 +59,8 @@ class Program:
     numprocs: int
     priority: int      # lower starts first and stops last
     module: str        # python -m <module> --config CONFIG --shard n
+    needs_root: bool = True   # opens raw sockets or captures, then drops to --user itself;
+                              # False: supervisord starts it as supervisor.user (user=)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ def render(config: ClusterConfig, host_role: str, config_path: str | None = None
     parts = [_header(config, host_role, config_path), _daemon_sections(directory)]
     for program in programs(config, host_role):
         command = (commands or {}).get(program.name) or _command(python, program.module, config_path)
-        parts.append(_program_section(program, command, directory))
+        parts.append(_program_section(program, command, directory, config.supervisor.user))
     return "\n".join(parts)
 
 
@@ -132,12 +135,17 @@ def _command(python: str, module: str, config_path: str) -> str:
     return " ".join(_literal(shlex.quote(arg), arg) for arg in argv) + " --shard %(process_num)d"
 
 
-def _program_section(program: Program, command: str, directory: str) -> str:
+def _program_section(program: Program, command: str, directory: str, user: str = "") -> str:
+    """supervisor.user: a program that opens raw sockets or captures starts as root and
+    drops to the user itself (--user); any other is started as the user by supervisord."""
     if "%(process_num)d" not in command:
         raise ClusterError(f"the command of program {program.name} lacks %(process_num)d: "
                            "every process must be told its shard (--shard %(process_num)d)")
     log = f"{directory}/{program.name}-%(process_num)d"
-    return (f"[program:{program.name}]\ncommand = {command}\n"
+    user = _literal(user, "supervisor.user")
+    run_as = "" if not user else f" --user {user}" if program.needs_root else ""
+    started_as = f"user = {user}\n" if user and not program.needs_root else ""
+    return (f"[program:{program.name}]\ncommand = {command}{run_as}\n{started_as}"
             f"process_name = {program.name}-%(process_num)d\nnumprocs = {program.numprocs}\n"
             f"numprocs_start = 0\npriority = {program.priority}\n"
             f"autostart = true\nautorestart = true\nstartsecs = {START_SECS}\nstartretries = 3\n"
@@ -176,13 +184,14 @@ def start(config: ClusterConfig, host_role: str, config_path: str | None = None,
     Returns supervisord's pid."""
     _check_role(host_role)
     _check_interfaces(config, host_role)
+    run_as = _check_user(config)
     rpc = _proxy(config, host_role)
     if _answers(rpc):
         raise ClusterError(f"supervisord of the {host_role} role already runs on {socket_path(config, host_role)}: "
                            f"see `tcpcopy-cluster status {config.path} --role {host_role}`, or stop it "
                            f"first with `tcpcopy-cluster stop {config.path} --role {host_role}`")
     text = render(config, host_role, config_path, commands=commands)
-    _prepare_dirs(config, host_role)
+    _prepare_dirs(config, host_role, run_as)
     _write(conf_path(config, host_role), text)
     _launch(config, host_role, timeout)
     return _wait_answering(config, host_role, rpc, timeout)
@@ -204,13 +213,22 @@ def _check_interfaces(config: ClusterConfig, host_role: str) -> None:
                                "set the interface the traffic arrives on") from None
 
 
-def _prepare_dirs(config: ClusterConfig, host_role: str) -> None:
-    """The role's directory, and on the online host the owners' ipc:// directory (0700)."""
+def _check_user(config: ClusterConfig) -> RunAs | None:
+    """supervisor.user exists and is not root; None when the programs stay root."""
+    try:
+        return user_from_config(config.supervisor.user)
+    except ValueError as exc:
+        raise ClusterError(f"{config.path}: {exc}") from None
+
+
+def _prepare_dirs(config: ClusterConfig, host_role: str, run_as: RunAs | None = None) -> None:
+    """The role's directory, and on the online host the owners' ipc:// directory (0700,
+    the programs' user's)."""
     dirs = [config.role_dir(host_role)] + ([config.owners.run_dir] if host_role == "online" else [])
     for directory in dirs:
         try:
             if directory == config.owners.run_dir:
-                private_directory(directory)
+                private_directory(directory, run_as)
             else:
                 os.makedirs(directory, mode=0o750, exist_ok=True)
         except OSError as exc:

@@ -26,8 +26,10 @@ import zmq
 
 from tcpcopy.capture.pcapio import CaptureError, filter_compiles
 from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
-                                     resolve_shard, shard_of, start_command, version_text)
+from tcpcopy.cluster.privileges import PrivilegeError
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
+                                     drop_to, install_log_reopen, remove_pid_file, reopen_logs_if_asked,
+                                     resolve_shard, shard_of, start_command, user_from_config, version_text)
 from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
 from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER
 from tcpcopy.intercept.worker import DEFAULT_MAX_OWNERS, DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="capture only the answers to replayed endpoints of shard K of N "
                              "(several intercepts share one assistant host); with --config just K")
     add_log_format(parser)
+    add_user(parser)
     parser.add_argument("--stats", metavar="ENDPOINT", default="",
                         help="publish counters every second to this ZeroMQ endpoint (tcpcopy-cluster top)")
     parser.add_argument("--config", metavar="TOML",
@@ -174,6 +177,7 @@ def _from_cluster_config(args: argparse.Namespace) -> None:
     args.payload = section.payload
     args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
     args.stats = args.stats or config.stats.endpoint
+    args.user = args.user or user_from_config(config.supervisor.user)
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
@@ -193,17 +197,18 @@ def main(argv=None) -> int:
     if failed is not None:
         return failed
     try:
-        return _run(config_from(args))
+        return _run(config_from(args), args.user)
     finally:
         remove_pid_file(args.pid_file)
 
 
-def _run(config: WorkerConfig) -> int:
+def _run(config: WorkerConfig, run_as=None) -> int:
     worker = Worker(config)
     try:
         worker.open_captures()   # before bind: an answered HELLO means the capture is on
         endpoint = worker.bind()
-    except CaptureError as exc:
+        drop_to(run_as)          # captures open, port bound: nothing more needs root
+    except (CaptureError, PrivilegeError) as exc:
         log.error("%s", exc)
         worker.close()
         return 1
@@ -219,7 +224,7 @@ def _run(config: WorkerConfig) -> int:
     gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     code = 0
     try:
-        worker.serve(lambda: stop)
+        worker.serve(lambda: reopen_logs_if_asked() or stop)
     except CaptureError as exc:
         log.error("%s", exc)
         code = 1
@@ -230,7 +235,8 @@ def _run(config: WorkerConfig) -> int:
 
 
 def _install_signal_handlers(worker: Worker) -> list:
-    """SIGINT/SIGTERM end the loop at once: a flag, plus a byte on a pipe the loop polls."""
+    """SIGINT/SIGTERM end the loop at once: a flag, plus a byte on a pipe the loop polls.
+    SIGHUP reopens the log file."""
     read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     worker.add_wake_fd(read_fd)
@@ -243,6 +249,7 @@ def _install_signal_handlers(worker: Worker) -> list:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    install_log_reopen()   # SIGHUP: the wake-up pipe ends the poll, the loop reopens the log file
     return stop
 
 

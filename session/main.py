@@ -30,12 +30,14 @@ import tempfile
 
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
                                      parse_client_pool, parse_intercepts, parse_mappings)
-from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, remove_pid_file,
-                                     start_command, version_text)
+from tcpcopy.cluster.privileges import PrivilegeError
+from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
+                                     drop_to, install_log_reopen, open_for_writing, private_directory,
+                                     remove_pid_file, reopen_logs_if_asked, start_command, version_text)
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions, shedding_config
-from tcpcopy.session.rawsend import RawSendError
+from tcpcopy.session.rawsend import DualSender, RawSendError
 
 log = logging.getLogger("tcpcopy")
 
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="check_json", action="store_true",
                    help="with --check: print the steps as a JSON list")
     add_log_format(p)
+    add_user(p)
     add_not_applicable(p, NOT_APPLICABLE)
     return p
 
@@ -225,6 +228,8 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
     argv = [sys.executable, "-m", "tcpcopy.capture.worker", "--filter", bpf, "--owner", packet_endpoint]
     if args.stats:
         argv += ["--stats", args.stats]
+    if args.user:
+        argv += ["--user", args.user.name]
     if args.offline:
         argv += ["--offline", args.source, "--speed", str(args.speed), "--repeat", str(args.repeat)]
         if args.idle_gap_ms:
@@ -243,22 +248,73 @@ def main(argv=None) -> int:
     if failed is not None:
         return failed
     run_dir = tempfile.mkdtemp(prefix="tcpcopy-")
+    summary = None
     try:
-        return _run(args, f"ipc://{run_dir}/owner-0")
+        private_directory(run_dir, args.user)   # --user: the owner binds its socket there after the drop
+        try:
+            summary = SummaryFile(args.summary_json, args.user)
+        except OSError as exc:
+            log.error("--summary-json %s: cannot open it: %s", args.summary_json, exc.strerror or exc)
+            return 2
+        return _run(args, f"ipc://{run_dir}/owner-0", summary)
     finally:
+        if summary is not None:
+            summary.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         remove_pid_file(args.pid_file)
 
 
-def _run(args: argparse.Namespace, packet_endpoint: str) -> int:
+class SummaryFile:
+    """--summary-json, opened at start so that it can be written at the end also after the
+    drop to --user (the directory may be closed to that user); removed again when nothing
+    was written into a file this run created."""
+
+    def __init__(self, path: str | None, run_as):
+        self.path, self.fd, self.written = path, None, False
+        if path:
+            created = not os.path.lexists(path)
+            self.fd = open_for_writing(path, os.O_WRONLY | os.O_CREAT, 0o644, run_as.uid if run_as else None)
+            self.created = created
+
+    def write(self, counters: dict) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(counters, indent=2, sort_keys=True).encode(), 0)
+        self.written = True
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        os.close(self.fd)
+        self.fd = None
+        if self.created and not self.written:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _run(args: argparse.Namespace, packet_endpoint: str, summary: SummaryFile) -> int:
+    """Raw sockets and the capture (its worker drops on its own) are opened first, then
+    this process drops to --user and only then takes input from the network."""
     try:
-        owner = Owner(owner_options(args, packet_endpoint))
-        owner.wait_for_intercepts()
-    except (OwnerError, RawSendError) as exc:
+        sender = DualSender()
+    except RawSendError as exc:
         log.error("%s", exc)
         return 2
     capture = subprocess.Popen(capture_command(args, packet_endpoint), start_new_session=True)
+    try:
+        drop_to(args.user)
+        owner = Owner(owner_options(args, packet_endpoint), sender)
+        owner.wait_for_intercepts()
+    except (OwnerError, PrivilegeError) as exc:
+        log.error("%s", exc)
+        _stop_capture(capture)
+        sender.close()
+        return 2
     owner.watch(lambda: _capture_failure(capture))
+    owner.watch(reopen_logs_if_asked)
     _install_signal_handlers(owner)
     owner.ready_message = "copying {} to {} via intercept {} ({}, {} cop{})".format(
         ", ".join(f"{m.online_ip or '*'}:{m.online_port}" for m in args.mappings),
@@ -272,9 +328,7 @@ def _run(args: argparse.Namespace, packet_endpoint: str) -> int:
         _stop_capture(capture)
         log.info("%s", owner.stats_line())
         log.info("stopped: %s; outcomes %s", owner.stop_reason, json.dumps(owner.counters.outcomes, sort_keys=True))
-        if args.summary_json:
-            with open(args.summary_json, "w") as out:
-                json.dump(owner.summary(), out, indent=2, sort_keys=True)
+        summary.write(owner.summary())
     if args.offline and owner.stop_reason == "input ended" and not owner.table.table_stats.sessions_started:
         log.error("%s", nothing_copied(owner, args))
         return 1
@@ -312,12 +366,14 @@ def _stop_capture(capture: subprocess.Popen) -> None:
 
 
 def _install_signal_handlers(owner: Owner) -> None:
+    """SIGINT and SIGTERM stop the copy; SIGHUP reopens the log file (log rotation)."""
     def on_signal(signum, _frame):
         log.info("%s: stopping (every live session gets a RST)", signal.Signals(signum).name)
         owner.stop("signal")
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    install_log_reopen()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.options import InterceptAddress
-from tcpcopy.cluster.process import CommandParser, private_directory, setup_logging
+from tcpcopy.cluster.privileges import PrivilegeError
+from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, drop_to, install_log_reopen,
+                                     private_directory, reopen_logs_if_asked, setup_logging, user_from_config)
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session.engine import BufferBudget, Closed, Dropped, SessionConfig
@@ -89,7 +91,8 @@ class OwnerCounters:
 
 
 class Owner:
-    def __init__(self, options: OwnerOptions):
+    def __init__(self, options: OwnerOptions, sender: DualSender | None = None):
+        """``sender``: raw sockets opened before this process dropped its privileges."""
         self.options = options
         self.context = zmq.Context.instance()
         self.pull = self.context.socket(zmq.PULL)
@@ -106,7 +109,7 @@ class Owner:
                                                       instance=options.instance, instances=options.instances),
                                   budget=self.budget)
         self.shedder = LoadShedder(options.shedding) if options.shedding is not None else None
-        self.sender = DualSender()
+        self.sender = sender or DualSender()
         self.counters = OwnerCounters()
         self.stopping = False
         self.stop_reason = ""
@@ -417,19 +420,27 @@ def main(argv=None) -> int:
     parser = CommandParser(prog="tcpcopy-owner", description=main.__doc__)
     parser.add_argument("--config", required=True, metavar="TOML", help="cluster config")
     parser.add_argument("--shard", required=True, metavar="N", help="this owner's number (0..owners.count-1)")
+    add_user(parser)
+    add_log_level(parser)
     args = parser.parse_args(argv)
-    setup_logging(f"tcpcopy-owner-{args.shard}", None)
+    setup_logging(f"tcpcopy-owner-{args.shard}", None, level=args.log_level)
+    install_log_reopen()
     try:
         config = load_config(args.config)
         shard, _ = parse_shard(f"{args.shard}/{config.owners.count}")
-        private_directory(config.owners.run_dir)   # 0700: only this user reaches the sockets
-        owner = Owner(options_from_config(config, shard))
+        args.user = args.user or user_from_config(config.supervisor.user)
+        private_directory(config.owners.run_dir, args.user)   # 0700: only the owners' user reaches the sockets
+        options = options_from_config(config, shard)   # reads the key files: before the drop
+        sender = DualSender()   # raw sockets first: the only thing that needs root
+        drop_to(args.user)
+        owner = Owner(options, sender)
         owner.wait_for_intercepts()
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    except (OwnerError, RawSendError, zmq.ZMQError, OSError) as exc:
+    except (OwnerError, RawSendError, PrivilegeError, zmq.ZMQError, OSError) as exc:
         log.error("%s", exc)
         return 2
+    owner.watch(reopen_logs_if_asked)
     owner.ready_message = f"owner {shard} of {config.owners.count}: a capture worker is feeding it"
 
     def on_signal(signum, _frame):

@@ -17,13 +17,21 @@ CPU-seconds and peak RSS as the harness measured them. The data are pure functio
 with matplotlib's Agg backend. With no traffic and no samples the files still appear, and
 say that nothing was recorded.
 
-The picture has three panels over one time axis (seconds since the first thing recorded):
-requests per second online, expected at the target (online x copies) and arrived at the
-target, from the access logs' timestamps, with the copier's own requests sent per second from
-the stats; the loss: per second, the expected target requests that did not arrive in that
-second (bars; negative when requests logged late in one second arrive in the next), and
-cumulatively the loss ratio from the logs beside the copier's own estimate (content segments
-not replayed); and the CPU% of each role (capture, owner, intercept) from the stats.
+The picture opens with a title block of the run's totals (online, expected and arrived at the
+target, missing, the loss ratio, the copier's own estimate, sessions) and has three panels
+over one time axis (seconds since the first thing recorded), each with one y-axis and its
+legend beside it: requests per second online, expected at the target (online x copies) and
+arrived at the target, from the access logs' timestamps, with the copier's own requests sent
+per second from the stats; the loss in percent over a sliding window (:func:`window_loss`),
+from the access logs and from the copier's own counters (content segments not replayed);
+and the CPU% of each role (capture, owner, intercept) from the stats.
+
+Why not second by second: the copy reaches the target a little after the online server
+logged the request, so comparing the two logs per second shows loss in the second a request
+was online and a surplus in the next one, in a run that lost nothing. The window loss
+compares what was expected with what arrived one copy lag later (the lag measured from the
+two curves), never counts more lost than is still missing at any later second (so a run
+whose total loss is 0 reads 0 throughout, whatever its lag), and is never below 0.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ ROLE_ORDER = ("capture", "owner", "intercept", "cluster")
 NO_TRAFFIC = "no traffic was recorded: no request in either access log and no stats sample"
 NO_REQUESTS = "no traffic: the copy's processes reported stats, but no request was logged or copied"
 RATE_SHIFT = 0.5          # seconds a sample's rates are drawn before its time (see _centred)
+LOSS_WINDOW_S = 5         # seconds of online requests each point of the loss line judges
+LAG_QUANTILE = 0.25       # which of the per-second lags stands for the copy's (see copy_lag)
 SLICE = 0.1               # seconds the recorder waits for stats between checks of the clock
 
 
@@ -104,6 +114,13 @@ class Series:
     estimate, a ratio). ``copier_requests`` are the owners' requests sent per second between
     one sample and the next (the growth of their ``requests_sent`` over the time between the
     samples), at ``copier_times``, mid-way between the two.
+
+    ``window_loss[j]`` is the loss ratio of the expected target requests of the
+    ``loss_window`` seconds ending with second j (:func:`window_loss`; None where nothing was
+    expected), with the copy's lag ``copy_lag`` seconds (:func:`copy_lag`);
+    ``copier_window_loss`` the same from the owners' content segments expected and sent, with
+    their own lag ``copier_lag``. A second whose copy is not due before the end is not judged:
+    each list is shorter than ``seconds`` by its lag, rounded up.
     """
 
     origin: float
@@ -119,6 +136,11 @@ class Series:
     copier_times: list[float] = field(default_factory=list)
     copier_requests: list[float] = field(default_factory=list)
     copier_loss: list[float] = field(default_factory=list)
+    loss_window: int = LOSS_WINDOW_S
+    copy_lag: float = 0.0
+    copier_lag: float = 0.0
+    window_loss: list[float | None] = field(default_factory=list)
+    copier_window_loss: list[float | None] = field(default_factory=list)
 
     @property
     def has_requests(self) -> bool:
@@ -172,12 +194,112 @@ def build_series(samples: Sequence[Mapping], online_log: Sequence[Mapping], targ
     roles = sorted({r.get("role", "?") for s in samples for r in _rows(s)}, key=role_order)
     cpu = {role: [_cpu(s, role) for s in samples] for role in roles}
     copier_times, copier_requests = copier_rate(samples, origin)
+    requests_expected, requests_arrived = _running(expected), _running(target)
+    content_expected, content_sent = (per_second_totals(samples, origin, length, name)
+                                      for name in ("expected_content", "content_packets_sent"))
+    lag, copier_lag = copy_lag(requests_expected, requests_arrived), copy_lag(content_expected, content_sent)
     return Series(
         origin=origin, copies=copies, seconds=list(range(length)), online=online, target=target,
         expected=expected, shortfall=[e - t for e, t in zip(expected, target)],
         cumulative_loss=cumulative, sample_times=[float(s["time"]) - origin for s in samples],
         cpu_percent=cpu, copier_times=copier_times, copier_requests=copier_requests,
-        copier_loss=[float(s.get("loss", {}).get("content_loss", 0.0)) for s in samples])
+        copier_loss=[float(s.get("loss", {}).get("content_loss", 0.0)) for s in samples],
+        loss_window=LOSS_WINDOW_S, copy_lag=lag, copier_lag=copier_lag,
+        window_loss=window_loss(requests_expected, requests_arrived, LOSS_WINDOW_S, lag),
+        copier_window_loss=window_loss(content_expected, content_sent, LOSS_WINDOW_S, copier_lag))
+
+
+def window_loss(expected: Sequence[float], arrived: Sequence[float], window: int,
+                lag: float) -> list[float | None]:
+    """The loss ratio over a sliding window, allowing for the copy's lag; never below 0.
+
+    ``expected`` and ``arrived`` are running totals at the end of each second; ``lag`` is the
+    copy's lag in seconds (:func:`copy_lag`). How many of the requests expected up to second
+    j are lost, ``lost(j)``, is taken as what had not arrived ``lag`` seconds later, and held
+    to what can be known from the counts alone:
+
+    - at most what is still missing at second j or at any later one (a copy arrives after its
+      request, so what arrived by second k came from requests expected by k): a run whose
+      total loss is 0 reads 0 in every window, whatever its lag;
+    - never less than at an earlier second (a lost request stays lost): requests that arrive
+      later than the lag show as loss where they were due and are not subtracted again.
+
+    Point j is ``(lost(j) - lost(j - window)) / (expected[j] - expected[j - window])``: None
+    where the window expected nothing; there is no point for a second whose copy is not due
+    before the end (the last ``ceil(lag)`` seconds).
+    """
+    judged = max(0, len(expected) - math.ceil(lag))
+    ceiling = _still_missing(expected, arrived)
+    lost, highest = [], 0.0
+    for j in range(judged):
+        highest = max(highest, expected[j] - _at(arrived, j + lag))
+        lost.append(min(ceiling[j], highest))
+    points: list[float | None] = []
+    for j in range(judged):
+        before = j - window
+        due = expected[j] - (expected[before] if before >= 0 else 0)
+        gone = lost[j] - (lost[before] if before >= 0 else 0.0)
+        points.append(min(1.0, max(0.0, gone) / due) if due > 0 else None)
+    return points
+
+
+def _still_missing(expected: Sequence[float], arrived: Sequence[float]) -> list[float]:
+    """Per second j: the least shortfall (expected - arrived, at least 0) at j or after."""
+    out, least = [0.0] * len(expected), math.inf
+    for j in range(len(expected) - 1, -1, -1):
+        least = min(least, max(0.0, expected[j] - arrived[j]))
+        out[j] = least
+    return out
+
+
+def _at(totals: Sequence[float], position: float) -> float:
+    """A running total at a fractional second (``totals[i]`` at position i, 0 at -1, straight
+    lines between; the last total after the end)."""
+    if position >= len(totals) - 1:
+        return totals[-1]
+    i = math.floor(position)
+    low = totals[i] if i >= 0 else 0.0
+    return low + (position - i) * (totals[i + 1] - low)
+
+
+def copy_lag(expected: Sequence[float], arrived: Sequence[float]) -> float:
+    """How many seconds the copy arrives after its request: per second j, how much later the
+    arrived total reached the total expected by j; of those, the ``LAG_QUANTILE`` one (a loss
+    makes later seconds look later, so a low one is the copy's own). 0 with nothing to go by."""
+    lags, i = [], 0
+    for j, due in enumerate(expected):
+        if due <= 0 or not arrived or due > arrived[-1]:
+            continue
+        while arrived[i] < due:      # both totals only grow: i never goes back
+            i += 1
+        low = arrived[i - 1] if i > 0 else 0.0
+        reached = (i - 1) + (due - low) / (arrived[i] - low)
+        lags.append(max(0.0, reached - j))
+    if not lags:
+        return 0.0
+    lags.sort()
+    return lags[int(LAG_QUANTILE * (len(lags) - 1))]
+
+
+def _running(counts: Iterable[float]) -> list[float]:
+    total, out = 0.0, []
+    for count in counts:
+        total += count
+        out.append(total)
+    return out
+
+
+def per_second_totals(samples: Sequence[Mapping], origin: float, length: int, name: str) -> list[float]:
+    """The copier's running total ``name`` (from each sample's loss estimate) at the end of
+    each second ``0..length-1``: the last sample taken within or before that second, 0 before
+    the first."""
+    totals, value, index = [], 0.0, 0
+    for second in range(length):
+        while index < len(samples) and float(samples[index]["time"]) - origin < second + 1:
+            value = float((samples[index].get("loss") or {}).get(name, value))
+            index += 1
+        totals.append(value)
+    return totals
 
 
 def _cpu(sample: Mapping, role: str) -> float:
@@ -353,9 +475,43 @@ def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[M
             "cpu_percent": series.cpu_percent, "copier_times": series.copier_times,
             "copier_requests": series.copier_requests,
             "copier_loss": series.copier_loss,
+            "loss_window_s": series.loss_window, "copy_lag_s": series.copy_lag, "copier_lag_s": series.copier_lag,
+            "window_loss": series.window_loss, "copier_window_loss": series.copier_window_loss,
         },
     }
     return report
+
+
+def headline(report: Mapping) -> list[str]:
+    """The picture's title block below its title: the totals and the loss of the run, the
+    copier's own estimate and the sessions, and a note when the run was cut short or idle."""
+    totals, loss, sessions = report["totals"], report["loss"], report["sessions"]
+    missing = totals["missing_requests"]
+    shortfall = f"{_count(missing)} missing" if missing >= 0 else f"{_count(-missing)} more than expected"
+    lines = [f"online {_count(totals['online_requests'])} requests x {report['copies']} "
+             f"cop{'y' if report['copies'] == 1 else 'ies'} = {_count(totals['expected_target_requests'])} "
+             f"expected at the target, {_count(totals['target_requests'])} arrived: {shortfall}, "
+             f"loss {_percent(loss['from_access_logs'])}"]
+    copier = loss.get("from_copier")
+    second = [f"copier's estimate {_percent(copier.get('content_loss', 0.0))} of content segments not replayed"
+              if copier else "no stats from the copier"]
+    if sessions["started"] or sessions["closed"] or sessions["dropped"]:
+        second.append(f"sessions {_count(sessions['started'])} started, {_count(sessions['dropped'])} dropped")
+    second.append(f"{report['duration_s']} s")
+    lines.append(", ".join(second))
+    interrupted = report.get("meta", {}).get("interrupted")
+    if interrupted or report.get("note"):
+        lines.append(f"interrupted {interrupted}" if interrupted else report["note"])
+    return lines
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _percent(ratio: float) -> str:
+    """A loss ratio in percent: 0 exactly as "0%", else three significant digits."""
+    return "0%" if ratio == 0 else f"{100 * ratio:.3g}%"
 
 
 def _status_counts(entries: Iterable[Mapping]) -> dict[str, int]:
@@ -458,67 +614,100 @@ def _num(value: float) -> str:
 ROLE_COLOURS = {"capture": "tab:purple", "owner": "tab:blue", "intercept": "tab:orange", "cluster": "tab:gray"}
 
 
-def draw_png(series: Series, path: str | Path, title: str = "tcpcopy live copy") -> Path:
-    """Draw the three panels (requests/s, loss, CPU% per role) into a PNG at ``path``."""
+def draw_png(series: Series, path: str | Path, title: str = "tcpcopy live copy",
+             lines: Sequence[str] = ()) -> Path:
+    """Draw the picture (:func:`build_figure`) into a PNG at ``path``."""
+    path = Path(path)
+    build_figure(series, title, lines).savefig(path, format="png")
+    return path
+
+
+def build_figure(series: Series, title: str = "tcpcopy live copy", lines: Sequence[str] = ()):
+    """The title block (``title`` over the ``lines`` of :func:`headline`) and three panels:
+    requests/s, the window loss in percent and CPU% per role, one y-axis each, every drawn
+    series in the legend beside its panel (outside the plot, so no line runs into it)."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
 
-    path = Path(path)
-    figure = Figure(figsize=(11, 9.5), dpi=100, layout="constrained")
+    body_height = 2.0 if series.empty else 9.4
+    figure = Figure(figsize=(11, 1.1 + body_height), dpi=100, layout="constrained")
+    head, body = figure.subfigures(2, 1, height_ratios=[0.45 + 0.25 * len(lines), body_height])
+    _title_block(head, title, lines)
     if series.empty:
-        axes = figure.subplots()
+        axes = body.subplots()
         axes.axis("off")
-        axes.text(0.5, 0.5, f"{title}\n\n{NO_TRAFFIC}", ha="center", va="center", fontsize=14, wrap=True)
-        figure.savefig(path, format="png")
-        return path
-    top, middle, bottom = figure.subplots(3, 1, sharex=True)
-    figure.suptitle(f"{title}: requests, loss and CPU over time", fontsize=14)
+        axes.text(0.5, 0.5, "nothing to draw", ha="center", va="center", fontsize=13, color="gray")
+        return figure
+    top, middle, bottom = body.subplots(3, 1, sharex=True)
+    _requests_panel(top, series)
+    _loss_panel(middle, series)
+    _cpu_panel(bottom, series)
+    for axes in (top, middle, bottom):
+        axes.grid(True, alpha=0.3)
+        _legend(axes)
+    return figure
 
+
+def _title_block(head, title: str, lines: Sequence[str]) -> None:
+    step = 1 / (len(lines) + 1.6)
+    head.text(0.5, 1 - 0.8 * step, title, ha="center", va="center", fontsize=15, fontweight="bold")
+    for i, line in enumerate(lines):
+        head.text(0.5, 1 - (i + 1.8) * step, line, ha="center", va="center", fontsize=11)
+
+
+def _requests_panel(top, series: Series) -> None:
     x = [s + 0.5 for s in series.seconds]   # a count belongs to the middle of its second
     top.set_title("requests per second (servers' access logs; copier's own count from its stats)", fontsize=10)
     if series.has_requests:
         top.plot(x, series.online, "-o", color="tab:green", markersize=3, label="online")
         if series.copies > 1:
-            top.plot(x, series.expected, ":", color="tab:green", label=f"expected at target (online x {series.copies})")
-        top.plot(x, series.target, "--s", color="tab:red", markersize=3, label="copied (at the target)")
+            top.plot(x, series.expected, ":", color="tab:green", label=f"expected at target\n(online x {series.copies})")
+        top.plot(x, series.target, "--s", color="tab:red", markersize=3, label="copied\n(at the target)")
+    else:
+        top.text(0.5, 0.5, "no request in the access logs", transform=top.transAxes, ha="center", va="center")
     if any(series.copier_requests):
         top.plot(series.copier_times, series.copier_requests, "-", color="tab:blue", alpha=0.5, linewidth=1,
-                 label="copier requests sent/s (stats)")
-    if not series.has_requests:
-        top.text(0.5, 0.5, "no request in the access logs", transform=top.transAxes, ha="center", va="center")
+                 label="copier's requests\nsent/s (stats)")
     top.set_ylabel("requests / s")
     top.set_ylim(bottom=0)
-    _legend(top)
 
-    middle.set_title("loss: expected target requests missing per second (bars), loss ratio so far (lines)",
-                     fontsize=10)
-    if series.has_requests:
-        colours = ["tab:red" if v > 0 else "tab:gray" for v in series.shortfall]
-        middle.bar(x, series.shortfall, width=0.8, color=colours, alpha=0.6, label="missing in that second")
-    middle.axhline(0, color="black", linewidth=0.6)
-    middle.set_ylabel("requests")
-    ratio_axes = middle.twinx()
-    if series.has_requests:
-        ratio_axes.plot(x, series.cumulative_loss, "-", color="tab:red", label="loss ratio, access logs")
-    if series.has_samples:
-        ratio_axes.plot(series.sample_times, series.copier_loss, "--", color="tab:blue",
-                        label="loss ratio, copier's estimate (content segments)")
-    ratio_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ratio_axes.set_ylabel("loss ratio")
-    low = min([0.0, *series.cumulative_loss, *series.copier_loss])
-    high = max([0.0, *series.cumulative_loss, *series.copier_loss])
-    ratio_axes.set_ylim(min(low * 1.2, -0.01), max(high * 1.2, 0.01))
-    handles, labels = middle.get_legend_handles_labels()
-    more_handles, more_labels = ratio_axes.get_legend_handles_labels()
-    if handles or more_handles:
-        middle.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="upper right")
 
+def _loss_panel(middle, series: Series) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    middle.set_title(f"loss over the last {series.loss_window} s: what had not arrived one copy lag later "
+                     f"(access logs: {series.copy_lag:.2f} s)", fontsize=10)
+    x = [j + 0.5 for j in range(len(series.window_loss))]
+    drawn = [v for v in (*series.window_loss, *series.copier_window_loss) if v is not None]
+    if series.has_requests and any(v is not None for v in series.window_loss):
+        middle.plot(x, _gaps(series.window_loss), "-", color="tab:red", linewidth=1.8, label="access logs")
+    if series.has_samples and any(v is not None for v in series.copier_window_loss):
+        middle.plot([j + 0.5 for j in range(len(series.copier_window_loss))], _gaps(series.copier_window_loss),
+                    "--", color="tab:blue", label="copier's estimate\n(content segments)")
+    if not drawn:
+        middle.text(0.5, 0.5, "nothing to judge: no request was due at the target before the end",
+                    transform=middle.transAxes, ha="center", va="center")
+    elif max(drawn) == 0:
+        middle.text(0.5, 0.5, "no loss in any window", transform=middle.transAxes, ha="center", va="center",
+                    color="tab:green", fontsize=11)
+    top_of_axis = max(0.01, 1.15 * max(drawn, default=0.0))
+    middle.set_ylim(-0.03 * top_of_axis, top_of_axis)   # a line at 0 stays clear of the frame
+    middle.yaxis.set_major_formatter(PercentFormatter(1.0))
+    middle.set_ylabel("loss")
+
+
+def _gaps(values: Sequence[float | None]) -> list[float]:
+    """None (nothing to judge) as NaN: matplotlib leaves a gap there."""
+    return [math.nan if v is None else v for v in values]
+
+
+def _cpu_panel(bottom, series: Series) -> None:
     bottom.set_title("CPU per role (sum over its processes, from their stats)", fontsize=10)
     for role, values in series.cpu_percent.items():
-        bottom.plot(_centred(series.sample_times), values, "-o", markersize=3, color=ROLE_COLOURS.get(role),
-                    label=role)
+        points = [(t, v) for t, v in zip(_centred(series.sample_times), values) if t >= 0]
+        bottom.plot([t for t, _ in points], [v for _, v in points], "-o", markersize=3,
+                    color=ROLE_COLOURS.get(role), label=role)
     if not series.has_samples:
         bottom.text(0.5, 0.5, "no stats samples", transform=bottom.transAxes, ha="center", va="center")
     bottom.set_ylabel("CPU %")
@@ -526,21 +715,18 @@ def draw_png(series: Series, path: str | Path, title: str = "tcpcopy live copy")
     bottom.set_xlabel(f"seconds since {time.strftime('%H:%M:%S', time.localtime(series.origin))}"
                       if series.origin else "seconds")
     bottom.set_xlim(left=0)
-    _legend(bottom)
-    for axes in (top, middle, bottom):
-        axes.grid(True, alpha=0.3)
-    figure.savefig(path, format="png")
-    return path
 
 
 def _centred(times: Sequence[float]) -> list[float]:
-    """A rate in a sample was measured over about the second before it: drawn mid-way."""
+    """A rate in a sample was measured over about the second before it: drawn mid-way (one
+    measured before the time axis begins is left out)."""
     return [t - RATE_SHIFT for t in times]
 
 
 def _legend(axes) -> None:
+    """The panel's legend outside it, on the right: a line never runs under it."""
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=8, loc="upper right")
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 # ---------------------------------------------------------------------- all three
@@ -555,7 +741,7 @@ def build_report(samples: Sequence[Mapping], online_log: Sequence[Mapping], targ
     series = build_series(samples, online_log, target_log, copies)
     report = summarize(series, samples, online_log, target_log, processes, tcpcopy_summary, meta)
     paths.json.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    draw_png(series, paths.png)
+    draw_png(series, paths.png, lines=headline(report))
     paths.html.write_text(render_html(report, paths.png.read_bytes(), paths.png.name))
     return paths
 

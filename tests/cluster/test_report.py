@@ -149,6 +149,79 @@ def test_copies_below_one_are_refused():
         build_series([], [], [], copies=0)
 
 
+# ---------------------------------------------------------------------- the window loss
+
+def lagged(entries: list[dict], delay: float) -> list[dict]:
+    """The same requests, each logged ``delay`` seconds later (the copy's lag)."""
+    return [{**e, "time": e["time"] + delay} for e in entries]
+
+
+def test_a_lagged_copy_that_lost_nothing_shows_no_loss_in_any_window():
+    online = log([50, 100, 100, 100, 100, 100, 50, 0, 0], offset=0.5)
+    series = build_series([], online, lagged(online, 0.7))    # most requests land a second later
+    assert sum(series.online) == sum(series.target) == 600
+    assert max(series.shortfall) > 0 and max(series.cumulative_loss) > 0.3   # per second, it looks lost
+    assert 0.3 < series.copy_lag < 1.2
+    assert len(series.window_loss) == len(series.seconds) - 1
+    assert series.window_loss == [0.0] * len(series.window_loss)
+
+
+@pytest.mark.parametrize("lag", [0, 1, 3])
+def test_no_window_shows_loss_when_nothing_was_lost_whatever_the_lag(lag):
+    expected = [0, 20, 80, 10, 0, 200, 5, 0, 0, 0, 0]
+    arrived = [0] * lag + expected[:len(expected) - lag]
+    points = report.window_loss(_totals(expected), _totals(arrived), window=3, lag=0.0)
+    assert all(p in (None, 0.0) for p in points)
+
+
+def test_the_window_loss_shows_a_real_loss_in_the_windows_that_hold_it():
+    expected = [10] * 10
+    arrived = [0] + [10] * 9            # a second behind
+    arrived[5] = 5                       # five requests of second 4 never arrive
+    lag = report.copy_lag(_totals(expected), _totals(arrived))
+    assert lag == pytest.approx(1.0)
+    points = report.window_loss(_totals(expected), _totals(arrived), window=3, lag=lag)
+    assert points == pytest.approx([0, 0, 0, 0, 5 / 30, 5 / 30, 5 / 30, 0, 0])
+
+
+def test_late_requests_that_come_are_not_loss_and_the_window_loss_is_never_below_zero():
+    expected = [10] * 8
+    came_late = [10, 10, 0, 0, 10, 40, 10, 10]    # second 2's requests 3 s late, and 10 extra
+    assert report.window_loss(_totals(expected), _totals(came_late), window=2, lag=0.0) == [0.0] * 8
+    half_lost = [10, 10, 0, 10, 10, 15, 10, 10]    # of second 2's, 5 come 3 s late, 5 never
+    points = report.window_loss(_totals(expected), _totals(half_lost), window=2, lag=0.0)
+    assert points == pytest.approx([0, 0, 0.25, 0.25, 0, 0, 0, 0])   # where they were due, not later
+
+
+def test_nothing_expected_is_no_point_and_a_short_run_has_none_to_judge():
+    assert report.window_loss(_totals([0, 0, 5, 0]), _totals([0, 0, 0, 5]), window=1, lag=1.0) == [None, None, 0.0]
+    assert report.window_loss(_totals([5]), _totals([0]), window=5, lag=2.0) == []
+    assert report.copy_lag([], []) == 0.0 and report.copy_lag(_totals([5, 5]), _totals([0, 0])) == 0.0
+
+
+def test_the_copiers_window_loss_comes_from_its_content_counters(tmp_path):
+    samples = make_samples(tmp_path, seconds=4, lost_segments=30)    # 30 not replayed, at the end
+    assert report.per_second_totals(samples, T0, 5, "expected_content") == [0, 100, 200, 300, 300]
+    assert report.per_second_totals(samples, T0, 5, "content_packets_sent") == [0, 100, 200, 270, 270]
+
+    def sample(second: int, expected: int, sent: int) -> dict:
+        return {"time": T0 + second + 0.5, "processes": [],
+                "loss": {"expected_content": expected, "content_packets_sent": sent}}
+
+    sent = [0, 100, 200, 250, 350, 450, 550]                 # 50 segments of second 3 never replayed
+    series = build_series([sample(i, 100 * i, n) for i, n in enumerate(sent)], [], [])
+    assert series.copier_lag == 0.0
+    assert series.copier_window_loss == pytest.approx([None, 0, 0, 50 / 300, 50 / 400, 50 / 500, 50 / 500])
+
+
+def _totals(counts: list[int]) -> list[int]:
+    out, total = [], 0
+    for count in counts:
+        total += count
+        out.append(total)
+    return out
+
+
 # ---------------------------------------------------------------------- report.json
 
 def test_report_json_has_totals_both_losses_sessions_and_processes(tmp_path):
@@ -216,6 +289,75 @@ def test_the_picture_is_a_real_png_of_some_size(tmp_path):
     assert len(png) > 10_000
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 800 and height >= 600
+
+
+def drawn_picture(tmp_path, copies: int = 1):
+    """The figure of a lossy run with samples, laid out as it is saved, and its report."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    samples = make_samples(tmp_path, seconds=6, lost_segments=3)
+    online = log([100, 300, 300, 300, 100, 0], start=T0 + 0.5)
+    target = [e for e in lagged(online, 0.6) for _ in range(copies)][:-9]
+    series = build_series(samples, online, target, copies)
+    data = summarize(series, samples, online, target)
+    figure = report.build_figure(series, "tcpcopy live copy", report.headline(data))
+    FigureCanvasAgg(figure).draw()
+    return figure, data
+
+
+def test_the_title_block_has_the_totals_and_the_loss(tmp_path):
+    figure, data = drawn_picture(tmp_path, copies=2)
+    head = figure.subfigs[0]
+    lines = [t.get_text() for t in head.texts]
+    assert lines[0] == "tcpcopy live copy"
+    assert lines[1] == ("online 1,100 requests x 2 copies = 2,200 expected at the target, 2,191 arrived: "
+                        "9 missing, loss 0.409%")
+    assert lines[2] == "copier's estimate 0.6% of content segments not replayed, sessions 500 started, 2 dropped, 6 s"
+
+
+def test_the_title_block_says_when_a_run_was_cut_short_or_saw_nothing(tmp_path):
+    series = build_series([], log([3]), log([3]))
+    data = summarize(series, [], log([3]), log([3]), meta={"interrupted": "by SIGTERM: what was collected"})
+    assert report.headline(data)[-1] == "interrupted by SIGTERM: what was collected"
+    empty = summarize(build_series([], [], []), [], [], [])
+    assert report.headline(empty)[-1] == NO_TRAFFIC
+    assert "no stats from the copier" in report.headline(empty)[1]
+
+
+def test_one_y_axis_per_panel_every_mark_in_its_legend_beside_it_and_nothing_clipped(tmp_path):
+    figure, _data = drawn_picture(tmp_path)
+    panels = figure.subfigs[1].axes
+    assert len(panels) == 3                                  # no twin axes
+    canvas = figure.bbox
+    for axes in panels:
+        marks = [*axes.get_lines(), *axes.patches, *axes.collections]
+        labels = [m.get_label() for m in marks]
+        assert marks and all(not label.startswith("_") for label in labels), labels
+        legend = axes.get_legend()
+        assert sorted(t.get_text() for t in legend.get_texts()) == sorted(labels)
+        box = legend.get_window_extent()
+        assert not box.overlaps(axes.get_window_extent())    # beside the panel: no line runs into it
+        texts = [legend, axes.title, axes.yaxis.label, axes.xaxis.label, *axes.get_yticklabels()]
+        for artist in texts:
+            if artist.get_visible() and getattr(artist, "get_text", lambda: "x")():
+                extent = artist.get_window_extent()
+                assert canvas.x0 <= extent.x0 and extent.x1 <= canvas.x1, artist
+                assert canvas.y0 <= extent.y0 and extent.y1 <= canvas.y1, artist
+    for text in figure.subfigs[0].texts:
+        extent = text.get_window_extent()
+        assert canvas.x0 <= extent.x0 and extent.x1 <= canvas.x1, text.get_text()
+
+
+def test_the_loss_panel_is_in_percent_from_zero_up(tmp_path):
+    figure, data = drawn_picture(tmp_path)
+    loss = figure.subfigs[1].axes[1]
+    low, high = loss.get_ylim()
+    assert low <= 0 < high and -low < 0.05 * high             # 0 just above the frame, nothing below
+    assert loss.yaxis.get_major_formatter()(0.01, 0).endswith("%")
+    for line in loss.get_lines():
+        assert all(y >= 0 for y in line.get_ydata() if y == y)    # NaN: nothing to judge
+    assert max(y for line in loss.get_lines() for y in line.get_ydata() if y == y) > 0
+    assert data["series"]["window_loss"] and data["series"]["loss_window_s"] == report.LOSS_WINDOW_S
 
 
 def test_the_page_embeds_the_picture_and_has_the_tables(tmp_path):

@@ -49,6 +49,7 @@ def test_the_demo_writes_the_report_files(tmp_path) -> None:
     assert data["samples"] >= 3
     assert max(data["series"]["cpu_percent"]["owner"]) > 0
     assert sum(data["series"]["online"]) == 650
+    assert data["series"]["window_loss"] and not any(data["series"]["window_loss"])   # no loss, no spike
 
     png = (report_dir / "report.png").read_bytes()
     assert png[:8] == PNG_MAGIC and len(png) > 10_000

@@ -9,7 +9,8 @@ Channels:
 
 - capture worker --PUSH--> session owner: PACKETS (batches of captured client packets);
 - session owner --DEALER--> intercept (ROUTER): HELLO, REGISTER, UNREGISTER, BYE;
-- intercept --ROUTER--> session owner: HELLO, RESPONSES, HEARTBEAT;
+- intercept --ROUTER--> session owner: HELLO, RESPONSES, HEARTBEAT, HANDOVER (the routes of
+  a dead owner, for its replacement to reset);
 - every process --PUB--> aggregator: STATS.
 
 Every decoder is bounded. A message's first three bytes declare its kind (a fixarray of 3,
@@ -39,10 +40,11 @@ RESPONSES = 5
 HEARTBEAT = 6
 STATS = 7
 BYE = 8
+HANDOVER = 10
 
 KIND_NAMES = {HELLO: "HELLO", PACKETS: "PACKETS", REGISTER: "REGISTER",
               UNREGISTER: "UNREGISTER", RESPONSES: "RESPONSES", HEARTBEAT: "HEARTBEAT",
-              STATS: "STATS", BYE: "BYE"}
+              STATS: "STATS", BYE: "BYE", HANDOVER: "HANDOVER"}
 
 ROLES = ("capture", "owner", "intercept", "cluster")
 
@@ -81,6 +83,7 @@ LIMITS = {
     PACKETS: Limits(frame=PACKETS_MAX_FRAME, bin=PACKET_MAX_BYTES, array=PACKETS_MAX_ITEMS),
     REGISTER: _ENDPOINT_LIMITS,
     UNREGISTER: _ENDPOINT_LIMITS,
+    HANDOVER: _ENDPOINT_LIMITS,
     RESPONSES: Limits(frame=64 + RESPONSES_MAX_RECORDS * (RECORD_MAX_BYTES + 5),
                       bin=RECORD_MAX_BYTES, array=RESPONSES_MAX_RECORDS),
     HEARTBEAT: Limits(frame=64),
@@ -95,7 +98,7 @@ _UNKNOWN_ARGS = UNKNOWN.unpack_args()
 
 # The kinds each receiving socket takes, for its ZMQ_MAXMSGSIZE (``max_frame``).
 INTERCEPT_TAKES = (HELLO, REGISTER, UNREGISTER, HEARTBEAT, BYE)
-OWNER_TAKES_FROM_INTERCEPT = (HELLO, RESPONSES, HEARTBEAT, BYE)
+OWNER_TAKES_FROM_INTERCEPT = (HELLO, RESPONSES, HEARTBEAT, BYE, HANDOVER)
 OWNER_TAKES_FROM_CAPTURE = (HELLO, PACKETS, BYE)
 AGGREGATOR_TAKES = (STATS,)
 
@@ -177,6 +180,12 @@ def encode_register(endpoints: list) -> bytes:
 
 def encode_unregister(endpoints: list) -> bytes:
     return _pack(UNREGISTER, [list(e) for e in endpoints])
+
+
+def encode_handover(endpoints: list) -> bytes:
+    """intercept -> the owner that replaced a dead one: the dead owner's routes, now its own,
+    so that it resets those connections on the target."""
+    return _pack(HANDOVER, [list(e) for e in endpoints])
 
 
 def encode_responses(headers: list) -> bytes:
@@ -319,4 +328,5 @@ def _text(body) -> str:
 
 
 _CHECKS = {HELLO: _hello, PACKETS: _packets, REGISTER: _endpoints, UNREGISTER: _endpoints,
-           RESPONSES: _responses, HEARTBEAT: _number, STATS: _stats, BYE: _text}
+           RESPONSES: _responses, HEARTBEAT: _number, STATS: _stats, BYE: _text,
+           HANDOVER: _endpoints}

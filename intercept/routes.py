@@ -10,7 +10,8 @@ target reads backwards (dst, dport, src, sport). The C intercept keys its table 
 other's answers; a dict on the whole tuple cannot collide.
 
 A route belongs to the owner that registered it: until that owner unregisters it, the owner
-goes away (``drop_owner``: it said BYE, restarted or went silent), or the route sits idle for
+goes away (``drop_owner``: it said BYE, restarted or went silent; ``hand_over``: it died and
+its replacement takes its routes, to reset those connections), or the route sits idle for
 ``ttl`` seconds (a lookup or the owner's re-register refreshes it; the C tool never expires a
 route). Another owner's REGISTER of it is refused and its UNREGISTER ignored, both counted, so
 no peer takes or removes an owner's routes. Each owner holds at most ``max_per_owner`` routes
@@ -47,6 +48,7 @@ COUNTERS = (
     "unregister_unknown",    # UNREGISTER of a route that is not there: ignored
     "routes_expired",        # idle longer than ttl
     "routes_dropped_owner",  # removed because their owner left or was forgotten
+    "routes_handed_over",    # passed from a dead owner to its replacement
     "held",                  # records accepted to wait for their registration
     "held_refused",          # records not held: max_held reached
     "held_expired",          # held records whose registration never came within hold_time
@@ -134,6 +136,23 @@ class RouteTable:
             del self._routes[key]
         self._counts["routes_dropped_owner"] += len(keys)
         return len(keys)
+
+    def hand_over(self, old: bytes, new: bytes, now: float) -> list[Key]:
+        """Give every route of ``old`` (an owner that died) to ``new`` (its replacement), as
+        many as ``new``'s quota allows; the rest are dropped (counted). The keys handed over."""
+        keys = sorted(self._by_owner.pop(old, ()))
+        room = max(0, self.max_per_owner - len(self._by_owner.get(new, ())))
+        given, dropped = keys[:room], keys[room:]
+        for key in dropped:
+            del self._routes[key]
+        for key in given:
+            self._routes[key] = [new, now]
+            self._routes.move_to_end(key)
+        if given:
+            self._by_owner.setdefault(new, set()).update(given)
+        self._counts["routes_handed_over"] += len(given)
+        self._counts["routes_dropped_owner"] += len(dropped)
+        return given
 
     def lookup(self, key: Key, now: float) -> bytes | None:
         """The owner of ``key``, or None; a hit refreshes the route's TTL. Per-packet path."""

@@ -91,6 +91,7 @@ COUNTERS = (
     "owners_refused",       # HELLOs beyond max_owners: refused
     "owners_forgotten",     # owners dropped after OWNER_SILENCE without a message
     "owners_restarted",     # an owner said HELLO with a new instance: old routes dropped
+    "owners_replaced",      # a dead owner's replacement (same identity) took its routes
 )
 
 
@@ -323,11 +324,44 @@ class Worker:
             self._send_control(routing_id, wire.encode_bye(
                 f"refused: this intercept serves {limit} owners at most (intercept --max-owners)"))
             return None
+        self._replace_dead_namesakes(routing_id, hello.identity, now)
         owner = self.owners[routing_id] = Owner(hello.identity, hello.instance, _peer_address(frame), now)
         if self._may_log():
             log.info("owner %s connected from %s%s", wire.printable(hello.identity), owner.address or "?",
                      _key_note(frame))
         return owner
+
+    def _replace_dead_namesakes(self, routing_id: bytes, identity: str, now: float) -> None:
+        """An owner that supervisord restarted after a crash says HELLO under its old name
+        from a new connection. An owner of that name whose connection is gone is dead: its
+        routes pass to the newcomer, which is told them (HANDOVER) to reset those connections
+        on the target; else they would stay open there, half open, for minutes. A namesake
+        still connected keeps its routes (another peer cannot take them by a name)."""
+        for old_id, old in list(self.owners.items()):
+            if old_id != routing_id and old.identity == identity and not self._connected(old_id):
+                self._hand_over(old_id, routing_id, identity, now)
+
+    def _connected(self, routing_id: bytes) -> bool:
+        """The ROUTER still has a connection for ``routing_id`` (a HEARTBEAT to it is taken)."""
+        try:
+            self.socket.send_multipart((routing_id, wire.encode_heartbeat(time.time())), zmq.NOBLOCK)
+        except zmq.Again:
+            return True   # connected, only slow
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def _hand_over(self, old_id: bytes, new_id: bytes, identity: str, now: float) -> None:
+        keys = self.routes.hand_over(old_id, new_id, now)
+        self._forget(old_id)
+        self.counts["owners_replaced"] += 1
+        for part in wire.endpoint_batches(keys):
+            self._send_control(new_id, wire.encode_handover(part))
+        if self._may_log():
+            log.info("owner %s replaced its dead predecessor: %d routes handed over, to be reset on the "
+                     "target", wire.printable(identity), len(keys))
 
     def _on_register(self, routing_id: bytes, endpoints: list, now: float) -> None:
         for key in endpoints:
@@ -389,6 +423,13 @@ class Worker:
         return self.routes.drop_owner(routing_id)
 
     def _forget_silent(self, routing_id: bytes, owner: Owner | None, now: float) -> None:
+        """Forget an owner silent for OWNER_SILENCE; a namesake connected since (its
+        replacement, when the dead one's connection seemed alive at its HELLO) takes its routes."""
+        heir = owner and next((rid for rid, o in self.owners.items()
+                               if rid != routing_id and o.identity == owner.identity), None)
+        if heir is not None:
+            self._hand_over(routing_id, heir, owner.identity, now)
+            return
         dropped = self._forget(routing_id)
         if owner is None:
             return

@@ -5,7 +5,8 @@ unregisters them when their session is freed, sends a HEARTBEAT every second and
 RESPONSES. A link that has heard nothing for ``DOWN_AFTER`` seconds is down; when it answers
 again with a new instance (the intercept restarted and lost its routes), every endpoint still
 live is registered again. Registrations are batched per loop turn; a full send queue drops
-the batch and counts it, it never blocks the owner.
+the batch and counts it, it never blocks the owner. An intercept that hands this owner the
+routes of a dead predecessor (HANDOVER) leaves them in ``handed_over`` for the owner to reset.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LinkStats:
     malformed_messages: int = 0
     went_down: int = 0
     came_back: int = 0
+    handed_over: int = 0
 
 
 @dataclass(eq=False)
@@ -61,6 +63,7 @@ class InterceptLinks:
         self.stats = LinkStats()
         self.links: list[InterceptLink] = []
         self.notices: list[str] = []   # state changes, for the owner's log
+        self.handed_over: list = []    # a dead predecessor's endpoints, for the owner to take
         self._last_heartbeat = 0.0
         for address in addresses:
             sock = context.socket(zmq.DEALER)
@@ -160,6 +163,9 @@ class InterceptLinks:
                 self._hello(link, body, now, live_endpoints)
             elif kind == wire.BYE:
                 self._down(link, f"intercept {link.address} is shutting down ({body})")
+            elif kind == wire.HANDOVER:
+                self.stats.handed_over += len(body)
+                self.handed_over.extend(body)
 
     def _hello(self, link: InterceptLink, hello: wire.Hello, now: float, live_endpoints) -> None:
         restarted = link.instance is not None and link.instance != hello.instance

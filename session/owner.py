@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import resource
+import secrets
 import signal
 import socket
 import sys
@@ -37,6 +38,7 @@ from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
 from tcpcopy.session.ports import PortAllocator
 from tcpcopy.session.rawsend import DualSender, RawSendError
+from tcpcopy.session.orphans import OrphanReaper
 from tcpcopy.session.shedding import LoadShedder, SheddingConfig
 from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 
@@ -110,6 +112,7 @@ class Owner:
                                   budget=self.budget)
         self.shedder = LoadShedder(options.shedding) if options.shedding is not None else None
         self.sender = sender or DualSender()
+        self.orphans = OrphanReaper(random32=lambda: secrets.randbits(32))   # a dead predecessor's connections
         self.counters = OwnerCounters()
         self.stopping = False
         self.stop_reason = ""
@@ -166,6 +169,7 @@ class Owner:
             if self.pull in ready:
                 self._client_batches(now)
             self.table.run_timers(now)
+            self.orphans.run_timers(now)
             self._flush()
             self._housekeeping(now)
         self.shutdown()
@@ -263,14 +267,25 @@ class Owner:
                         if shedder.shedding else "caught up with the input: copying new sessions again")
 
     def _responses(self, sock, now: float) -> None:
-        decode, feed = pk.decode, self.table.response
+        decode, feed, orphans = pk.decode, self.table.response, self.orphans
         for record in self.links.receive(sock, now, self._live_endpoints):
             try:
                 packet = decode(record, headers_only=True)
             except pk.PacketError:
                 self.counters.malformed_responses += 1
                 continue
-            feed(packet, now)
+            if feed(packet, now) is None and orphans:
+                orphans.answer(packet)
+        if self.links.handed_over:
+            self._adopt_orphans(now)
+
+    def _adopt_orphans(self, now: float) -> None:
+        """intercept handed over the routes of this owner's dead predecessor: reset those
+        connections on the target (``session/orphans.py``)."""
+        endpoints, self.links.handed_over = self.links.handed_over, []
+        self.orphans.adopt(endpoints, now)
+        log.info("%d connections of a dead predecessor handed over by intercept: resetting them on the "
+                 "target", len(endpoints))
 
     def _live_endpoints(self) -> list:
         return [_endpoint_tuple(s.endpoint) for s in self.table.sessions() if not s.over]
@@ -288,17 +303,24 @@ class Owner:
                     self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
             elif kind is SessionStarted:
                 self.links.register(_endpoint_tuple(item.endpoint))
+                if self.orphans:
+                    self.orphans.taken_by_session(_endpoint_tuple(item.endpoint))
             elif kind is SessionFreed:
                 self.links.unregister(_endpoint_tuple(item.endpoint))
+        for endpoint in self.orphans.take_done():
+            self.links.unregister(endpoint)
         self.links.flush()
         send = self.sender.send
         for raw in self.table.take_packets():
+            send(raw)
+        for raw in self.orphans.take_packets():
             send(raw)
 
     # ------------------------------------------------------------------ periodic work
 
     def _poll_timeout_ms(self) -> int:
-        deadline = self.table.next_deadline()
+        deadline = min((d for d in (self.table.next_deadline(), self.orphans.next_deadline()) if d is not None),
+                       default=None)
         wait = 0.25 if deadline is None else min(0.25, max(0.0, deadline - self.now()))
         return int(wait * 1000) + (1 if wait > 0 else 0)
 
@@ -373,6 +395,7 @@ class Owner:
             "fanout": {"sampled_out": self.fanout.sampled_out, "unmapped": self.fanout.unmapped},
             "buffers": {"budget_bytes": self.budget.limit, "used_bytes": self.budget.used,
                         "peak_bytes": self.budget.peak, "budget_drops": self.budget.bites},
+            "orphans": dataclasses.asdict(self.orphans.stats),
             "raw_sent": self.sender.sent,
             "raw_send_failures": self.sender.failed,
             "stop_reason": self.stop_reason,

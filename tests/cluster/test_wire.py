@@ -93,6 +93,12 @@ def test_bye_round_trips_its_reason():
         wire.BYE, "shutting down: SIGTERM")
 
 
+def test_handover_round_trips_its_endpoints():
+    endpoints = [(V4_CLIENT, 40000, V4_TARGET, 8080), (V6_CLIENT, 40001, V6_TARGET, 8080)]
+    assert wire.decode(wire.encode_handover(endpoints)) == (wire.HANDOVER, endpoints)
+    assert wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT) >= wire.LIMITS[wire.HANDOVER].frame
+
+
 # ---------------------------------------------------------------- version mismatch
 
 @pytest.mark.parametrize("other", [wire.FORMAT_VERSION + 1, 0, "2.0"])
@@ -133,7 +139,7 @@ def test_msgpack_value_that_is_not_a_three_element_array_is_a_wire_error(value):
         wire.decode(msgpack.packb(value, use_bin_type=True))
 
 
-@pytest.mark.parametrize("kind", [0, 9, 255, -1, "HELLO", None])
+@pytest.mark.parametrize("kind", [0, max(wire.KIND_NAMES) + 1, 255, -1, "HELLO", None])
 def test_unknown_message_kind_is_a_wire_error(kind):
     with pytest.raises(WireError, match="unknown message kind"):
         wire.decode(raw(wire.FORMAT_VERSION, kind, None))

@@ -214,3 +214,21 @@ def test_the_route_table_is_pure():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "collections"}, imported
+
+
+def test_a_dead_owners_routes_are_handed_to_its_replacement_within_its_quota():
+    table = RouteTable(max_per_owner=2)
+    table.register(A, OWNER_1, now=0.0)
+    table.register(B, OWNER_1, now=0.0)
+    c = (CLIENT, 40002, TARGET, 8080)
+    table.register(c, OWNER_2, now=1.0)
+
+    assert table.hand_over(OWNER_1, OWNER_2, now=5.0) == [A]   # room for one more
+    assert table.lookup(A, now=5.0) == OWNER_2
+    assert B not in table and table.routes_of(OWNER_1) == 0 and table.routes_of(OWNER_2) == 2
+    counts = table.counters()
+    assert (counts["routes_handed_over"], counts["routes_dropped_owner"]) == (1, 1)
+    table.expire(now=5.0 + table.ttl - 1)
+    assert A in table, "a route handed over starts a fresh TTL"
+    assert table.unregister(A, OWNER_2)
+    assert table.hand_over(b"\x00nobody", OWNER_2, now=6.0) == []

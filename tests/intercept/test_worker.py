@@ -209,6 +209,73 @@ def test_a_restarted_owner_loses_its_old_routes(rig):
     assert endpoint(40000) not in worker.routes and worker.stats()["owners_restarted"] == 1
 
 
+def replacement(worker: Worker, context: zmq.Context, identity: str = "owner-test") -> zmq.Socket:
+    """A second owner DEALER saying HELLO as ``identity`` (a new process, a new routing id)."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(worker.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    sock.send(hello_from(identity, instance="new"))
+    pump(worker)
+    return sock
+
+
+def messages(sock: zmq.Socket) -> list:
+    out = []
+    while (message := receive(sock, timeout=0.2)) is not None:
+        out.append(message)
+    return out
+
+
+def test_a_dead_owners_replacement_takes_its_routes_to_reset_them(rig):
+    worker, owner, _clock = rig
+    register(worker, owner, endpoint(40000), endpoint(40001))
+    owner.close(linger=0)                                            # killed: its connection ends
+    time.sleep(0.2)
+    new = replacement(worker, owner.context)
+    try:
+        got = messages(new)
+        handed = [body for kind, body in got if kind == wire.HANDOVER]
+        assert wire.HELLO in [kind for kind, _ in got]
+        assert sorted(e for body in handed for e in body) == [endpoint(40000), endpoint(40001)]
+        new_id = next(rid for rid, o in worker.owners.items() if o.instance == "new")
+        assert worker.routes.holder(endpoint(40000)) == new_id and len(worker.owners) == 1
+        stats = worker.stats()
+        assert (stats["owners_replaced"], stats["routes_handed_over"]) == (1, 2)
+    finally:
+        new.close(linger=0)
+
+
+def test_a_namesake_of_a_connected_owner_takes_nothing(rig):
+    worker, owner, _clock = rig
+    register(worker, owner, endpoint(40000))
+    impostor = replacement(worker, owner.context)
+    try:
+        assert [kind for kind, _ in messages(impostor)] == [wire.HELLO]
+        assert worker.routes.holder(endpoint(40000)) != next(
+            rid for rid, o in worker.owners.items() if o.instance == "new")
+        assert worker.stats()["owners_replaced"] == 0 and len(worker.owners) == 2
+    finally:
+        impostor.close(linger=0)
+
+
+def test_a_silent_owners_routes_go_to_its_namesake_when_it_is_forgotten(rig):
+    worker, owner, clock = rig
+    register(worker, owner, endpoint(40000))
+    new = replacement(worker, owner.context)                         # the old one still looks connected
+    try:
+        messages(new)
+        clock.now += OWNER_SILENCE - 1
+        new.send(wire.encode_heartbeat(time.time()))                 # the new one is alive
+        time.sleep(0.1)
+        pump(worker)
+        clock.now += 1
+        worker.tick(clock.now)
+        assert [body for kind, body in messages(new) if kind == wire.HANDOVER] == [[endpoint(40000)]]
+        assert worker.stats()["owners_replaced"] == 1 and len(worker.owners) == 1
+    finally:
+        new.close(linger=0)
+
+
 def test_bad_messages_are_counted_logged_once_per_peer_and_survived(rig, caplog):
     worker, owner, clock = rig
     caplog.set_level(logging.WARNING, logger="tcpcopy.intercept")

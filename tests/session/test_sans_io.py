@@ -8,7 +8,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PURE_MODULES = [ROOT / "session" / "engine.py", ROOT / "session" / "seqnum.py",
                 ROOT / "capture" / "packet.py", ROOT / "session" / "compare.py",
-                ROOT / "session" / "shedding.py", ROOT / "session" / "table.py"]
+                ROOT / "session" / "shedding.py", ROOT / "session" / "table.py",
+                ROOT / "session" / "orphans.py"]
 BANNED = {"socket", "zmq", "pcap", "psutil", "time", "datetime", "select", "selectors",
           "asyncio", "threading", "multiprocessing", "subprocess", "os", "random", "scapy"}
 

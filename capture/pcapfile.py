@@ -155,6 +155,11 @@ class Capture:
     def close(self) -> None:
         self._source.close()
 
+    @property
+    def position(self) -> int:
+        """How many bytes of the file have been read so far (for progress)."""
+        return self._source.consumed
+
     def __enter__(self) -> "Capture":
         return self
 
@@ -215,6 +220,7 @@ class _Source:
     def __init__(self, path: str, file: BinaryIO):
         self.path = path
         self._file = file
+        self.consumed = 0   # bytes read or skipped so far
 
     @classmethod
     def open(cls, path: str) -> "_Source":
@@ -240,9 +246,11 @@ class _Source:
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at the end of the file."""
         try:
-            return self._file.read(size)
+            data = self._file.read(size)
         except OSError as exc:
             raise self.error(f"read failed: {exc.strerror or exc}") from exc
+        self.consumed += len(data)
+        return data
 
     def skip(self, size: int) -> int:
         """Skip ``size`` bytes in bounded reads; returns how many were there."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import os
 import socket
 import select
 import signal
@@ -30,6 +31,7 @@ from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
 from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
 from tcpcopy.cluster.process import add_user, resolve_shard, shard_of, user_from_config
+from tcpcopy.cluster.progress import ReplayProgress
 from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard
 from tcpcopy.cluster.stats import StatsPublisher
 
@@ -251,9 +253,11 @@ class OfflineClock:
 
 
 def run_offline(worker: Worker, path: str, bpf: str, pacing: OfflinePacing,
-                round_pause: float = 2.0) -> None:
-    """Replay the file ``pacing.repeat`` times, then tell the owners the input has ended."""
+                round_pause: float = 2.0, progress: ReplayProgress | None = None) -> None:
+    """Replay the file ``pacing.repeat`` times, then tell the owners the input has ended;
+    ``progress`` is told where the replay stands after each packet."""
     worker.announce(path)
+    read_before = 0
     for round_no in range(pacing.repeat):
         if round_no:
             _sleep_flushing(worker, time.monotonic() + round_pause)
@@ -266,10 +270,24 @@ def run_offline(worker: Worker, path: str, bpf: str, pacing: OfflinePacing,
                 if worker.stopping:
                     break
                 worker.on_frame(frame.ts, frame.data, time.monotonic())
+                if progress is not None:
+                    progress.update(read_before + frames.frames_read, frames.position, round_no, time.monotonic())
+            read_before += frames.frames_read
         worker.batcher.flush_all()
         if worker.stopping:
             break
+    if progress is not None:
+        progress.finish(read_before, time.monotonic(), stopped=worker.stopping)
     worker.end_of_input()
+
+
+def replay_progress(path: str, rounds: int) -> ReplayProgress | None:
+    """Progress lines on stderr while it is a terminal; None (quiet) otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    size = os.path.getsize(path) if os.path.isfile(path) else 0   # a bad path is named by open_capture
+    return ReplayProgress(path, size, rounds, time.monotonic(),
+                          lambda line: (sys.stderr.write(line), sys.stderr.flush()))
 
 
 def _sleep_flushing(worker: Worker, until: float) -> None:
@@ -353,7 +371,7 @@ def main(argv=None) -> int:
             drop_privileges_to(args.user)   # a file needs no privilege; the user must be able to read it
             pacing = OfflinePacing(args.speed, None if args.idle_gap_ms is None else args.idle_gap_ms / 1000,
                                    args.repeat)
-            run_offline(worker, args.offline, args.filter, pacing)
+            run_offline(worker, args.offline, args.filter, pacing, progress=replay_progress(args.offline, args.repeat))
     except (CaptureError, CaptureFileError, PrivilegeError) as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 2

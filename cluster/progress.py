@@ -12,8 +12,8 @@ Pure: the caller passes the time and the stream's ``write``. Who prints where:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from pathlib import PurePath
 
 
 def duration(seconds: float) -> str:
@@ -46,7 +46,7 @@ class ReplayProgress:
 
     def __init__(self, path: str, size: int, rounds: int, now: float, write: Callable[[str], object],
                  every: float = 5.0):
-        self.name = os.path.basename(path)
+        self.name = PurePath(path).name
         self.size, self.rounds, self.every, self.write = max(size, 1), max(rounds, 1), every, write
         self.started = now
         self._due = now + every

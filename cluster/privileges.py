@@ -30,6 +30,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
+_CAP_SETPCAP = 8
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_RAW = 13
 CAP_NAMES = {CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", CAP_NET_RAW: "CAP_NET_RAW"}
@@ -227,10 +228,12 @@ def _death_signal(libc) -> int:
 
 def _switch_user(libc, run_as: RunAs, keep) -> None:
     """Root to ``run_as``: the bounding set cut to ``keep`` first (that needs
-    CAP_SETPCAP, which root has), ids changed with the permitted set kept (KEEPCAPS)."""
-    for cap in range(_last_cap() + 1):
-        if cap not in keep:
-            _prctl(libc, _PR_CAPBSET_DROP, cap)
+    CAP_SETPCAP, which root has outside a container), ids changed with the permitted set
+    kept (KEEPCAPS; needs CAP_SETUID and CAP_SETGID)."""
+    if read_credentials().effective & mask([_CAP_SETPCAP]):   # a container may not grant it:
+        for cap in range(_last_cap() + 1):                     # its runtime cut the bounding set
+            if cap not in keep:
+                _prctl(libc, _PR_CAPBSET_DROP, cap)
     _prctl(libc, _PR_SET_KEEPCAPS, 1)
     os.initgroups(run_as.name, run_as.gid)
     os.setresgid(run_as.gid, run_as.gid, run_as.gid)

@@ -37,7 +37,10 @@ gaining, and reads:
 - what each copier counted on its way: this project's capture drops (owner queue full,
   kernel) and sessions that ended abnormally, the C tool's closing counters (JSON only).
 
-The tables show medians over the repeats and the verdict of each target.
+The tables show medians over the repeats and the verdict of each target. Progress goes to
+stderr (a line before each run: run i/N, the scenario, time elapsed and about how long is
+left; in the soak a line every 30 s with the time left and each process's RSS), the results
+to stdout.
 Everything shares one machine: the figures are a floor for a copier on hosts of its own.
 """
 
@@ -57,6 +60,7 @@ from typing import Any
 
 import psutil
 
+from tcpcopy.cluster.progress import about_left, duration
 from tcpcopy.deploy import accesslog, ctool, load
 from tcpcopy.deploy.clustercopy import ClusterCopy, ClusterCopyError
 from tcpcopy.deploy.ctool import CCopy, CTool, CToolError
@@ -677,15 +681,29 @@ def soak(seconds: float, shape: tuple[int, int, int], rate: int = SOAK_RATE) -> 
                 chunk = min(SOAK_CHUNK_S, left)
                 done += load.short_connections(lab, CLIENT, f"{copy.url}/index.html", rate, chunk,
                                                timeout_s=chunk * 4 + 15).summary.done
+                progress(soak_progress(time.monotonic() - started, seconds, done, samples))
         finally:
             stop.set()
             sampler.join(10)
+        progress(f"soak: load done, waiting until the target has all {done:,} requests (at most 60 s)")
         copy.wait_for_target(done, timeout=60, quiet=TARGET_QUIET_S)
         copy.stop()
         report = copy.report()
     copy.remove_dir()
     return SoakResult(seconds, rate, report.online_requests, report.target_requests, report.loss_ratio,
                       samples, rss_growth(samples))
+
+
+def soak_progress(elapsed: float, seconds: float, requests: int, samples: list) -> str:
+    """Where the soak stands: time spent and left, requests so far, each process's RSS now."""
+    rss = ", ".join(f"{name} {mb:.1f}" for name, mb in sorted(samples[-1][1].items())) if samples else "not sampled yet"
+    return (f"soak: {duration(elapsed)} of {duration(seconds)}, {about_left(max(0.0, seconds - elapsed))}; "
+            f"{requests:,} requests; RSS MB: {rss}")
+
+
+def progress(line: str) -> None:
+    """A progress line on stderr (the results go to stdout)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _sample_rss(copy: ClusterCopy, samples: list, stop: threading.Event) -> None:
@@ -858,11 +876,13 @@ def run_all(scenarios, repeat: int, shape, seconds: float, c_tool: CTool | None 
     far (the lab of the run it cut is torn down)."""
     runs, failures, durations = [], [], []
     order = plan(scenarios, repeat, c_tool is not None)
+    started = time.monotonic()
     try:
         for i, (scenario, attempt, tool) in enumerate(order, 1):
             left = time_left(durations, len(order) - i + 1, seconds)
             label = f"{scenario.name} run {attempt} {TOOL_NAMES[tool]}"
-            print(f"[{i}/{len(order)}] {label} (about {left / 60:.0f} min left)", flush=True)
+            progress(f"run {i}/{len(order)}: {label}, {duration(time.monotonic() - started)} elapsed, "
+                     f"{about_left(left)}")
             began = time.monotonic()
             try:
                 run = one_run(scenario, shape, seconds, c_tool) if tool == C else one_run(scenario, shape, seconds)

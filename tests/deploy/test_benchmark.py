@@ -221,9 +221,19 @@ def test_a_failed_run_is_named_and_the_suite_goes_on(monkeypatch, capsys) -> Non
     assert len(runs) == 3
     assert failures == [{"scenario": "short-2500", "tool": bm.OURS, "run": 2,
                          "error": "h2load in client killed: did not finish within 75 s"}]
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "short-2500 run 2 ours: failed: h2load in client killed" in out
-    assert "[1/4] short-2500 run 1 ours" in out and "[4/4] n3-1000 run 2 ours" in out
+    assert "run 1/4: short-2500 run 1 ours, 0 s elapsed, about 2 min 20 s left" in err   # 4 x (15 + 20) s
+    assert "run 4/4: n3-1000 run 2 ours, 0 s elapsed, about 0 s left" in err         # the runs took no time
+    assert "run 1/4" not in out                                                        # results only
+
+
+def test_the_soak_says_where_it_stands_with_each_processs_rss() -> None:
+    samples = [[5.0, {"owner-0": 30.0}], [60.0, {"owner-0": 31.25, "capture-0": 92.0, "intercept-0": 45.5}]]
+    assert bm.soak_progress(90, 600, 89_000, samples) == (
+        "soak: 1 min 30 s of 10 min 00 s, about 8 min 30 s left; 89,000 requests; "
+        "RSS MB: capture-0 92.0, intercept-0 45.5, owner-0 31.2")
+    assert bm.soak_progress(700, 600, 1, []).endswith("about 0 s left; 1 requests; RSS MB: not sampled yet")
 
 
 def test_with_the_c_tool_each_run_is_made_by_both(monkeypatch) -> None:

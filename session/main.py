@@ -8,7 +8,8 @@ Flags follow the C tcpcopy (reference §1.2), so an existing command line works:
             [-l file] [-P pidfile] [-d]
 
 It runs one capture worker process (libpcap on the interface, or the pcap file) and one
-session owner (this process), joined by ZeroMQ over ipc://. Exit status: 0 after SIGINT or
+session owner (this process), joined by ZeroMQ over ipc://. A capture worker that something
+kills is started again (``session/capturechild.py``). Exit status: 0 after SIGINT or
 SIGTERM or the end of an offline file, 1 when the copy had to stop (every intercept lost
 without -L, the capture failed, -m reached), 2 for a bad command line or an intercept that
 is unreachable at start.
@@ -24,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 
@@ -34,6 +34,7 @@ from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
                                      drop_to, install_log_reopen, open_for_writing, private_directory,
                                      remove_pid_file, reopen_logs_if_asked, start_command, version_text)
+from tcpcopy.session.capturechild import CaptureChild, not_restartable_reason
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions, shedding_config
@@ -303,17 +304,17 @@ def _run(args: argparse.Namespace, packet_endpoint: str, summary: SummaryFile) -
     except RawSendError as exc:
         log.error("%s", exc)
         return 2
-    capture = subprocess.Popen(capture_command(args, packet_endpoint), start_new_session=True)
+    capture = CaptureChild(capture_command(args, packet_endpoint), not_restartable_reason(args.offline, args.user))
     try:
         drop_to(args.user)
         owner = Owner(owner_options(args, packet_endpoint), sender)
         owner.wait_for_intercepts()
     except (OwnerError, PrivilegeError) as exc:
         log.error("%s", exc)
-        _stop_capture(capture)
+        capture.stop()
         sender.close()
         return 2
-    owner.watch(lambda: _capture_failure(capture))
+    owner.watch(capture.failure)
     owner.watch(reopen_logs_if_asked)
     _install_signal_handlers(owner)
     owner.ready_message = "copying {} to {} via intercept {} ({}, {} cop{})".format(
@@ -325,7 +326,7 @@ def _run(args: argparse.Namespace, packet_endpoint: str, summary: SummaryFile) -
     try:
         owner.run()
     finally:
-        _stop_capture(capture)
+        capture.stop()
         log.info("%s", owner.stats_line())
         log.info("stopped: %s; outcomes %s", owner.stop_reason, json.dumps(owner.counters.outcomes, sort_keys=True))
         summary.write(owner.summary())
@@ -346,23 +347,6 @@ def nothing_copied(owner: Owner, args: argparse.Namespace) -> str:
     return (f"nothing copied: {packets} client packets, none began a session "
             f"(not mapped by -x: {owner.fanout.unmapped}, sampled out by -r: {owner.fanout.sampled_out}, "
             f"malformed: {owner.counters.malformed_client}; -O copies only sessions whose SYN is in the file)")
-
-
-def _capture_failure(capture: subprocess.Popen) -> str | None:
-    code = capture.poll()
-    if code is None or code == 0:
-        return None
-    return f"the capture worker exited with status {code} (see its message above)"
-
-
-def _stop_capture(capture: subprocess.Popen) -> None:
-    if capture.poll() is None:
-        capture.send_signal(signal.SIGTERM)
-        try:
-            capture.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            capture.kill()
-            capture.wait()
 
 
 def _install_signal_handlers(owner: Owner) -> None:

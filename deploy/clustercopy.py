@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ON
                                 TARGET_ADDRESS, Lab, LabError)
 from tcpcopy.deploy.livecopy import (ONLINE_PORT, TARGET_PORT, CopyFigures, ProcessFigures, _peak_rss_mb,
                                      process_lines)
+from tcpcopy.deploy.rundirs import remove_run_dir
 from tcpcopy.deploy.servers import Nginx
 
 BASE_PORT = 36524
@@ -434,7 +434,8 @@ class ClusterCopy:
             captures=self.capture_summaries(), processes=list(self.figures.values()))
 
     def remove_dir(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the run's directory once read (kept with ``TCPCOPY_KEEP_RUNS=1``)."""
+        remove_run_dir(self.dir)
 
 
 def _toml(value: Any) -> str:

@@ -27,6 +27,7 @@ import psutil
 
 from tcpcopy.deploy.lab import ASSISTANT, ASSISTANT_ADDRESS, ONLINE, TARGET, TARGET_ADDRESS, Lab
 from tcpcopy.deploy.livecopy import ProcessFigures, _peak_rss_mb
+from tcpcopy.deploy.rundirs import remove_run_dir
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "build-c-tcpcopy.sh"
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "c-tcpcopy"
@@ -220,4 +221,5 @@ class CCopy:
         return f"{text.strip()[-tail:] or '(no output)'}\n(logs in {self.dir})"
 
     def remove_dir(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the run's directory once read (kept with ``TCPCOPY_KEEP_RUNS=1``)."""
+        remove_run_dir(self.dir)

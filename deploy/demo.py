@@ -13,7 +13,9 @@ online host, and the run report is written as files into ``--report-dir``
 and at the target, loss, CPU per role over time) and report.html (both on one page). Their
 paths are printed after the text report. On SIGINT or SIGTERM the copy stops, the lab is torn
 down and the report is written with what was collected until then; a second signal ends the
-demo at once (the lab is still torn down).
+demo at once (the lab is still torn down). The run's own folder (the commands' logs, the
+stats samples, the servers' access logs) is removed once the report is written; with
+``TCPCOPY_KEEP_RUNS=1`` it is kept and named on stderr.
 
     python -m tcpcopy.deploy.demo [--rate 500] [--seconds 5] [--keepalive 20x50] [-n 1] [--json]
                                   [--report-dir DIR]
@@ -54,12 +56,14 @@ class Interrupted(BaseException):
 class DemoRun:
     """What a demo run produced: the client loads that finished, the copy's report (None when
     it was interrupted before the copy began), the report files (None without a report
-    directory) and the signal that cut it short (None when it ran to the end)."""
+    directory), the signal that cut it short (None when it ran to the end) and the run
+    folder it used (gone by now unless kept on request)."""
 
     loads: list = field(default_factory=list)
     report: CopyReport | None = None
     files: ReportPaths | None = None
     interrupted: int | None = None
+    run_dir: Path | None = None
 
 
 class _Interrupts:
@@ -139,6 +143,7 @@ def run_demo(rate: int, seconds: float, keepalive: tuple[int, int], copies: int,
     if report_dir is not None:
         result.files = write_report(copy, result, rate, seconds, keepalive, copies, report_dir)
     if copy is not None:
+        result.run_dir = copy.dir
         copy.remove_dir()
     return result
 
@@ -190,7 +195,9 @@ def _keepalive(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.demo", description=__doc__.split("\n\n")[0],
+                                     epilog="The run folder (logs, stats samples, access logs) is removed at the end; "
+                                            "TCPCOPY_KEEP_RUNS=1 keeps it and names it on stderr.")
     parser.add_argument("--rate", type=int, default=500, help="short connections per second (500)")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the short-connection load runs (5)")
     parser.add_argument("--keepalive", type=_keepalive, default=(20, 50),

@@ -32,6 +32,7 @@ from typing import Any
 
 from .lab import Lab, LabError, check_lab_address
 from .load import MAX_REQUESTS
+from .rundirs import remove_run_dir
 from .servers import ServerError, _can_connect, _LabServer
 
 REDIS_SERVER = "redis-server"
@@ -116,7 +117,7 @@ class Redis(_LabServer):
             code = self.lab.stop(self.proc, grace_s, signal.SIGTERM)
             self.proc = None
         if self.dir is not None and not self.keep_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_run_dir(self.dir)
             self.dir = None
         return code
 

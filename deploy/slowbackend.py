@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .lab import Lab
+from .rundirs import remove_run_dir
 from .servers import ServerError, _LabServer, default_site
 
 HEADER_LIMIT = 16 << 10
@@ -165,7 +165,7 @@ class SlowBackend(_LabServer):
             self.proc = None
         if self.dir is not None:
             self._cached_log = self._read_log()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_run_dir(self.dir)
             self.dir = None
         return code
 

@@ -33,8 +33,11 @@ def lab_required() -> None:
 
 def test_the_demo_writes_the_report_files(tmp_path) -> None:
     report_dir = tmp_path / "report"
-    loads, report = demo.run(200, 3, (5, 10), 1, report_dir=report_dir)
+    run = demo.run_demo(200, 3, (5, 10), 1, report_dir=report_dir)
+    loads, report = run.loads, run.report
+    assert run.interrupted is None
     assert sum(r.summary.done for r in loads) == 650
+    assert run.run_dir is not None and not run.run_dir.exists()     # read, then removed
     assert report.loss_ratio == 0
 
     data = json.loads((report_dir / "report.json").read_text())

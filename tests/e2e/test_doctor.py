@@ -87,14 +87,18 @@ def get_sysctl(lab: Lab, host: str, key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def servers(lab: Lab) -> Iterator[LiveCopy]:
-    """nginx online and at the target, intercept on the assistant (no tcpcopy)."""
+def servers(lab: Lab, request) -> Iterator[LiveCopy]:
+    """nginx online and at the target, intercept on the assistant (no tcpcopy). Its run
+    folder goes with it unless a test of the module failed."""
+    failed_before = request.session.testsfailed
     copy = LiveCopy(lab, start_copy=False)
     copy.__enter__()
     try:
         yield copy
     finally:
         copy.__exit__(None, None, None)
+        if request.session.testsfailed == failed_before:
+            copy.remove_dir()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,6 @@ from tcpcopy.cluster.report import load_samples
 from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_V6, CLIENT, ONLINE, ONLINE_ADDRESS,
                                 ONLINE_CONTROL_SIDE, ONLINE_V6, TARGET, TARGET_ADDRESS, TARGET_V6, Lab)
 from tcpcopy.deploy.kvstore import Redis
-from tcpcopy.deploy.rundirs import remove_run_dir
 from tcpcopy.deploy.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
@@ -262,9 +262,8 @@ class LiveCopy:
         raise LiveCopyError(f"{name} did not start:\n{self.log(name)[-2000:]}")
 
     def remove_dir(self) -> None:
-        """Remove the run's directory (logs, summary, samples) once they have been read
-        (kept with ``TCPCOPY_KEEP_RUNS=1``: :mod:`tcpcopy.deploy.rundirs`)."""
-        remove_run_dir(self.dir)
+        """Remove the run's directory (logs, summary, samples) once they have been read."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"
@@ -286,6 +285,16 @@ class LiveCopy:
             self.intercept.kill()
             self.intercept.wait(5)
             self.intercept = None
+
+    def capture_worker_pid(self) -> int | None:
+        """The pid of tcpcopy's capture worker (its child running tcpcopy.capture.worker)."""
+        if self.tcpcopy is None:
+            return None
+        try:
+            children = psutil.Process(self.tcpcopy.pid).children()
+        except psutil.Error:
+            return None
+        return next((c.pid for c in children if _role(c) == "worker"), None)
 
     def _stop(self, proc: subprocess.Popen | None, name: str) -> int | None:
         if proc is None:

@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from .lab import Lab, LabError, check_lab_address
-from .rundirs import remove_run_dir
 
 INDEX_HTML = b"<!doctype html>\n<title>tcpcopy lab</title>\n<p>tcpcopy lab index</p>\n"
 BIG_BIN_SIZE = 1 << 20
@@ -174,12 +173,16 @@ class Nginx(_LabServer):
         """Render the config and start nginx in the foreground inside the host."""
         if self.proc is not None:
             raise ServerError("nginx is already started")
-        nginx = shutil.which("nginx") or _sbin("nginx")
         self.dir = Path(tempfile.mkdtemp(prefix=f"tcl-nginx-{self.lab.tag}-{self.host}-"))
         self._write_site()
         self._path("nginx.conf").write_text(self.render_config())
         self.lab.add_cleanup(self.stop)  # also on a lab teardown by signal or at exit
-        output = self._path("nginx.out").open("wb")
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        nginx = shutil.which("nginx") or _sbin("nginx")
+        output = self._path("nginx.out").open("ab")
         try:
             self.proc = self.lab.popen(
                 self.host,
@@ -188,7 +191,18 @@ class Nginx(_LabServer):
             )
         finally:
             output.close()
-        return self
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop nginx by PID (SIGTERM: it closes every connection) and, ``down_s`` seconds
+        later, start it again in the same directory, so its access log goes on: a server
+        restarted while it is copied to. Returns once it accepts connections again."""
+        if self.proc is None:
+            raise ServerError("nginx has not been started")
+        self.lab.stop(self.proc, 5.0, signal.SIGTERM)
+        self.proc = None
+        time.sleep(down_s)
+        self._launch()
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         """Return once a TCP connect from inside the host succeeds; else raise ServerError."""
@@ -218,7 +232,7 @@ class Nginx(_LabServer):
             self._cached_log = self._read_access_log()
             self._cached_bodies = bodies_of(self._cached_log)
             if not self.keep_dir:
-                remove_run_dir(self.dir)
+                shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
         return code
 
@@ -601,7 +615,7 @@ class Greeter(_LabServer):
         if self.dir is not None:
             self._cached_log = self._read_log()
             if not self.keep_dir:
-                remove_run_dir(self.dir)
+                shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
         return code
 

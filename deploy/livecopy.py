@@ -14,7 +14,6 @@ Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from tcpcopy.cluster.report import load_samples
 from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_V6, CLIENT, ONLINE, ONLINE_ADDRESS,
                                 ONLINE_CONTROL_SIDE, ONLINE_V6, TARGET, TARGET_ADDRESS, TARGET_V6, Lab)
 from tcpcopy.deploy.kvstore import Redis
+from tcpcopy.deploy.rundirs import remove_run_dir
 from tcpcopy.deploy.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
@@ -262,8 +262,9 @@ class LiveCopy:
         raise LiveCopyError(f"{name} did not start:\n{self.log(name)[-2000:]}")
 
     def remove_dir(self) -> None:
-        """Remove the run's directory (logs, summary, samples) once they have been read."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the run's directory (logs, summary, samples) once they have been read
+        (kept with ``TCPCOPY_KEEP_RUNS=1``: :mod:`tcpcopy.deploy.rundirs`)."""
+        remove_run_dir(self.dir)
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"

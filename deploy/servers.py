@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from .lab import Lab, LabError, check_lab_address
+from .rundirs import remove_run_dir
 
 INDEX_HTML = b"<!doctype html>\n<title>tcpcopy lab</title>\n<p>tcpcopy lab index</p>\n"
 BIG_BIN_SIZE = 1 << 20
@@ -232,7 +233,7 @@ class Nginx(_LabServer):
             self._cached_log = self._read_access_log()
             self._cached_bodies = bodies_of(self._cached_log)
             if not self.keep_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
+                remove_run_dir(self.dir)
                 self.dir = None
         return code
 
@@ -615,7 +616,7 @@ class Greeter(_LabServer):
         if self.dir is not None:
             self._cached_log = self._read_log()
             if not self.keep_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
+                remove_run_dir(self.dir)
                 self.dir = None
         return code
 

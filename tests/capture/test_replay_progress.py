@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from tcpcopy.cluster.progress import ReplayProgress, about_left, duration, time_left
 from tests.fixtures.pcapfile import FIXTURES_DIR, load_fixture, write_pcap

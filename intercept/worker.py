@@ -109,9 +109,9 @@ class WorkerConfig:
     stats_endpoint: str = ""         # publish counters there every second ("": off)
     max_owners: int = DEFAULT_MAX_OWNERS
     routes_per_owner: int = DEFAULT_MAX_PER_OWNER
-
     keys: ServerKeys | None = None   # CURVE: this intercept's pair and the owners it admits
     stats_keys: ClientKeys | None = None   # CURVE on the stats channel
+
     def __post_init__(self) -> None:
         if not 0 <= self.payload <= MAX_PAYLOAD:
             raise ValueError(f"payload {self.payload} out of range 0..{MAX_PAYLOAD}")
@@ -159,9 +159,9 @@ class Worker:
         self._wake_fd: int | None = None
         self._context = context or zmq.Context.instance()
         self.socket = self._router()
-        self._poller = zmq.Poller()
         self.gate = (KeyGate(self.socket, config.keys, CONTROL_DOMAIN, "intercept control channel",
                              self._context) if config.keys is not None else None)
+        self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self.publisher = (StatsPublisher(config.stats_endpoint, "intercept", config.identity,
                                          context=self._context, keys=config.stats_keys)
@@ -181,9 +181,9 @@ class Worker:
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, 1)                # dual-stack: IPv4 and IPv6 owners alike
-        return sock
         if self.config.keys is not None:
             listen_with_keys(sock, self.config.keys, CONTROL_DOMAIN)
+        return sock
 
     def bind(self) -> str:
         """Bind the ROUTER; the endpoint actually bound (``*`` ports resolved)."""
@@ -599,6 +599,8 @@ class Worker:
         bye = wire.encode_bye(reason)
         for routing_id in list(self.owners):
             self._send_control(routing_id, bye)
+        if self.gate is not None:
+            self.gate.close()
         self.socket.close(linger=CLOSE_LINGER_MS)
         if self.publisher is not None:
             self.publisher.publish(self.stats())
@@ -614,6 +616,8 @@ class Worker:
     def stats(self) -> dict[str, int]:
         """Every counter of the worker and its route table, and the capture's kernel drops."""
         numbers = {**self.counts, **self.routes.counters(), "owners": len(self.owners)}
+        gate = self.gate.counts if self.gate is not None else dict.fromkeys(_GATE_COUNTS, 0)
+        numbers.update((f"curve_{name}", gate[name]) for name in _GATE_COUNTS)
         numbers["pcap_dropped"] = self._closed_pcap_drops + sum(
             _kernel_drops(handle) for _device, handle, _linktype in self._captures)
         return numbers
@@ -630,6 +634,7 @@ class Worker:
                   ("before_hello", s["before_hello"]), ("register_taken", s["register_taken"]),
                   ("over_quota", s["register_over_quota"]), ("table_full", s["register_table_full"]),
                   ("owners", s["owners"]), ("owners_refused", s["owners_refused"]),
+                  ("refused_key", s["curve_refused_key"]), ("refused_plain", s["curve_refused_plain"]),
                   ("pcap_dropped", s["pcap_dropped"]))
         return "stats: " + " ".join(f"{name}={value}" for name, value in fields)
 
@@ -640,8 +645,6 @@ def _bytes(frame) -> bytes:
 
 def _peer_address(frame) -> str | None:
     """The remote address of the connection a frame came over (tcp:// only), if known. The
-        if self.gate is not None:
-            self.gate.close()
     ROUTER is dual-stack, so IPv4 peers come as IPv4-mapped IPv6 (::ffff:a.b.c.d): shown
     as the IPv4 address they are."""
     try:
@@ -653,12 +656,19 @@ def _peer_address(frame) -> str | None:
     return address
 
 
+def _key_note(frame) -> str:
+    """", key NAME.key" for an owner admitted by its CURVE key (the gate's User-Id), else ""."""
+    try:
+        name = frame.get("User-Id")
+    except (AttributeError, zmq.ZMQError):
+        return ""
+    return f", key {wire.printable(name)}" if name else ""
+
+
 def _endpoint_text(key) -> str:
     """A replayed connection as client -> target, for log lines."""
     client_ip, client_port, target_ip, target_port = key
     client, target = ipaddress.ip_address(client_ip), ipaddress.ip_address(target_ip)
-        gate = self.gate.counts if self.gate is not None else dict.fromkeys(_GATE_COUNTS, 0)
-        numbers.update((f"curve_{name}", gate[name]) for name in _GATE_COUNTS)
     if client.version == 6:
         return f"[{client}]:{client_port} -> [{target}]:{target_port}"
     return f"{client}:{client_port} -> {target}:{target_port}"
@@ -675,15 +685,5 @@ def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
             pass
-                  ("refused_key", s["curve_refused_key"]), ("refused_plain", s["curve_refused_plain"]),
     except (BlockingIOError, InterruptedError):
         pass
-def _key_note(frame) -> str:
-    """", key NAME.key" for an owner admitted by its CURVE key (the gate's User-Id), else ""."""
-    try:
-        name = frame.get("User-Id")
-    except (AttributeError, zmq.ZMQError):
-        return ""
-    return f", key {wire.printable(name)}" if name else ""
-
-

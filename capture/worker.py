@@ -29,6 +29,7 @@ from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
+from tcpcopy.cluster.curve import KeyFileError, KeyLayout, add_client_key_flags, client_keys_from_flags, plain_warning
 from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
 from tcpcopy.cluster.process import add_user, resolve_shard, shard_of, user_from_config
 from tcpcopy.cluster.progress import ReplayProgress
@@ -327,8 +328,15 @@ def parse_args(argv):
                         help="capture only flows of shard K of N (the kernel filters the rest); "
                              "with --config just K")
     add_user(parser)
+    add_client_key_flags(parser, "stats listener", "keys/online.key_secret")
     args = parser.parse_args(argv)
+    args.stats_keys = None
     resolve_shard(parser, args, _from_cluster_config)
+    try:   # read now, before any --user drop
+        if not args.config:
+            args.stats_keys = client_keys_from_flags(args.key, None, args.stats_server_key)[1]
+    except KeyFileError as exc:
+        parser.error(str(exc))
     if not (args.iface or args.offline) or not args.filter or not args.owner:
         parser.error("give --config TOML --shard N, or --iface/--offline with --filter and --owner")
     args.filter = combine_filters(args.filter, capture_shard_filter(*args.shard))
@@ -346,6 +354,8 @@ def _from_cluster_config(args) -> None:
     args.buffer_mb, args.snaplen = config.capture.buffer_mb, config.capture.snaplen
     args.stats = args.stats or config.stats.endpoint
     args.user = args.user or user_from_config(config.supervisor.user)
+    if args.stats and config.security.curve:
+        args.stats_keys = KeyLayout(config.security.keys_dir).publisher_keys("online")
 
 
 def main(argv=None) -> int:
@@ -353,7 +363,11 @@ def main(argv=None) -> int:
     worker = Worker(args.owner)
     if args.stats:
         identity = f"capture-{args.shard[0]}@{socket.gethostname()}"
-        worker.publisher = StatsPublisher(args.stats, "capture", identity)
+        worker.publisher = StatsPublisher(args.stats, "capture", identity, keys=args.stats_keys)
+        if args.stats_keys is None:
+            print("capture: warning: " + plain_warning(["the stats channel"], "pass --key and --stats-server-key "
+                                                       "(or [security] curve = true in a cluster config)"),
+                  file=sys.stderr)
 
     def stop(signum, frame):
         worker.stopping = True

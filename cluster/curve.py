@@ -158,8 +158,10 @@ def _read(path: str) -> tuple[str, os.stat_result]:
                 raise KeyFileError(f"{path}: not a plain file: give the key file itself")
             data = file.read(KEY_FILE_MAX + 1)
     except OSError as exc:
-        fix = (f"give the path of an existing key file (make keys with {KEYGEN_HINT})"
-               if exc.errno == errno.ENOENT else "run as the user who owns it, or fix its owner")
+        if exc.errno == errno.EISDIR:
+            raise KeyFileError(f"{path}: not a plain file: give the key file itself") from None
+        fix = {errno.ENOENT: f"give the path of an existing key file (make keys with {KEYGEN_HINT})",
+               errno.EACCES: "run as the user who owns it, or fix its owner"}.get(exc.errno, "check the path")
         raise KeyFileError(f"{path}: {_reason(exc)}: {fix}") from None
     if len(data) > KEY_FILE_MAX:
         raise KeyFileError(f"{path}: larger than {KEY_FILE_MAX} bytes, not a key file: give the "

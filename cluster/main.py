@@ -6,6 +6,7 @@
     tcpcopy-cluster restart CONFIG --role online|assistant NAME
     tcpcopy-cluster stop    CONFIG --role online|assistant
     tcpcopy-cluster top     CONFIG [--once [--json]]
+    tcpcopy-cluster keygen  DIR [--client NAME]... [--force]
 
 CONFIG is the cluster config (deploy/cluster-sample.toml explains every key); the online host
 runs the session owners and capture workers, the assistant host the intercepts. Exit status:
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tcpcopy.cluster import supervisor
-from tcpcopy.cluster.config import HOST_ROLES, ConfigError, load_config
+from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, ConfigError, load_config
+from tcpcopy.cluster.curve import DEFAULT_CLIENT, KeyFileError, KeyLayout, keygen
 from tcpcopy.cluster.process import CommandParser, version_text
 from tcpcopy.cluster.top import run_top
 
@@ -52,15 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
     top.add_argument("--once", action="store_true", help="collect for a moment, print one frame, exit")
     top.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+    keys = actions.add_parser("keygen", help="make the CurveZMQ key pairs of a cluster in DIR",
+                              description="Make the CurveZMQ key pairs and allowed-keys directories in DIR "
+                                          "(0700; secret keys 0600): intercept.key* (assistant host), "
+                                          f"{DEFAULT_CLIENT}.key* (online host), stats.key* (where top or "
+                                          "metrics runs), allowed-owners/ and allowed-publishers/. "
+                                          "Existing keys are kept; a client that exists is refused "
+                                          "without --force.")
+    keys.add_argument("directory", metavar="DIR", help="where to write them, e.g. /etc/tcpcopy/keys")
+    keys.add_argument("--client", action="append", metavar="NAME",
+                      help=f"a client key pair to make and admit (repeat; default {DEFAULT_CLIENT}): "
+                           "one per online host")
+    keys.add_argument("--force", action="store_true",
+                      help="replace every key pair named (each host then needs its new files)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.action == "keygen":
+            return _keygen(args)
         config = load_config(args.config)
         return ACTIONS[args.action](config, args)
-    except (ConfigError, supervisor.ClusterError) as exc:
+    except (ConfigError, supervisor.ClusterError, KeyFileError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename or args.config}: {exc.strerror}: check the path and its permissions")
@@ -78,7 +96,43 @@ def _render(config, args) -> int:
     return 0
 
 
+def _keygen(args) -> int:
+    for line in keygen(args.directory, tuple(args.client or (DEFAULT_CLIENT,)), force=args.force):
+        print(line)
+    layout = KeyLayout(args.directory.rstrip("/") or "/")
+    print(f"the assistant host needs {layout.secret('intercept')} and {layout.allowed_owners}/; each online "
+          f"host its NAME.key_secret and {layout.public('intercept')}; with [stats], the publishers "
+          f"{layout.public('stats')} and the listener {layout.secret('stats')} and {layout.allowed_publishers}/")
+    return 0
+
+
+def prepare_keys(config: ClusterConfig, host_role: str) -> list[str]:
+    """With [security] curve = true, the keys this role's processes will read: made in
+    keys_dir when that directory does not exist yet, then checked; what was done, said."""
+    if not config.security.curve:
+        return ["[security] curve = false: the control and stats channels run without keys "
+                "(every process warns once)"]
+    directory, said = config.security.keys_dir, []
+    if not os.path.exists(directory):
+        keygen(directory)
+        said.append(f"made CurveZMQ keys in {directory} (there were none): a cluster on two hosts needs the "
+                    "same keys on both: copy that directory to the other host before starting it there")
+    layout = KeyLayout(directory)
+    stats = bool(config.stats.endpoint)
+    if host_role == "online":
+        layout.owner_keys()
+        if stats:
+            layout.publisher_keys(DEFAULT_CLIENT)
+    else:
+        layout.intercept_keys()
+        if stats:
+            layout.publisher_keys("intercept")
+    return said
+
+
 def _start(config, args) -> int:
+    for line in prepare_keys(config, args.role):
+        print(line)
     pid = supervisor.start(config, args.role)
     print(f"supervisord (pid {pid}) runs the {args.role} role from {supervisor.conf_path(config, args.role)}; "
           f"see `tcpcopy-cluster status {args.config} --role {args.role}`")
@@ -107,7 +161,8 @@ def _top(config, args) -> int:
                      '[stats] endpoint = "tcp://198.18.2.2:36600" so every process publishes there')
     if args.json and not args.once:
         return _fail("--json goes with --once (the live view is for people)")
-    return run_top(config.stats.endpoint, once=args.once, json_out=args.json)
+    keys = KeyLayout(config.security.keys_dir).listener_keys() if config.security.curve else None
+    return run_top(config.stats.endpoint, once=args.once, json_out=args.json, keys=keys)
 
 
 def _restart(config, args) -> int:

@@ -24,8 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import zmq
 
+from tcpcopy.cluster.curve import add_server_key_flags, plain_warning, server_keys_from_flags
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.cluster.stats import Aggregator, is_gauge
+from tcpcopy.cluster.top import LISTENER_FIX
 
 PROG = "python -m tcpcopy.cluster.metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -237,6 +239,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--stats", required=True, metavar="ENDPOINT",
                         help="the stats endpoint to bind, where every process publishes")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to serve /metrics")
+    add_server_key_flags(parser, "publishers", "keys/stats.key_secret")
     return parser
 
 
@@ -245,12 +248,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         host, port = listen_address(args.listen)
-    except ValueError as exc:
+        keys = server_keys_from_flags(args.key, args.allow_keys)
+    except ValueError as exc:   # KeyFileError too
         parser.error(str(exc))
     try:
-        aggregator = Aggregator(args.stats)
+        aggregator = Aggregator(args.stats, keys=keys)
     except zmq.ZMQError as exc:
         return _fail(f"--stats {args.stats}: cannot bind: {exc} (is another aggregator bound there?)")
+    if keys is None:
+        print(f"{PROG}: warning: " + plain_warning(["the stats channel"], LISTENER_FIX), file=sys.stderr)
     try:
         server = serve_metrics(aggregator, host, port)
     except OSError as exc:

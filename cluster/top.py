@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.curve import KeyFileError, ServerKeys, add_server_key_flags, plain_warning, server_keys_from_flags
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.cluster.stats import Aggregator, figure, outcomes
 
@@ -254,6 +255,11 @@ def _table_line(columns: list, cells: list, identity_width: int) -> str:
 
 # ---------------------------------------------------------------------- the command
 
+LISTENER_FIX = ("pass --key DIR/stats.key_secret --allow-keys DIR/allowed-publishers here and "
+                "--key and --stats-server-key DIR/stats.key to the publishers; in a cluster config, "
+                "[security] curve = true")
+
+
 def collect(aggregator: Aggregator, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
@@ -261,10 +267,13 @@ def collect(aggregator: Aggregator, seconds: float) -> None:
 
 
 def run_top(endpoint: str, once: bool = False, json_out: bool = False, interval: float = 1.0,
-            out=None) -> int:
-    """Bind ``endpoint`` and show the dashboard until q or Ctrl-C (or one frame ``once``)."""
+            out=None, keys: ServerKeys | None = None) -> int:
+    """Bind ``endpoint`` and show the dashboard until q or Ctrl-C (or one frame ``once``);
+    with ``keys`` only the publishers they admit are heard (CURVE)."""
     out = out or sys.stdout
-    aggregator = Aggregator(endpoint)
+    aggregator = Aggregator(endpoint, keys=keys)
+    if keys is None:
+        print(f"{PROG}: warning: " + plain_warning(["the stats channel"], LISTENER_FIX), file=sys.stderr)
     try:
         if once:
             collect(aggregator, ONCE_WAIT)
@@ -337,6 +346,7 @@ def build_parser() -> CommandParser:
                         help=f"listen {ONCE_WAIT:g} s, print one frame and exit")
     parser.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
+    add_server_key_flags(parser, "publishers", "keys/stats.key_secret")
     return parser
 
 
@@ -348,7 +358,11 @@ def main(argv=None) -> int:
     if args.interval <= 0:
         parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
     try:
-        return run_top(args.stats, once=args.once, json_out=args.json, interval=args.interval)
+        keys = server_keys_from_flags(args.key, args.allow_keys)
+    except KeyFileError as exc:
+        parser.error(str(exc))
+    try:
+        return run_top(args.stats, once=args.once, json_out=args.json, interval=args.interval, keys=keys)
     except zmq.ZMQError as exc:
         print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc} "
               "(is another top or metrics aggregator bound there? is the path's directory there?)",

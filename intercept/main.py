@@ -26,6 +26,8 @@ import zmq
 
 from tcpcopy.capture.pcapio import CaptureError, filter_compiles
 from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
+from tcpcopy.cluster.curve import (KeyFileError, KeyLayout, add_server_key_flags, client_keys_from_flags,
+                                   plain_warning, server_keys_from_flags)
 from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
                                      drop_to, install_log_reopen, remove_pid_file, reopen_logs_if_asked,
@@ -144,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_user(parser)
     parser.add_argument("--stats", metavar="ENDPOINT", default="",
                         help="publish counters every second to this ZeroMQ endpoint (tcpcopy-cluster top)")
+    add_server_key_flags(parser, "session owners", "keys/intercept.key_secret")
+    parser.add_argument("--stats-server-key", metavar="FILE",
+                        help="CurveZMQ on the stats channel (--stats): the stats listener's public key "
+                             "(stats.key); this intercept publishes with its --key")
     parser.add_argument("--config", metavar="TOML",
                         help="cluster config: take -i, -F, -b, -p (base_port + K) and --payload from "
                              "its [intercept] section, with --shard K")
@@ -154,7 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.keys = args.stats_keys = None
     resolve_shard(parser, args, _from_cluster_config)
+    if not args.config:
+        absolute_paths(args, "key", "allow_keys", "stats_server_key")
+        try:   # read now, before any --user drop
+            args.keys = server_keys_from_flags(args.key, args.allow_keys)
+            if args.stats_server_key:
+                args.stats_keys = client_keys_from_flags(args.key, None, args.stats_server_key)[1]
+        except KeyFileError as exc:
+            parser.error(str(exc))
     if not args.bpf:
         parser.error(f"-F is required: give the pcap filter that matches the target's answers, "
                      f"e.g. {FILTER_EXAMPLE}")
@@ -178,6 +193,10 @@ def _from_cluster_config(args: argparse.Namespace) -> None:
     args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
     args.stats = args.stats or config.stats.endpoint
     args.user = args.user or user_from_config(config.supervisor.user)
+    if config.security.curve:
+        layout = KeyLayout(config.security.keys_dir)
+        args.keys = layout.intercept_keys()
+        args.stats_keys = layout.publisher_keys("intercept") if args.stats else None
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
@@ -188,7 +207,20 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
                         payload=args.payload, route_ttl=args.route_ttl, identity=args.identity,
                         stats_endpoint=args.stats, max_owners=args.max_owners,
-                        routes_per_owner=args.routes_per_owner)
+                        routes_per_owner=args.routes_per_owner, keys=args.keys, stats_keys=args.stats_keys)
+
+
+PLAIN_FIX = ("pass intercept --key DIR/intercept.key_secret --allow-keys DIR/allowed-owners (and "
+             "--stats-server-key DIR/stats.key with --stats), and tcpcopy --server-key DIR/intercept.key "
+             "--key DIR/online.key_secret; in a cluster config, [security] curve = true")
+
+
+def warn_if_plain(args: argparse.Namespace) -> None:
+    """One warning for the channels this intercept runs without keys."""
+    plain = (["the control channel (owners to this intercept)"] if args.keys is None else []) + (
+        ["the stats channel"] if args.stats and args.stats_keys is None else [])
+    if plain:
+        log.warning("%s", plain_warning(plain, PLAIN_FIX))
 
 
 def main(argv=None) -> int:
@@ -196,6 +228,7 @@ def main(argv=None) -> int:
     failed = start_command("intercept", args)
     if failed is not None:
         return failed
+    warn_if_plain(args)
     try:
         return _run(config_from(args), args.user)
     finally:

@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 
+from tcpcopy.cluster.curve import KeyFileError, add_client_key_flags, client_keys_from_flags, plain_warning
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
                                      parse_client_pool, parse_intercepts, parse_mappings)
 from tcpcopy.cluster.privileges import PrivilegeError
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", metavar="ENDPOINT", default="",
                    help="publish counters every second to the ZeroMQ ENDPOINT where "
                         "`python -m tcpcopy.cluster.top --stats ENDPOINT` (or /metrics) listens")
+    p.add_argument("--server-key", metavar="FILE",
+                   help="CurveZMQ: the intercepts' public key (intercept.key from `tcpcopy-cluster keygen "
+                        "DIR`); with --key the control channel is encrypted and only an intercept that holds "
+                        "the secret half answers (default: no keys, one warning)")
+    add_client_key_flags(p, "intercept", "keys/online.key_secret")
     p.add_argument("--summary-json", metavar="FILE", help="write the final counters as JSON to FILE")
     p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
                    help="name of this copier in intercept logs")
@@ -202,7 +208,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"-f below --instances, e.g. -f 0 and -f 1 with --instances 2")
     if args.sample_percent == 0:
         args.sample_percent = 100
-    absolute_paths(args, "log_file", "pid_file", "summary_json")
+    absolute_paths(args, "log_file", "pid_file", "summary_json", "key", "stats_server_key")
+    try:   # read now, while this process may still read them (before any --user drop)
+        args.keys, args.stats_keys = client_keys_from_flags(args.key, args.server_key, args.stats_server_key)
+    except KeyFileError as exc:
+        parser.error(str(exc))
     if args.offline:
         args.source = os.path.abspath(args.source)
     return args
@@ -221,7 +231,7 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
         # Offline replay is paced by the file: shedding would only lose what it holds.
         shedding=None if args.offline else shedding_config(args.shed_after),
         instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
-        stats_endpoint=args.stats)
+        stats_endpoint=args.stats, keys=args.keys, stats_keys=args.stats_keys)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:
@@ -229,6 +239,8 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
     argv = [sys.executable, "-m", "tcpcopy.capture.worker", "--filter", bpf, "--owner", packet_endpoint]
     if args.stats:
         argv += ["--stats", args.stats]
+        if args.stats_keys is not None:
+            argv += ["--key", args.key, "--stats-server-key", args.stats_server_key]
     if args.user:
         argv += ["--user", args.user.name]
     if args.offline:
@@ -240,6 +252,19 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
     return argv
 
 
+PLAIN_FIX = ("pass tcpcopy --server-key DIR/intercept.key --key DIR/online.key_secret (and --stats-server-key "
+             "DIR/stats.key with --stats), and intercept --key DIR/intercept.key_secret --allow-keys "
+             "DIR/allowed-owners")
+
+
+def warn_if_plain(args: argparse.Namespace) -> None:
+    """One warning for the channels this copier runs without keys."""
+    plain = (["the control channel to intercept"] if args.keys is None else []) + (
+        ["the stats channel"] if args.stats and args.stats_keys is None else [])
+    if plain:
+        log.warning("%s", plain_warning(plain, PLAIN_FIX))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.check:
@@ -248,6 +273,7 @@ def main(argv=None) -> int:
     failed = start_command("tcpcopy", args)
     if failed is not None:
         return failed
+    warn_if_plain(args)
     run_dir = tempfile.mkdtemp(prefix="tcpcopy-")
     summary = None
     try:

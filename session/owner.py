@@ -27,6 +27,7 @@ import zmq
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import ConfigError, load_config
+from tcpcopy.cluster.curve import ClientKeys, KeyLayout, plain_warning
 from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, drop_to, install_log_reopen,
@@ -72,6 +73,8 @@ class OwnerOptions:
     instance: int = 0                    # -f, when --instances copiers share client addresses
     instances: int = 1
     stats_endpoint: str = ""             # publish counters there every second ("": off)
+    keys: ClientKeys | None = None       # CURVE with the intercepts (None: plain)
+    stats_keys: ClientKeys | None = None  # CURVE on the stats channel
     buffer_budget_mb: int = 1024         # client data all sessions may buffer together
     shedding: SheddingConfig | None = SheddingConfig()   # None: never shed (offline replay)
 
@@ -103,7 +106,7 @@ class Owner:
         self.pull.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE))
         self.pull.bind(options.packet_endpoint)
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
-                                    sharded=options.intercepts_sharded)
+                                    sharded=options.intercepts_sharded, keys=options.keys)
         self.fanout = Fanout(options.fanout)
         self.budget = BufferBudget(options.buffer_budget_mb << 20)
         self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions,
@@ -120,7 +123,8 @@ class Owner:
         self._origin = time.monotonic()
         self._last_stats = 0.0
         self._watches = []
-        self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity)
+        self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity,
+                                         keys=options.stats_keys)
                           if options.stats_endpoint else None)
         self.capture_ready = False
         self._captures_seen: set[str] = set()   # HELLO instances of capture processes logged
@@ -426,7 +430,20 @@ def options_from_config(config, shard: int) -> OwnerOptions:
         memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
         buffer_budget_mb=copy.buffer_budget_mb, shedding=shedding_config(copy.shed_after),
         intercepts_sharded=True, instance=copy.port_offset if copy.instances > 1 else 0,
-        instances=copy.instances, stats_endpoint=config.stats.endpoint)
+        instances=copy.instances, stats_endpoint=config.stats.endpoint, **cluster_keys(config))
+
+
+def cluster_keys(config) -> dict:
+    """The owners' keys from the cluster config's [security] (the online host's pair, the
+    intercepts' and the stats listener's public keys), or none when curve = false."""
+    if not config.security.curve:
+        return {}
+    layout = KeyLayout(config.security.keys_dir)
+    return {"keys": layout.owner_keys(),
+            "stats_keys": layout.publisher_keys("online") if config.stats.endpoint else None}
+
+
+PLAIN_CLUSTER_FIX = "set [security] curve = true in the cluster config"
 
 
 def shedding_config(shed_after: float) -> SheddingConfig | None:
@@ -464,6 +481,9 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 2
     owner.watch(reopen_logs_if_asked)
+    if options.keys is None:
+        plain = ["the control channel to the intercepts"] + (["the stats channel"] if options.stats_endpoint else [])
+        log.warning("%s", plain_warning(plain, PLAIN_CLUSTER_FIX))
     owner.ready_message = f"owner {shard} of {config.owners.count}: a capture worker is feeding it"
 
     def on_signal(signum, _frame):
@@ -471,7 +491,7 @@ def main(argv=None) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
-    log.info("owner %d of %d ready on %s", shard, config.owners.count, options_from_config(config, shard).packet_endpoint)
+    log.info("owner %d of %d ready on %s", shard, config.owners.count, options.packet_endpoint)
     try:
         owner.run()
     finally:

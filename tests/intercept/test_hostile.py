@@ -6,6 +6,11 @@ Worker bound to tcp://127.0.0.1, and checks that it fails: the real owner (the o
 InterceptLinks) keeps its routes and gets its answers, the attacker gets none of them, the
 counters name every refusal, and the intercept stays responsive. Captured answers are fed
 to ``on_packet`` directly; the clock is driven by hand except where heartbeats are timed.
+
+Every attack runs twice: against an intercept without keys, and against one with CurveZMQ
+keys, where the attacker holds a listed key of its own (a second online host's, stolen or
+misused): keys keep strangers out, and the rules above still hold among key holders. Peers
+without keys or with an unlisted key are refused at the handshake and counted.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import pytest
 import zmq
 
 from tcpcopy.capture import packet as pk
-from tcpcopy.cluster import wire
+from tcpcopy.cluster import curve, wire
 from tcpcopy.cluster.options import InterceptAddress
+from tcpcopy.cluster.curve import GATE_LOG_LINES
 from tcpcopy.intercept.worker import OWNER_SILENCE, PEER_LOG_LINES, Worker, WorkerConfig
 from tcpcopy.session.intercepts import InterceptLinks
 from tests.intercept.test_worker import Clock, answer, endpoint, header_length, hello_from
@@ -31,13 +37,32 @@ PAYLOAD = 64
 E = endpoint(40000)
 
 
-class Rig:
-    """A worker on tcp://127.0.0.1 with a hand-driven clock, and the sockets of a test."""
+@pytest.fixture(scope="module")
+def key_set(tmp_path_factory) -> curve.KeyLayout:
+    """One key set for the module: the owner holds online's key, attackers online2's (listed)."""
+    directory = str(tmp_path_factory.mktemp("keys") / "keys")
+    curve.keygen(directory, ("online", "online2"))
+    return curve.KeyLayout(directory)
 
-    def __init__(self, **config) -> None:
+
+def attacker_keys(layout: curve.KeyLayout | None) -> curve.ClientKeys | None:
+    if layout is None:
+        return None
+    return curve.ClientKeys(curve.load_secret(layout.secret("online2")), curve.load_public(layout.public("intercept")))
+
+
+class Rig:
+    """A worker on tcp://127.0.0.1 with a hand-driven clock, and the sockets of a test;
+    with ``keys`` (a keygen layout) the worker and every peer use CurveZMQ."""
+
+    def __init__(self, keys: curve.KeyLayout | None = None, **config) -> None:
         self.context = zmq.Context()
         self.clock = Clock()
+        self.keys = keys
         config.setdefault("payload", PAYLOAD)
+        if keys is not None:
+            config["keys"] = keys.intercept_keys()
+        self.config = config
         self.worker = Worker(WorkerConfig(endpoint="tcp://127.0.0.1:*", identity="intercept-h", **config),
                              clock=self.clock, context=self.context)
         self.endpoint = self.worker.bind()
@@ -59,7 +84,8 @@ class Rig:
 
     def owner(self, identity: str = "owner-0@online1") -> InterceptLinks:
         """The real owner side, connected and greeted."""
-        links = InterceptLinks(self.context, [InterceptAddress("127.0.0.1", self.port)], identity)
+        links = InterceptLinks(self.context, [InterceptAddress("127.0.0.1", self.port)], identity,
+                               keys=self.keys.owner_keys() if self.keys else None)
         self.sockets.append(links)
         now = 0.0
         while not links.links[0].up:
@@ -70,12 +96,16 @@ class Rig:
             links.receive(links.links[0].socket, now, list)
         return links
 
-    def dealer(self, routing_id: bytes | None = None) -> zmq.Socket:
-        """An attacker's DEALER (ZeroMQ makes up its routing id unless one is given)."""
+    def dealer(self, routing_id: bytes | None = None, keys: curve.ClientKeys | None | str = "listed") -> zmq.Socket:
+        """An attacker's DEALER (ZeroMQ makes up its routing id unless one is given); with
+        keys on, it holds a listed key unless ``keys`` says otherwise (None: no keys)."""
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if routing_id is not None:
             sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        keys = attacker_keys(self.keys) if keys == "listed" else keys
+        if keys is not None:
+            curve.connect_with_keys(sock, keys)
         sock.connect(self.endpoint)
         self.sockets.append(sock)
         return sock
@@ -92,9 +122,14 @@ class Rig:
         self.context.destroy(linger=0)   # also whatever a failed test left open
 
 
+@pytest.fixture(params=["plain", "curve"])
+def keys(request, key_set) -> curve.KeyLayout | None:
+    return key_set if request.param == "curve" else None
+
+
 @pytest.fixture
-def rig():
-    made = Rig()
+def rig(keys):
+    made = Rig(keys)
     yield made
     made.close()
 
@@ -263,17 +298,22 @@ def closed_by_peer(conn: socket.socket, timeout: float = 3.0) -> bool:
 
 
 def test_a_frame_over_the_size_limit_ends_the_connection_before_it_is_read(rig):
+    """Without keys MAXMSGSIZE hangs up on it; with keys, a peer without them (this one says
+    NULL in its greeting) is hung up on before it may send a frame at all."""
     links = rig.owner()
     conn = zmtp_peer(rig.port)
-    conn.sendall(b"\x02" + struct.pack(">Q", 10 << 20) + b"\x93")   # a 10 MB frame announced
     try:
-        assert closed_by_peer(conn)        # MAXMSGSIZE: ZeroMQ hangs up, nothing is buffered
+        conn.sendall(b"\x02" + struct.pack(">Q", 10 << 20) + b"\x93")   # a 10 MB frame announced
+        assert closed_by_peer(conn)        # ZeroMQ hangs up, nothing is buffered
+    except BrokenPipeError:
+        assert rig.keys is not None        # hung up on at the greeting already
     finally:
         conn.close()
     registered(rig, links, E)
     rig.answers(answer(40000, "SA"))
     assert len(owner_records(rig, links, 1)) == 1
     assert rig.worker.stats()["peer_errors"] == 0
+    assert (rig.worker.stats()["curve_refused_plain"] > 0) == (rig.keys is not None)
 
 
 @pytest.mark.parametrize("frame, fault", [
@@ -294,24 +334,29 @@ def test_messages_over_their_kinds_limits_are_counted_faults(rig, frame, fault, 
     assert fault in message and "\n" not in message
 
 
-def test_heartbeats_keep_flowing_while_junk_arrives(caplog):
+def test_heartbeats_keep_flowing_while_junk_arrives(keys, caplog):
     """The worker on its real clock in a thread; attackers flood it for a few seconds
     (bounded) while an owner times the intercept's heartbeats. A peer that reconnects gets
     a new routing id, so the log is bounded per minute, not per peer."""
     caplog.set_level(logging.INFO, logger="tcpcopy.intercept")
     context = zmq.Context()
-    worker = Worker(WorkerConfig(endpoint="tcp://127.0.0.1:*", routes_per_owner=20_000), context=context)
+    server_keys = {"keys": keys.intercept_keys()} if keys else {}
+    worker = Worker(WorkerConfig(endpoint="tcp://127.0.0.1:*", routes_per_owner=20_000, **server_keys),
+                    context=context)
     address = worker.bind()
     port = int(address.rsplit(":", 1)[1])
     stop, flood_over = threading.Event(), threading.Event()
     serving = threading.Thread(target=worker.serve, args=(stop.is_set,), daemon=True)
     serving.start()
-    floods = [threading.Thread(target=flood, args=(context, address, port, flood_over), daemon=True)
+    floods = [threading.Thread(target=flood, args=(context, address, port, flood_over, attacker_keys(keys)),
+                               daemon=True)
               for flood in (_flood_registers_without_hello, _flood_registers_with_hello,
                             _flood_oversized, _flood_garbage)]
     owner = context.socket(zmq.DEALER)
     owner.setsockopt(zmq.LINGER, 0)
     owner.setsockopt(zmq.ROUTING_ID, wire.new_routing_id())
+    if keys:
+        curve.connect_with_keys(owner, keys.owner_keys())
     owner.connect(address)
     try:
         owner.send(hello_from("owner-0@online1", "i1"))
@@ -332,7 +377,10 @@ def test_heartbeats_keep_flowing_while_junk_arrives(caplog):
         assert len(beats) >= 3 and max(gaps) < 1.6, beats
         assert stats["before_hello"] > 0 and stats["register_over_quota"] > 0 and stats["peer_errors"] > 0
         assert stats["routes"] <= 20_000 and stats["owners"] == 2
-        assert len(caplog.records) <= PEER_LOG_LINES, [r.getMessage() for r in caplog.records]
+        about_peers = [r for r in caplog.records if r.name == "tcpcopy.intercept"]
+        assert len(about_peers) <= PEER_LOG_LINES, [r.getMessage() for r in about_peers]
+        refusals = [r for r in caplog.records if r.name == "tcpcopy.curve"]   # the key gate's own budget
+        assert len(refusals) <= GATE_LOG_LINES and (keys is None) == (not refusals), refusals
     finally:
         worker.close()
         owner.close(linger=0)
@@ -352,10 +400,12 @@ def _heartbeat_times(owner: zmq.Socket, seconds: float) -> list[float]:
     return beats
 
 
-def _junk_dealer(context: zmq.Context, address: str) -> zmq.Socket:
+def _junk_dealer(context: zmq.Context, address: str, keys) -> zmq.Socket:
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100)
+    if keys is not None:
+        curve.connect_with_keys(sock, keys)
     sock.connect(address)
     return sock
 
@@ -377,36 +427,40 @@ def _endpoint_batch(first: int) -> bytes:
                                  for n in range(wire.ENDPOINTS_MAX)])
 
 
-def _flood_registers_without_hello(context, address, _port, over) -> None:
-    sock = _junk_dealer(context, address)
+def _flood_registers_without_hello(context, address, _port, over, keys) -> None:
+    sock = _junk_dealer(context, address, keys)
     batch = _endpoint_batch(0)
     _send_until(sock, (batch for _ in range(2000)), over)
     sock.close()
 
 
-def _flood_registers_with_hello(context, address, _port, over) -> None:
-    sock = _junk_dealer(context, address)
+def _flood_registers_with_hello(context, address, _port, over, keys) -> None:
+    sock = _junk_dealer(context, address, keys)
     sock.send(hello_from("mallory@attacker", "m1"))
     batches = [_endpoint_batch(n) for n in range(10)]    # 40,960 endpoints, twice the quota
     _send_until(sock, (batches[n % 10] for n in range(2000)), over)
     sock.close()
 
 
-def _flood_oversized(context, address, port, over) -> None:
-    sock = _junk_dealer(context, address)
+def _flood_oversized(context, address, port, over, keys) -> None:
+    sock = _junk_dealer(context, address, keys)
     _send_until(sock, (bytes(10 << 20) for _ in range(3)), over)   # the reported 10 MB frame
     sock.close()
     for _ in range(50):
         if over.is_set():
             return
         conn = zmtp_peer(port)
-        conn.sendall(b"\x02" + struct.pack(">Q", 8 << 20) + bytes(65536))
-        closed_by_peer(conn, 1.0)
-        conn.close()
+        try:
+            conn.sendall(b"\x02" + struct.pack(">Q", 8 << 20) + bytes(65536))
+            closed_by_peer(conn, 1.0)
+        except OSError:   # with keys on, a peer without them is hung up on at the greeting
+            pass
+        finally:
+            conn.close()
 
 
-def _flood_garbage(context, address, _port, over) -> None:
-    sock = _junk_dealer(context, address)
+def _flood_garbage(context, address, _port, over, keys) -> None:
+    sock = _junk_dealer(context, address, keys)
     junk = [b"\xc1" * 200_000, b"\x93\x01\x01" + b"\xff" * 100_000, b"\x93\x01\x07\xdd\xff\xff\xff\xff"]
     _send_until(sock, (junk[n % 3] for n in range(20_000)), over)
     sock.close()
@@ -414,8 +468,8 @@ def _flood_garbage(context, address, _port, over) -> None:
 
 # ---------------------------------------------------------------- quotas and caps
 
-def test_a_register_flood_from_one_peer_is_capped_and_evicts_nobody():
-    rig = Rig(routes_per_owner=1000)
+def test_a_register_flood_from_one_peer_is_capped_and_evicts_nobody(keys):
+    rig = Rig(keys, routes_per_owner=1000)
     try:
         links = rig.owner()
         owner_id = registered(rig, links, *(endpoint(40000 + n) for n in range(50)))
@@ -439,9 +493,9 @@ def test_a_register_flood_from_one_peer_is_capped_and_evicts_nobody():
         rig.close()
 
 
-def test_hellos_beyond_the_owner_cap_are_refused_with_a_bye(caplog):
+def test_hellos_beyond_the_owner_cap_are_refused_with_a_bye(keys, caplog):
     caplog.set_level(logging.WARNING, logger="tcpcopy.intercept")
-    rig = Rig(max_owners=2)
+    rig = Rig(keys, max_owners=2)
     try:
         links = rig.owner()
         registered(rig, links, E)
@@ -492,8 +546,10 @@ def test_an_owner_restarting_on_its_routing_id_registers_again(rig):
 def test_after_an_intercept_restart_the_owner_registers_its_live_endpoints_again(rig):
     links = rig.owner()
     owner_id = registered(rig, links, E)
+    if rig.worker.gate is not None:
+        rig.worker.gate.close()                         # its context's ZAP endpoint, for the new one
     rig.worker.socket.close(linger=0)                  # a crash: no BYE
-    restarted = rig.worker = Worker(WorkerConfig(endpoint=rig.endpoint, payload=PAYLOAD), clock=rig.clock,
+    restarted = rig.worker = Worker(WorkerConfig(endpoint=rig.endpoint, **rig.config), clock=rig.clock,
                                     context=rig.context)
     deadline = time.monotonic() + 5
     while True:                                         # the old listener closes asynchronously
@@ -535,3 +591,35 @@ def test_more_endpoints_than_one_register_holds_are_split_by_the_owner(rig):
     registered(rig, links, *many)
     assert len(rig.worker.routes) == len(many) and rig.worker.stats()["peer_errors"] == 0
     assert links.stats.registered == len(many)
+
+
+# ---------------------------------------------------------------- strangers, with keys on
+
+@pytest.mark.parametrize(("stranger", "counter"), [
+    ("no keys", "curve_refused_plain"),
+    ("an unlisted key", "curve_refused_key"),
+    ("a listed key but the wrong server key", "curve_refused_handshake"),
+])
+def test_with_keys_a_stranger_is_refused_counted_and_takes_nothing(key_set, stranger, counter):
+    rig = Rig(key_set)
+    try:
+        links = rig.owner()
+        owner_id = registered(rig, links, E)
+        server = curve.load_public(key_set.public("intercept"))
+        keys = {"no keys": None,
+                "an unlisted key": curve.ClientKeys(curve.KeyPair(*zmq.curve_keypair()), server),
+                "a listed key but the wrong server key": curve.ClientKeys(
+                    curve.load_secret(key_set.secret("online2")), zmq.curve_keypair()[0])}[stranger]
+        attacker = rig.dealer(keys=keys)
+        for message in (hello_from("mallory@attacker", "m1"), wire.encode_register([E]), wire.encode_unregister([E])):
+            attacker.send(message)
+        assert rig.pump(lambda: rig.worker.stats()[counter] >= 1)
+        packets = the_answers()
+        rig.answers(*packets)
+        assert owner_records(rig, links, 3) == expected_records(packets)
+        assert kinds_received(attacker) == []              # not even a greeting
+        stats = rig.worker.stats()
+        assert rig.worker.routes.holder(E) == owner_id and stats["owners"] == 1
+        assert (stats["before_hello"], stats["register_taken"], stats["peer_errors"]) == (0, 0, 0)
+    finally:
+        rig.close()

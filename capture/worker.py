@@ -5,7 +5,9 @@ captures what it sends itself), with the filter built from the ``-x`` mappings a
 user's ``-F`` compiled into the kernel. Offline: a pcap file replayed at its own pace
 (``-a`` speed-up, ``-I`` idle-gap compression, ``-T`` repeats). Each packet's IP bytes and
 timestamp go to the owner of its flow (``cluster.shard``) in msgpack batches over ZeroMQ
-PUSH. A full owner queue never blocks capture: the batch is dropped and counted.
+(DEALER to each owner's ROUTER). A full owner queue never blocks capture: the batch is
+dropped and counted. Owners answer with the connections they skip (SKIP); a live worker adds
+those of its shard to its kernel filter, so their packets cost no capture at all.
 """
 
 from __future__ import annotations
@@ -26,20 +28,23 @@ import zmq
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
-from tcpcopy.capture.pcapio import CaptureError, open_live
+from tcpcopy.capture.pcapio import CaptureError, open_live, set_filter
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
 from tcpcopy.cluster.curve import KeyFileError, KeyLayout, add_client_key_flags, client_keys_from_flags, plain_warning
 from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
 from tcpcopy.cluster.process import add_user, resolve_shard, shard_of, user_from_config
 from tcpcopy.cluster.progress import ReplayProgress
-from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard
+from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, skip_flows_filter
 from tcpcopy.cluster.stats import StatsPublisher
 
 MAX_BATCH = 256          # packets per PACKETS message
 MAX_BATCH_AGE = 0.002    # seconds a packet may wait for its batch to fill
 SEND_HWM = 2000          # PACKETS messages queued per owner before drops
 HELLO_EVERY = 1.0        # seconds between HELLOs: an owner that restarts learns the capture is live
+CONTROL_EVERY = 0.1      # seconds between looks for owners' SKIP lists
+REFILTER_EVERY = 0.5     # seconds between kernel filter changes (each is a compile)
+KERNEL_SKIP_MAX = 256    # connections in the kernel filter, all owners together (~1,100 BPF instructions)
 
 
 @dataclass(slots=True)
@@ -51,11 +56,58 @@ class CaptureStats:
     packets_dropped_full: int = 0   # an owner's queue was full
     kernel_received: int = 0
     kernel_dropped: int = 0
+    kernel_skips: int = 0           # skipped connections the kernel filter drops now (gauge)
+    refilters: int = 0              # kernel filter changes
+    refilter_failures: int = 0      # ... refused by libpcap (the filter without skips stays)
+    control_malformed: int = 0      # owner messages not understood
 
     def line(self) -> str:
         return (f"captured:{self.captured} malformed:{self.malformed} sent:{self.packets_sent} "
                 f"dropped(owner full):{self.packets_dropped_full} "
-                f"kernel recv:{self.kernel_received} kernel drop:{self.kernel_dropped}")
+                f"kernel recv:{self.kernel_received} kernel drop:{self.kernel_dropped} "
+                f"kernel filter changes:{self.refilters} (refused:{self.refilter_failures})")
+
+
+class SkipFilter:
+    """The live capture filter: the base filter (``-x``, ``-F``, shard) and not the
+    connections owners skip. Pure; the capture loop applies ``due``'s text to the handle.
+
+    Each owner's latest list replaces its previous one. Only this worker's shard of them is
+    kept (an owner sends its list to every worker), at most ``limit`` in all, and the filter
+    changes at most once per ``every`` seconds."""
+
+    def __init__(self, base: str, owners: int, shard: tuple[int, int] = (0, 1),
+                 limit: int = KERNEL_SKIP_MAX, every: float = REFILTER_EVERY):
+        self.base, self.shard, self.limit, self.every = base, shard, limit, every
+        self.by_owner: list[list[bytes]] = [[] for _ in range(owners)]
+        self.dirty = False
+        self._next = 0.0
+
+    def take(self, owner: int, flow_keys: list[bytes]) -> None:
+        mine = [key for key in flow_keys if self._in_shard(key)]
+        if mine != self.by_owner[owner]:
+            self.by_owner[owner] = mine
+            self.dirty = True
+
+    def flows(self) -> list[bytes]:
+        """The skipped connections, a fair share of the limit per owner first."""
+        share = max(1, self.limit // max(1, len(self.by_owner)))
+        chosen = [key for keys in self.by_owner for key in keys[:share]]
+        rest = [key for keys in self.by_owner for key in keys[share:]]
+        return (chosen + rest)[:self.limit]
+
+    def due(self, now: float) -> str | None:
+        """The filter to apply now, or None (nothing changed, or changed too recently)."""
+        if not self.dirty or now < self._next:
+            return None
+        self.dirty = False
+        self._next = now + self.every
+        return combine_filters(self.base, skip_flows_filter(self.flows()))
+
+    def _in_shard(self, key: bytes) -> bool:
+        shard, count = self.shard
+        address = key[:4] if len(key) == 12 else key[:16]
+        return flow_shard(address, int.from_bytes(key[-4:-2], "big"), count) == shard
 
 
 @dataclass
@@ -111,8 +163,10 @@ class Worker:
         self.context = zmq.Context.instance()
         self.sockets = []
         for endpoint in owner_endpoints:
-            sock = self.context.socket(zmq.PUSH)
+            sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            sock.setsockopt(zmq.RCVHWM, 16)
+            sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.CAPTURE_TAKES))
             sock.setsockopt(zmq.LINGER, 2000)
             sock.connect(endpoint)
             self.sockets.append(sock)
@@ -123,6 +177,8 @@ class Worker:
         self._hello: bytes | None = None
         self._next_hello = 0.0
         self.run_as = None   # --user: dropped to once the capture is open
+        self.skip_filter: SkipFilter | None = None   # live capture only
+        self._next_control = 0.0
 
     def publish(self, now: float, refresh=None) -> None:
         """Counters to the stats channel when due; ``refresh()`` first updates what must be
@@ -147,6 +203,25 @@ class Worker:
             return
         owner = flow_shard(src, sport, len(self.sockets))
         self.batcher.add(owner, ts, ip, now)
+
+    def read_control(self, now: float) -> None:
+        """Take the owners' SKIP lists (every CONTROL_EVERY seconds; live capture only)."""
+        if self.skip_filter is None or now < self._next_control:
+            return
+        self._next_control = now + CONTROL_EVERY
+        for owner, sock in enumerate(self.sockets):
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    kind, body = wire.decode(frame)
+                except wire.WireError:
+                    self.stats.control_malformed += 1
+                    continue
+                if kind == wire.SKIP:
+                    self.skip_filter.take(owner, body)
 
     def announce(self, source: str) -> None:
         """Tell the owners the capture is open: from now on nothing is missed."""
@@ -188,11 +263,13 @@ def _client_endpoint(ip: bytes) -> tuple[bytes, int]:
     return ip[8:24], int.from_bytes(ip[40:42], "big")
 
 
-def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int) -> None:
+def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
+             shard: tuple[int, int] = (0, 1)) -> None:
     handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
                        buffer_bytes=buffer_mb << 20, timeout_ms=2, inbound_only=True)
     drop_privileges_to(worker.run_as)   # the handle is open: reading and refiltering it need no privilege
     worker.linktype = handle.datalink()
+    worker.skip_filter = SkipFilter(bpf, len(worker.sockets), shard)
     gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     worker.announce(iface)
     fd = handle.fileno()
@@ -208,8 +285,31 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int)
         now = time.monotonic()
         worker.batcher.flush_due(now)
         worker.announce_again(now)
+        worker.read_control(now)
+        _apply_skip_filter(worker, handle, iface, now)
         worker.publish(now, lambda: _read_kernel_counters(worker, handle))
     _read_kernel_counters(worker, handle)
+
+
+def _apply_skip_filter(worker: Worker, handle, iface: str, now: float) -> None:
+    """The owners' skipped connections into the kernel filter, when they changed. A filter
+    libpcap refuses is counted and the base filter stays: skipping is an economy, the owner
+    still skips those packets itself."""
+    text = worker.skip_filter.due(now)
+    if text is None:
+        return
+    try:
+        set_filter(handle, text, iface)
+    except CaptureError as exc:
+        worker.stats.refilter_failures += 1
+        if worker.stats.refilter_failures == 1:
+            print(f"capture: kernel skip filter refused, owners keep skipping instead: {exc}",
+                  file=sys.stderr)
+        set_filter(handle, worker.skip_filter.base, iface)
+        worker.stats.kernel_skips = 0
+        return
+    worker.stats.refilters += 1
+    worker.stats.kernel_skips = len(worker.skip_filter.flows())
 
 
 def drop_privileges_to(run_as) -> None:
@@ -380,7 +480,7 @@ def main(argv=None) -> int:
     worker.run_as = args.user
     try:
         if args.iface:
-            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb)
+            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb, args.shard)
         else:
             drop_privileges_to(args.user)   # a file needs no privilege; the user must be able to read it
             pacing = OfflinePacing(args.speed, None if args.idle_gap_ms is None else args.idle_gap_ms / 1000,

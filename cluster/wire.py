@@ -7,7 +7,9 @@ bytes, str) so encoding stays cheap on the per-packet paths (PACKETS, RESPONSES)
 
 Channels:
 
-- capture worker --PUSH--> session owner: PACKETS (batches of captured client packets);
+- capture worker --DEALER--> session owner (ROUTER): HELLO, PACKETS (batches of captured
+  client packets), BYE;
+- session owner --ROUTER--> capture worker: SKIP (connections the kernel filter may drop);
 - session owner --DEALER--> intercept (ROUTER): HELLO, REGISTER, UNREGISTER, BYE;
 - intercept --ROUTER--> session owner: HELLO, RESPONSES, HEARTBEAT, HANDOVER (the routes of
   a dead owner, for its replacement to reset);
@@ -40,11 +42,12 @@ RESPONSES = 5
 HEARTBEAT = 6
 STATS = 7
 BYE = 8
+SKIP = 9
 HANDOVER = 10
 
 KIND_NAMES = {HELLO: "HELLO", PACKETS: "PACKETS", REGISTER: "REGISTER",
               UNREGISTER: "UNREGISTER", RESPONSES: "RESPONSES", HEARTBEAT: "HEARTBEAT",
-              STATS: "STATS", BYE: "BYE", HANDOVER: "HANDOVER"}
+              STATS: "STATS", BYE: "BYE", SKIP: "SKIP", HANDOVER: "HANDOVER"}
 
 ROLES = ("capture", "owner", "intercept", "cluster")
 
@@ -59,6 +62,8 @@ RESPONSES_MAX_RECORDS = 256  # records per RESPONSES message (intercept sends 64
 STATS_MAX_FIGURES = 4096    # figures per STATS message (the aggregator keeps as many)
 STATS_TEXT_MAX = 1024       # a figure's name, a STATS identity
 ROUTING_ID_BYTES = 16       # owners' DEALER routing ids
+SKIP_MAX_FLOWS = 256        # connections per SKIP message (owners send 128 at most)
+FLOW_KEY_BYTES = (12, 36)   # an IPv4 or IPv6 flow key (addresses, then ports: pk.flow_key_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ LIMITS = {
     STATS: Limits(frame=1 << 20, bin=STATS_TEXT_MAX, str=STATS_TEXT_MAX, array=64,
                   map=STATS_MAX_FIGURES),
     BYE: Limits(frame=64 + TEXT_MAX, str=TEXT_MAX),
+    SKIP: Limits(frame=64 + SKIP_MAX_FLOWS * 40, bin=max(FLOW_KEY_BYTES), array=SKIP_MAX_FLOWS),
 }
 # A frame that does not declare a known kind of this format: enough to name what it is.
 UNKNOWN = Limits(frame=64 << 10, bin=256, str=256, array=16, map=16)
@@ -100,6 +106,7 @@ _UNKNOWN_ARGS = UNKNOWN.unpack_args()
 INTERCEPT_TAKES = (HELLO, REGISTER, UNREGISTER, HEARTBEAT, BYE)
 OWNER_TAKES_FROM_INTERCEPT = (HELLO, RESPONSES, HEARTBEAT, BYE, HANDOVER)
 OWNER_TAKES_FROM_CAPTURE = (HELLO, PACKETS, BYE)
+CAPTURE_TAKES = (SKIP,)
 AGGREGATOR_TAKES = (STATS,)
 
 
@@ -203,6 +210,12 @@ def encode_stats(role: str, identity: str, counters: dict) -> bytes:
 
 def encode_bye(reason: str) -> bytes:
     return _pack(BYE, reason)
+
+
+def encode_skip(flow_keys: list) -> bytes:
+    """``flow_keys``: the captured connections (``pk.flow_key_bytes``) whose packets, but for
+    SYN, FIN and RST, the capture worker may drop in the kernel: the owner skips them anyway."""
+    return _pack(SKIP, flow_keys)
 
 
 def decode(frame: bytes):
@@ -321,6 +334,13 @@ def _stats(body) -> list:
     return [role, identity, counters]
 
 
+def _flow_keys(body) -> list:
+    if not isinstance(body, list) or not all(isinstance(k, bytes) and len(k) in FLOW_KEY_BYTES
+                                             for k in body):
+        raise ValueError("flow keys are not a list of 12- or 36-byte keys")
+    return body
+
+
 def _text(body) -> str:
     if not isinstance(body, str):
         raise ValueError("not text")
@@ -329,4 +349,4 @@ def _text(body) -> str:
 
 _CHECKS = {HELLO: _hello, PACKETS: _packets, REGISTER: _endpoints, UNREGISTER: _endpoints,
            RESPONSES: _responses, HEARTBEAT: _number, STATS: _stats, BYE: _text,
-           HANDOVER: _endpoints}
+           SKIP: _flow_keys, HANDOVER: _endpoints}

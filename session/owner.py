@@ -1,9 +1,11 @@
 """Session owner: the I/O loop around the session table.
 
-It pulls batches of captured client packets from capture workers (ZeroMQ PULL), runs one
+It takes batches of captured client packets from capture workers (ZeroMQ ROUTER), runs one
 engine per replayed connection (``SessionTable``), registers each replayed endpoint with the
 intercepts before its SYN leaves, takes the target's response headers back from them, and
 sends the engines' packets through raw IP sockets. A send error is counted, never fatal.
+It tells the capture workers which skipped connections their kernel filter may drop
+(``session/kernelskip.py``).
 
 Time inside the table is seconds since the owner started (monotonic).
 """
@@ -37,9 +39,10 @@ from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session.engine import BufferBudget, Closed, Dropped, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
+from tcpcopy.session.kernelskip import KernelSkips
+from tcpcopy.session.orphans import OrphanReaper
 from tcpcopy.session.ports import PortAllocator
 from tcpcopy.session.rawsend import DualSender, RawSendError
-from tcpcopy.session.orphans import OrphanReaper
 from tcpcopy.session.shedding import LoadShedder, SheddingConfig
 from tcpcopy.session.table import SessionFreed, SessionStarted, SessionTable
 
@@ -50,9 +53,13 @@ MAX_MESSAGES_PER_TURN = 64   # packet batches taken per loop turn, so responses 
 # 50,000 commands a second) must not keep the target's answers waiting, or a request/answer
 # protocol advances one request per turn.
 INPUT_SLICE = 0.005
-PULL_HWM = 2000
+CAPTURE_HWM = 2000           # packet batches queued per capture worker
+CAPTURE_PEER_TIMEOUT = 5.0   # seconds without a HELLO after which a capture worker is gone
 STATS_EVERY = 30.0
 STARTUP_WAIT = 5.0
+KEYS_HINT = ("; with keys, also check that the server key is the intercept's public key and that this "
+             "copier's public key is in the intercept's allowed keys (intercept logs each peer it refuses)")
+PLAIN_HINT = "; an intercept started with keys refuses a copier without them (intercept logs it)"
 MAX_CAPTURES_REMEMBERED = 1024
 
 
@@ -61,7 +68,7 @@ class OwnerOptions:
     fanout: FanoutOptions
     session: SessionConfig
     intercepts: tuple[InterceptAddress, ...]
-    packet_endpoint: str                 # where capture workers PUSH to (we bind)
+    packet_endpoint: str                 # where capture workers connect to (we bind)
     identity: str = "owner-0"
     lonely: bool = False                 # -L: keep going while no intercept is reachable
     memory_limit_mb: int | None = None   # -m
@@ -92,6 +99,10 @@ class OwnerCounters:
     input_lag_ms: float = 0.0            # age of the captured input last taken (gauge)
     input_lag_max_ms: float = 0.0
     shedding: int = 0                    # 1 while the owner sheds sessions (gauge)
+    kernel_skips: int = 0                # connections the capture kernel filters drop (gauge)
+    kernel_skip_updates: int = 0         # changed lists sent to the capture workers
+    kernel_skip_unsent: int = 0          # ... not delivered (a worker's queue was full)
+    capture_frames_malformed: int = 0    # capture-channel messages not of one frame
     outcomes: dict = field(default_factory=dict)
 
 
@@ -100,11 +111,14 @@ class Owner:
         """``sender``: raw sockets opened before this process dropped its privileges."""
         self.options = options
         self.context = zmq.Context.instance()
-        self.pull = self.context.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE))
-        self.pull.bind(options.packet_endpoint)
+        self.captures = self.context.socket(zmq.ROUTER)
+        self.captures.setsockopt(zmq.RCVHWM, CAPTURE_HWM)
+        self.captures.setsockopt(zmq.LINGER, 0)
+        self.captures.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an undelivered skip list is counted
+        self.captures.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE))
+        self.captures.bind(options.packet_endpoint)
+        self._capture_peers: dict[bytes, float] = {}   # routing id -> last HELLO
+        self.kernel_skips = KernelSkips()
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
                                     sharded=options.intercepts_sharded, keys=options.keys)
         self.fanout = Fanout(options.fanout)
@@ -150,7 +164,8 @@ class Owner:
         missing = ", ".join(str(link.address) for link in self.links.down_links())
         if missing and not self.options.lonely:
             raise OwnerError(f"intercept {missing} unreachable: start intercept there first "
-                             "(and open its port), or pass -L to copy anyway and wait for it")
+                             "(and open its port), or pass -L to copy anyway and wait for it"
+                             + (KEYS_HINT if self.options.keys is not None else PLAIN_HINT))
         if missing:
             log.warning("intercept %s unreachable; -L: copying anyway, its sessions will "
                         "wait until it answers", missing)
@@ -159,7 +174,7 @@ class Owner:
     def run(self) -> None:
         gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
         poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.captures, zmq.POLLIN)
         for sock in self.links.sockets():
             poller.register(sock, zmq.POLLIN)
         while not self.stopping:
@@ -170,7 +185,7 @@ class Owner:
             for sock in self.links.sockets():
                 if sock in ready:
                     self._responses(sock, now)
-            if self.pull in ready:
+            if self.captures in ready:
                 self._client_batches(now)
             self.table.run_timers(now)
             self.orphans.run_timers(now)
@@ -186,7 +201,7 @@ class Owner:
         if self.publisher is not None:
             self.publisher.publish(self.published_counters())
             self.publisher.close()
-        self.pull.close(linger=0)
+        self.captures.close(linger=0)
         self.sender.close()
 
     def watch(self, check) -> None:
@@ -207,18 +222,22 @@ class Owner:
             if time.monotonic() > until:
                 return
             try:
-                frame = self.pull.recv(zmq.NOBLOCK)
+                frames = self.captures.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 if self.shedder is not None:
                     self.shedder.caught_up()   # the owner keeps up with what reaches it
                 return
+            if len(frames) != 2:
+                self.counters.capture_frames_malformed += 1
+                continue
+            peer, frame = frames
             try:
                 kind, body = wire.decode(frame)
             except wire.WireError as exc:
                 log.error("capture channel: %s", exc)
                 continue
             if kind == wire.HELLO:
-                self._capture_hello(body)
+                self._capture_hello(peer, body, now)
                 continue
             if kind == wire.BYE:
                 self.input_ended_at = now
@@ -230,9 +249,14 @@ class Owner:
             self.counters.batches += 1
             self._client_packets(body, now)
 
-    def _capture_hello(self, hello: wire.Hello) -> None:
-        """Capture workers repeat their HELLO every second; each process is logged once."""
+    def _capture_hello(self, peer: bytes, hello: wire.Hello, now: float) -> None:
+        """Capture workers repeat their HELLO every second; each process is logged once.
+        A worker new on this socket gets the kernel skip list at once (an empty one clears
+        what a predecessor of this owner left in its filter)."""
         self.capture_ready = True
+        if peer not in self._capture_peers and len(self._capture_peers) < MAX_CAPTURES_REMEMBERED:
+            self._send_skips(self.kernel_skips.current(), [peer])
+        self._capture_peers[peer] = now
         if hello.instance in self._captures_seen:
             return
         if len(self._captures_seen) >= MAX_CAPTURES_REMEMBERED:
@@ -331,6 +355,7 @@ class Owner:
     def _housekeeping(self, now: float) -> None:
         if self.shedder is not None:
             self._shed_live_sessions(now)
+        self._update_kernel_skips(now)
         for check in self._watches:
             reason = check()
             if reason:
@@ -355,7 +380,30 @@ class Owner:
         count = self.shedder.sessions_to_shed(now, self.table.live())
         if count:
             shed = self.table.shed(count, now)
-            log.warning("still %.1f s behind the input: shed %d live sessions", self.shedder.lag, shed)
+            self.kernel_skips.admit(shed, now)
+            log.warning("still %.1f s behind the input: shed %d live sessions", self.shedder.lag, len(shed))
+
+    def _update_kernel_skips(self, now: float) -> None:
+        """Hand the busiest skipped connections to the capture workers' kernel filters."""
+        if not self.kernel_skips.due(now):
+            return
+        flows = self.kernel_skips.update(self.table.skipping, self.table.take_skip_hits(), now)
+        if flows is None:
+            return
+        gone = [peer for peer, seen in self._capture_peers.items() if now - seen > CAPTURE_PEER_TIMEOUT]
+        for peer in gone:
+            del self._capture_peers[peer]
+        self.counters.kernel_skips = len(flows)
+        self.counters.kernel_skip_updates = self.kernel_skips.changes
+        self._send_skips(flows, list(self._capture_peers))
+
+    def _send_skips(self, flows: list[bytes], peers: list[bytes]) -> None:
+        message = wire.encode_skip(flows)
+        for peer in peers:
+            try:
+                self.captures.send_multipart([peer, message], zmq.NOBLOCK)
+            except zmq.ZMQError:   # the worker's queue is full (or it is gone): the next list heals
+                self.counters.kernel_skip_unsent += 1
 
     def _check_memory(self) -> None:
         limit = self.options.memory_limit_mb

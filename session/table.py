@@ -77,6 +77,9 @@ class SessionTable:
         # a request). Keyed by pk.raw_flow_key, so an owner can skip a packet before it
         # decodes it. Insertion-ordered and bounded: the oldest entry goes first.
         self._skipping: dict[bytes, None] = {}
+        # Packets skipped per connection since the owner last asked (``take_skip_hits``):
+        # which connections are busy enough to be worth skipping in the kernel instead.
+        self._skip_hits: dict[bytes, int] = {}
         self.refuse_new = False   # overload: connections that would start a session are shed
         self._endpoints_for = endpoints_for
         self.ports = ports or PortAllocator()
@@ -153,19 +156,20 @@ class SessionTable:
             if session.finished:
                 self._free(key, session, now)
 
-    def shed(self, count: int, now: float) -> int:
+    def shed(self, count: int, now: float) -> list[bytes]:
         """Overload: end ``count`` live sessions, the youngest first, and skip the rest of
-        their connections. Returns how many were shed."""
+        their connections. Returns the flow keys (``pk.flow_key_bytes``) of those shed."""
         victims = []
         for _flow, session in reversed(self._by_endpoint.values()):
             if len(victims) >= count:
                 break
             if not session.over:
                 victims.append(session)
+        keys = [pk.flow_key_bytes(*self._flow_of(session)) for session in victims]
         for session in victims:
             session.abort(now, SHED)
             self._after(session, now)
-        return len(victims)
+        return keys
 
     def shutdown(self, now: float) -> None:
         """Reset every live session (TCPCopy does the same on exit)."""
@@ -218,7 +222,19 @@ class SessionTable:
         if flags & (pk.FIN | pk.RST):
             del self._skipping[key]
         self.table_stats.packets_skipped += 1
+        hits = self._skip_hits
+        hits[key] = hits.get(key, 0) + 1
         return True
+
+    @property
+    def skipping(self) -> dict:
+        """The flow keys (``pk.flow_key_bytes``) of the connections being skipped (read only)."""
+        return self._skipping
+
+    def take_skip_hits(self) -> dict[bytes, int]:
+        """Packets skipped per connection since the last call."""
+        hits, self._skip_hits = self._skip_hits, {}
+        return hits
 
     def _skip_rest_of_flow(self, session: Session) -> None:
         """After an abnormal end: once no copy of the flow is live and the client has not

@@ -93,6 +93,12 @@ def test_bye_round_trips_its_reason():
         wire.BYE, "shutting down: SIGTERM")
 
 
+def test_skip_list_round_trips_ipv4_and_ipv6_flow_keys():
+    keys = [V4_CLIENT + V4_TARGET + b"\xc0\x01\x00\x50", V6_CLIENT + V6_TARGET + b"\xc0\x01\x1f\x90"]
+    assert wire.decode(wire.encode_skip(keys)) == (wire.SKIP, keys)
+    assert wire.decode(wire.encode_skip([])) == (wire.SKIP, [])
+
+
 def test_handover_round_trips_its_endpoints():
     endpoints = [(V4_CLIENT, 40000, V4_TARGET, 8080), (V6_CLIENT, 40001, V6_TARGET, 8080)]
     assert wire.decode(wire.encode_handover(endpoints)) == (wire.HANDOVER, endpoints)
@@ -204,6 +210,9 @@ def test_bad_hello_is_a_wire_error(body):
     (wire.STATS, ["owner", "owner-0", [1, 2]]),
     (wire.BYE, 3),
     (wire.BYE, None),
+    (wire.SKIP, b"\x00" * 12),
+    (wire.SKIP, [b"\x00" * 13]),
+    (wire.SKIP, ["\x00" * 12]),
 ], ids=lambda v: repr(v)[:30])
 def test_body_of_the_wrong_shape_is_a_wire_error(kind, body):
     with pytest.raises(WireError, match=f"malformed {wire.KIND_NAMES[kind]}"):
@@ -277,12 +286,17 @@ def test_every_limit_holds_the_largest_legitimate_message():
     hello = wire.encode_hello(Hello("capture", "c" * wire.TEXT_MAX, "i" * wire.TEXT_MAX))
     stats = wire.encode_stats("owner", "o" * wire.STATS_TEXT_MAX,
                               {f"{'n' * 200}{i}": 2**63 - 1 for i in range(wire.STATS_MAX_FIGURES)})
+    from tcpcopy.capture.worker import KERNEL_SKIP_MAX
+    from tcpcopy.session.kernelskip import KernelSkipConfig
+    assert KernelSkipConfig().capacity <= KERNEL_SKIP_MAX <= wire.SKIP_MAX_FLOWS
+    skips = wire.encode_skip([bytes(36)] * wire.SKIP_MAX_FLOWS)
     for frame in (packets, endpoints, responses, hello, stats, wire.encode_bye("b" * wire.TEXT_MAX),
-                  wire.encode_heartbeat(1717171717.123456)):
+                  wire.encode_heartbeat(1717171717.123456), skips):
         kind, _ = wire.decode(frame)
         assert len(frame) <= wire.LIMITS[kind].frame
     assert wire.max_frame(wire.INTERCEPT_TAKES) == wire.LIMITS[wire.REGISTER].frame
     assert wire.max_frame(wire.OWNER_TAKES_FROM_CAPTURE) == wire.PACKETS_MAX_FRAME
+    assert wire.max_frame(wire.CAPTURE_TAKES) == wire.LIMITS[wire.SKIP].frame
 
 
 @pytest.mark.parametrize("frame, message", [
@@ -297,8 +311,9 @@ def test_every_limit_holds_the_largest_legitimate_message():
     (b"\x93\x01\x02\xc6\xff\xff\xff\xff", "malformed PACKETS"),      # a 4 GB bin, 8 bytes
     (b"\x93\x01\x07\x93\xa5owner\xa1o\xdf\xff\xff\xff\xff", "max_map_len"),
     (b"\x93\x01\x08\xd4\x01\x00", "max_ext_len"),                  # ext types are refused
+    (raw(1, wire.SKIP, [bytes(12)] * (wire.SKIP_MAX_FLOWS + 1)), "max_array_len"),
 ], ids=["long-identity", "padded-hello", "endpoints", "record", "packets", "figures", "heartbeat",
-        "array-header", "bin-header", "map-header", "ext"])
+        "array-header", "bin-header", "map-header", "ext", "skips"])
 def test_a_message_over_its_kinds_limits_is_a_wire_error(frame, message):
     with pytest.raises(WireError, match=message):
         wire.decode(frame)

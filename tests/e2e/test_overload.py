@@ -73,9 +73,11 @@ def test_unthrottled_keepalive_sheds_whole_sessions_and_copies_at_capacity(live_
     print(f"\nunthrottled: online {online} requests in {SECONDS:g} s ({online / SECONDS:.0f}/s); "
           f"target {len(copied)} at {overload_rate:.0f}/s; shed {shed} sessions "
           f"({table['connections_shed']} new), "
-          f"skipped {table['packets_skipped']} packets; outcomes {summary['owner']['outcomes']}; "
+          f"skipped {table['packets_skipped']} packets in the owner, "
+          f"{summary['owner']['kernel_skip_updates']} kernel skip lists sent; outcomes {summary['owner']['outcomes']}; "
           f"peak lag {summary['owner']['input_lag_max_ms']:.0f} ms; "
           f"buffers peak {summary['buffers']['peak_bytes'] >> 20} MiB")
+    print(next((line for line in copy.log("tcpcopy").splitlines() if "capture: captured:" in line), ""))
     rss = {f.name: f.peak_rss_mb for f in copy.figures.values()}
     print(f"peak RSS MB: {rss}")
 

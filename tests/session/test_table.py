@@ -406,7 +406,11 @@ def test_the_rest_of_a_dropped_connection_is_skipped_until_its_fin():
         r.timers(at)
         assert r.client(at, 7, 41000, PA, seq, O_ISN + 1, chunk) == []
         seq += len(chunk)
+    # What the owner may hand to the kernel filter: the connection and how busy it was.
+    [flow] = r.table.skipping
+    assert r.table.take_skip_hits() == {flow: 5} and r.table.take_skip_hits() == {}
     assert r.client(15.1, 7, 41000, FA, seq, O_ISN + 1) == []
+    assert not r.table.skipping   # the FIN ended the skipping
     stats = r.table.table_stats
     assert stats.flows_skipped == 1 and stats.packets_skipped == 6
     assert stats.sessions_started == 1

@@ -4,15 +4,20 @@ Unthrottled keep-alive load (100 connections, as fast as the online nginx answer
 than one Python owner replays on this box. The copier must keep copying whole sessions at
 its capacity and shed the rest whole: every request the target gets is complete, the
 shedding is counted, memory stays within the budget, and the copy does not collapse: it
-copies at least half as much per CPU second as when asked for a rate it sustains (the target
-of 90% is a performance figure, measured and printed here and by make bench).
+copies at least 90% as much per CPU second as when asked for a rate it sustains.
 
 That last comparison is made per CPU second of the copier (capture worker and owner): on
 a two-core box the load tool at its maximum rate takes CPU the copier would otherwise
 have, so requests per wall-clock second fall for a reason that is not the copier's. What
 shedding itself may waste (skipping the packets of shed sessions, work done on a session
-before it was shed) shows as more CPU per copied request. The sustained run goes at the
-rate the overloaded copy reached.
+before it was shed) shows as more CPU per copied request; shed connections are dropped in
+the capture worker's kernel filter, so most of their packets cost nothing. The sustained run
+goes at the rate the overloaded copy reached.
+
+The figure is a ratio of two CPU measurements on a box the load tool shares: runs on two
+cores measured 83-106%, around a 90-100% middle. The test fails below 80%, a margin for that
+noise; a real regression (say the kernel skipping lost, which measured 76-85%) shows in the
+printed figure first.
 """
 
 from __future__ import annotations
@@ -104,11 +109,11 @@ def test_unthrottled_keepalive_sheds_whole_sessions_and_copies_at_capacity(live_
           f"(overload copies {cost_probe / cost_over:.0%} as many per CPU second)")
     assert online_probe >= 0.9 * probe_rate * SECONDS, "the box could not even offer the sustained load"
     if kept_up:
-        # No collapse: under overload the copier still does at least half the copying per
-        # CPU second it does when it keeps up. (The target is 90%; what it misses by is the
-        # capture of the shed sessions' packets, which costs CPU before the owner skips
-        # them. make bench reports the figure.)
-        assert cost_over <= cost_probe / 0.5, "overload collapsed the copy: less than half its capacity"
+        # At least 90% of the copying per CPU second it does when it keeps up, less the
+        # measurement's noise (module docstring).
+        assert cost_over <= cost_probe / 0.8, (
+            f"overload copies {cost_probe / cost_over:.0%} as many per CPU second as a sustained run "
+            "(target 90%): shedding wastes CPU")
 
 
 def copier_cpu(copy: LiveCopy) -> float:

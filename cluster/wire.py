@@ -10,9 +10,13 @@ Channels:
 - capture worker --DEALER--> session owner (ROUTER): HELLO, PACKETS (batches of captured
   client packets), BYE;
 - session owner --ROUTER--> capture worker: SKIP (connections the kernel filter may drop);
-- session owner --DEALER--> intercept (ROUTER): HELLO, REGISTER, UNREGISTER, BYE;
+- capture worker --DEALER--> session owner: ONLINE_ANSWERS (the online server's answers
+  to the sessions being compared);
+- session owner --DEALER--> intercept (ROUTER): HELLO, REGISTER, UNREGISTER, BYE, WATCH
+  (routes whose answers come back whole, for comparing);
 - intercept --ROUTER--> session owner: HELLO, RESPONSES, HEARTBEAT, HANDOVER (the routes of
-  a dead owner, for its replacement to reset);
+  a dead owner, for its replacement to reset), ANSWERS (watched routes' answers, payload
+  included; only an owner that compares takes them);
 - every process --PUB--> aggregator: STATS.
 
 Every decoder is bounded. A message's first three bytes declare its kind (a fixarray of 3,
@@ -44,10 +48,14 @@ STATS = 7
 BYE = 8
 SKIP = 9
 HANDOVER = 10
+WATCH = 11           # owner -> intercept: send these routes' answers whole (compared sessions)
+ANSWERS = 12         # intercept -> owner: answers of watched routes, payload included
+ONLINE_ANSWERS = 13  # capture worker -> owner: the online server's answers to compared sessions
 
 KIND_NAMES = {HELLO: "HELLO", PACKETS: "PACKETS", REGISTER: "REGISTER",
               UNREGISTER: "UNREGISTER", RESPONSES: "RESPONSES", HEARTBEAT: "HEARTBEAT",
-              STATS: "STATS", BYE: "BYE", SKIP: "SKIP", HANDOVER: "HANDOVER"}
+              STATS: "STATS", BYE: "BYE", SKIP: "SKIP", HANDOVER: "HANDOVER",
+              WATCH: "WATCH", ANSWERS: "ANSWERS", ONLINE_ANSWERS: "ONLINE_ANSWERS"}
 
 ROLES = ("capture", "owner", "intercept", "cluster")
 
@@ -63,6 +71,8 @@ STATS_MAX_FIGURES = 4096    # figures per STATS message (the aggregator keeps as
 STATS_TEXT_MAX = 1024       # a figure's name, a STATS identity
 ROUTING_ID_BYTES = 16       # owners' DEALER routing ids
 SKIP_MAX_FLOWS = 256        # connections per SKIP message (owners send 128 at most)
+ANSWER_RECORD_MAX_BYTES = 262_144   # a watched answer packet, payload included (a GRO super-packet)
+ANSWERS_MAX_RECORDS = 64            # records per ANSWERS message
 FLOW_KEY_BYTES = (12, 36)   # an IPv4 or IPv6 flow key (addresses, then ports: pk.flow_key_bytes)
 
 
@@ -89,6 +99,10 @@ LIMITS = {
     REGISTER: _ENDPOINT_LIMITS,
     UNREGISTER: _ENDPOINT_LIMITS,
     HANDOVER: _ENDPOINT_LIMITS,
+    WATCH: _ENDPOINT_LIMITS,
+    ANSWERS: Limits(frame=64 + ANSWERS_MAX_RECORDS * (ANSWER_RECORD_MAX_BYTES + 5),
+                    bin=ANSWER_RECORD_MAX_BYTES, array=ANSWERS_MAX_RECORDS),
+    ONLINE_ANSWERS: Limits(frame=PACKETS_MAX_FRAME, bin=PACKET_MAX_BYTES, array=PACKETS_MAX_ITEMS),
     RESPONSES: Limits(frame=64 + RESPONSES_MAX_RECORDS * (RECORD_MAX_BYTES + 5),
                       bin=RECORD_MAX_BYTES, array=RESPONSES_MAX_RECORDS),
     HEARTBEAT: Limits(frame=64),
@@ -103,9 +117,10 @@ _UNPACK_ARGS = {kind: limits.unpack_args() for kind, limits in LIMITS.items()}
 _UNKNOWN_ARGS = UNKNOWN.unpack_args()
 
 # The kinds each receiving socket takes, for its ZMQ_MAXMSGSIZE (``max_frame``).
-INTERCEPT_TAKES = (HELLO, REGISTER, UNREGISTER, HEARTBEAT, BYE)
+INTERCEPT_TAKES = (HELLO, REGISTER, UNREGISTER, HEARTBEAT, BYE, WATCH)
 OWNER_TAKES_FROM_INTERCEPT = (HELLO, RESPONSES, HEARTBEAT, BYE, HANDOVER)
-OWNER_TAKES_FROM_CAPTURE = (HELLO, PACKETS, BYE)
+OWNER_COMPARING_TAKES_FROM_INTERCEPT = OWNER_TAKES_FROM_INTERCEPT + (ANSWERS,)
+OWNER_TAKES_FROM_CAPTURE = (HELLO, PACKETS, BYE, ONLINE_ANSWERS)
 CAPTURE_TAKES = (SKIP,)
 AGGREGATOR_TAKES = (STATS,)
 
@@ -187,6 +202,23 @@ def encode_register(endpoints: list) -> bytes:
 
 def encode_unregister(endpoints: list) -> bytes:
     return _pack(UNREGISTER, [list(e) for e in endpoints])
+
+
+def encode_watch(endpoints: list) -> bytes:
+    """owner -> intercept: registered routes whose answers must come back whole (ANSWERS)."""
+    return _pack(WATCH, [list(e) for e in endpoints])
+
+
+def encode_answers(records: list) -> bytes:
+    """intercept -> owner: answer packets of watched routes, IP header to the end of the
+    payload (each at most ANSWER_RECORD_MAX_BYTES)."""
+    return _pack(ANSWERS, records)
+
+
+def encode_online_answers(batch: list) -> bytes:
+    """capture worker -> owner: [[timestamp, ip_packet_bytes], ...] the online server sent
+    to clients of compared sessions (never replayed)."""
+    return _pack(ONLINE_ANSWERS, batch)
 
 
 def encode_handover(endpoints: list) -> bytes:
@@ -349,4 +381,5 @@ def _text(body) -> str:
 
 _CHECKS = {HELLO: _hello, PACKETS: _packets, REGISTER: _endpoints, UNREGISTER: _endpoints,
            RESPONSES: _responses, HEARTBEAT: _number, STATS: _stats, BYE: _text,
-           SKIP: _flow_keys, HANDOVER: _endpoints}
+           SKIP: _flow_keys, HANDOVER: _endpoints, WATCH: _endpoints, ANSWERS: _responses,
+           ONLINE_ANSWERS: _packets}

@@ -88,6 +88,17 @@ def test_stats_round_trip_with_nested_counters():
         wire.STATS, ["owner", "owner-0@online1", counters])
 
 
+def test_comparing_messages_round_trip():
+    endpoint = (V4_CLIENT, 40000, V4_TARGET, 8080)
+    assert wire.decode(wire.encode_watch([endpoint])) == (wire.WATCH, [endpoint])
+    assert wire.decode(wire.encode_answers([b"\x45" * 3000])) == (wire.ANSWERS, [b"\x45" * 3000])
+    batch = [[1.5, b"\x45" * 60]]
+    assert wire.decode(wire.encode_online_answers(batch)) == (wire.ONLINE_ANSWERS, batch)
+    # Only an owner that compares takes the large ANSWERS messages.
+    assert wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT) < wire.LIMITS[wire.ANSWERS].frame
+    assert wire.max_frame(wire.OWNER_COMPARING_TAKES_FROM_INTERCEPT) == wire.LIMITS[wire.ANSWERS].frame
+
+
 def test_bye_round_trips_its_reason():
     assert wire.decode(wire.encode_bye("shutting down: SIGTERM")) == (
         wire.BYE, "shutting down: SIGTERM")
@@ -291,7 +302,10 @@ def test_every_limit_holds_the_largest_legitimate_message():
     assert KernelSkipConfig().capacity <= KERNEL_SKIP_MAX <= wire.SKIP_MAX_FLOWS
     skips = wire.encode_skip([bytes(36)] * wire.SKIP_MAX_FLOWS)
     for frame in (packets, endpoints, responses, hello, stats, wire.encode_bye("b" * wire.TEXT_MAX),
-                  wire.encode_heartbeat(1717171717.123456), skips):
+                  wire.encode_heartbeat(1717171717.123456), skips,
+                  wire.encode_answers([bytes(wire.ANSWER_RECORD_MAX_BYTES)] * wire.ANSWERS_MAX_RECORDS),
+                  wire.encode_online_answers([[1717171717.123456, bytes(wire.PACKET_MAX_BYTES)]] * MAX_BATCH),
+                  wire.encode_watch([(V6_CLIENT, 65535, V6_TARGET, 65535)] * wire.ENDPOINTS_MAX)):
         kind, _ = wire.decode(frame)
         assert len(frame) <= wire.LIMITS[kind].frame
     assert wire.max_frame(wire.INTERCEPT_TAKES) == wire.LIMITS[wire.REGISTER].frame

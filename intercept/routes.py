@@ -19,6 +19,12 @@ and the table ``max_routes``; a REGISTER beyond either is refused and counted, n
 with another owner's routes. Routes are kept in least-recently-used order, so expiry takes
 from the front in O(1) per route.
 
+A route may also be *watched* (``watch``): its owner compares the target's answers with the
+online server's, so intercept sends those answers whole besides their header records. Only
+the owner holding a route may watch it, each owner at most ``max_watched_per_owner`` routes
+(refusals counted), and a watch ends with its route, however the route ends (unregister,
+expiry, owner gone, handed over to a replacement that only resets it).
+
 Held records answer a race: the target's SYN-ACK (or RST) can be captured before the owner's
 REGISTER for that connection arrives, because the SYN goes out right after the REGISTER on a
 different path. Such records wait under their key, at most ``max_held`` records in all, and
@@ -37,6 +43,7 @@ DEFAULT_MAX_ROUTES = 1_000_000
 DEFAULT_MAX_PER_OWNER = 262_144   # an owner keeps 200,000 sessions at most by default
 DEFAULT_MAX_HELD = 65536
 DEFAULT_HOLD_TIME = 2.0
+DEFAULT_MAX_WATCHED = 4096        # watched routes per owner: intercept --watch-max
 
 COUNTERS = (
     "registered",            # REGISTER endpoints accepted (new or refreshed)
@@ -53,6 +60,11 @@ COUNTERS = (
     "held_refused",          # records not held: max_held reached
     "held_expired",          # held records whose registration never came within hold_time
     "released",              # held records handed over on registration
+    "watches",               # WATCH endpoints accepted (new or repeated)
+    "watch_taken",           # WATCH of a route another owner holds: refused
+    "watch_unknown",         # WATCH of a route that is not there: refused
+    "watch_over_quota",      # WATCH beyond the owner's max_watched_per_owner: refused
+    "watches_ended",         # watches ended with their route
 )
 
 
@@ -61,9 +73,12 @@ class RouteTable:
 
     def __init__(self, ttl: float = DEFAULT_TTL, max_routes: int = DEFAULT_MAX_ROUTES,
                  max_held: int = DEFAULT_MAX_HELD, hold_time: float = DEFAULT_HOLD_TIME,
-                 max_per_owner: int = DEFAULT_MAX_PER_OWNER) -> None:
+                 max_per_owner: int = DEFAULT_MAX_PER_OWNER,
+                 max_watched_per_owner: int = DEFAULT_MAX_WATCHED) -> None:
         if ttl <= 0 or hold_time <= 0:
             raise ValueError(f"ttl ({ttl}) and hold_time ({hold_time}) must be positive")
+        if max_watched_per_owner < 0:
+            raise ValueError(f"max_watched_per_owner ({max_watched_per_owner}) must be >= 0")
         if max_routes < 1 or max_held < 0 or max_per_owner < 1:
             raise ValueError(f"max_routes ({max_routes}) and max_per_owner ({max_per_owner}) must be "
                              f">= 1 and max_held ({max_held}) >= 0")
@@ -72,12 +87,17 @@ class RouteTable:
         self.max_per_owner = max_per_owner
         self.max_held = max_held
         self.hold_time = hold_time
+        self.max_watched_per_owner = max_watched_per_owner
         # key -> [owner, last_used]; least recently used first.
         self._routes: OrderedDict[Key, list] = OrderedDict()
         self._by_owner: dict[bytes, set[Key]] = {}
         # key -> [first_held_at, [record, ...]]; oldest first.
         self._held: OrderedDict[Key, list] = OrderedDict()
         self._held_count = 0
+        # Watched routes: key -> owner, and how many each owner watches. The worker tests
+        # ``watched`` per answer, so this dict is never replaced.
+        self.watched: dict[Key, bytes] = {}
+        self._watched_by_owner: dict[bytes, int] = {}
         self._counts = dict.fromkeys(COUNTERS, 0)
 
     # -- routes
@@ -126,6 +146,7 @@ class RouteTable:
             return False
         del self._routes[key]
         self._forget_owner_key(owner, key)
+        self._unwatch(key)
         self._counts["unregistered"] += 1
         return True
 
@@ -134,6 +155,7 @@ class RouteTable:
         keys = self._by_owner.pop(owner, ())
         for key in keys:
             del self._routes[key]
+        self._unwatch_all(keys)
         self._counts["routes_dropped_owner"] += len(keys)
         return len(keys)
 
@@ -141,6 +163,7 @@ class RouteTable:
         """Give every route of ``old`` (an owner that died) to ``new`` (its replacement), as
         many as ``new``'s quota allows; the rest are dropped (counted). The keys handed over."""
         keys = sorted(self._by_owner.pop(old, ()))
+        self._unwatch_all(keys)   # the replacement resets them; it compares nothing on them
         room = max(0, self.max_per_owner - len(self._by_owner.get(new, ())))
         given, dropped = keys[:room], keys[room:]
         for key in dropped:
@@ -169,6 +192,52 @@ class RouteTable:
             keys.discard(key)
             if not keys:
                 del self._by_owner[owner]
+
+    # -- watched routes
+
+    def watch(self, key: Key, owner: bytes) -> bool:
+        """Mark ``key`` watched for ``owner``, which must hold it; False (counted) when it is
+        not there, another owner holds it, or ``owner`` watches its maximum already."""
+        refusal = self._watch_refusal(key, owner)
+        if refusal:
+            self._counts[refusal] += 1
+            return False
+        if key not in self.watched:
+            self.watched[key] = owner
+            self._watched_by_owner[owner] = self.watching(owner) + 1
+        self._counts["watches"] += 1
+        return True
+
+    def _watch_refusal(self, key: Key, owner: bytes) -> str:
+        """The counter of the reason ``owner`` may not watch ``key``, or ""."""
+        route = self._routes.get(key)
+        if route is None:
+            return "watch_unknown"
+        if route[0] != owner:
+            return "watch_taken"
+        if key not in self.watched and self.watching(owner) >= self.max_watched_per_owner:
+            return "watch_over_quota"
+        return ""
+
+    def watching(self, owner: bytes) -> int:
+        """How many routes ``owner`` watches."""
+        return self._watched_by_owner.get(owner, 0)
+
+    def _unwatch(self, key: Key) -> None:
+        owner = self.watched.pop(key, None)
+        if owner is None:
+            return
+        self._counts["watches_ended"] += 1
+        left = self._watched_by_owner[owner] - 1
+        if left:
+            self._watched_by_owner[owner] = left
+        else:
+            del self._watched_by_owner[owner]
+
+    def _unwatch_all(self, keys) -> None:
+        if self.watched:
+            for key in keys:
+                self._unwatch(key)
 
     # -- records waiting for their registration
 
@@ -207,6 +276,7 @@ class RouteTable:
                 break
             del routes[key]
             self._forget_owner_key(route[0], key)
+            self._unwatch(key)
             self._counts["routes_expired"] += 1
         held = self._held
         while held:
@@ -237,5 +307,6 @@ class RouteTable:
         return len(self._by_owner.get(owner, ()))
 
     def counters(self) -> dict[str, int]:
-        """Every counter, plus the current sizes ``routes`` and ``held_now``."""
-        return {**self._counts, "routes": len(self._routes), "held_now": self._held_count}
+        """Every counter, plus the current sizes ``routes``, ``held_now`` and ``watched_routes``."""
+        return {**self._counts, "routes": len(self._routes), "held_now": self._held_count,
+                "watched_routes": len(self.watched)}

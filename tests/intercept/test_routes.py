@@ -232,3 +232,63 @@ def test_a_dead_owners_routes_are_handed_to_its_replacement_within_its_quota():
     assert A in table, "a route handed over starts a fresh TTL"
     assert table.unregister(A, OWNER_2)
     assert table.hand_over(b"\x00nobody", OWNER_2, now=6.0) == []
+
+
+# -- watched routes
+
+
+def test_only_the_owner_of_a_route_may_watch_it():
+    table = RouteTable()
+    table.register(A, OWNER_1, 0.0)
+    assert not table.watch(B, OWNER_1)            # no route
+    assert not table.watch(A, OWNER_2)            # another owner's route
+    assert table.watched == {}
+    assert table.watch(A, OWNER_1) and table.watch(A, OWNER_1)   # a repeat costs nothing more
+    assert table.watched == {A: OWNER_1} and table.watching(OWNER_1) == 1
+    counts = table.counters()
+    assert (counts["watches"], counts["watch_unknown"], counts["watch_taken"],
+            counts["watched_routes"]) == (2, 1, 1, 1)
+
+
+def test_watches_per_owner_are_bounded_and_refusals_counted():
+    table = RouteTable(max_watched_per_owner=2)
+    keys = [(CLIENT, 40000 + n, TARGET, 8080) for n in range(3)]
+    for key in keys:
+        table.register(key, OWNER_1, 0.0)
+    other = (CLIENT, 41000, TARGET, 8080)
+    table.register(other, OWNER_2, 0.0)
+    assert [table.watch(key, OWNER_1) for key in keys] == [True, True, False]
+    assert table.watch(keys[0], OWNER_1), "a route already watched is no new one"
+    assert table.watch(other, OWNER_2), "the bound is per owner"
+    assert table.counters()["watch_over_quota"] == 1
+    assert table.unregister(keys[0], OWNER_1)
+    assert table.watch(keys[2], OWNER_1), "an ended watch frees its place"
+
+
+@pytest.mark.parametrize("ending", ["unregister", "expire", "drop_owner", "hand_over"])
+def test_a_watch_ends_with_its_route(ending):
+    table = RouteTable(ttl=10.0)
+    table.register(A, OWNER_1, 0.0)
+    table.register(B, OWNER_1, 5.0)
+    table.watch(A, OWNER_1)
+    table.watch(B, OWNER_1)
+    if ending == "unregister":
+        table.unregister(A, OWNER_1)
+    elif ending == "expire":
+        table.expire(now=12.0)                   # A idle for 12 s, B for 7
+    elif ending == "drop_owner":
+        table.drop_owner(OWNER_1)
+    else:
+        table.hand_over(OWNER_1, OWNER_2, now=1.0)   # the replacement resets, compares nothing
+    assert A not in table.watched
+    assert table.watching(OWNER_1) + table.watching(OWNER_2) == len(table.watched)
+    assert table.counters()["watches_ended"] == 2 - len(table.watched)
+    if ending in ("unregister", "expire"):
+        assert table.watched == {B: OWNER_1}
+    table.register(A, OWNER_1 if ending != "hand_over" else OWNER_2, 20.0)
+    assert A not in table.watched, "a route made again starts unwatched"
+
+
+def test_a_negative_watch_bound_is_refused():
+    with pytest.raises(ValueError):
+        RouteTable(max_watched_per_owner=-1)

@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast fuzz demo bench soak profile replay-demo lab-down clean
+.PHONY: help deps venv test test-fast test-packaging fuzz demo bench soak profile replay-demo lab-down clean
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
 	@echo "make test-fast  the pure tests only (no namespaces, no root)"
+	@echo "make test-packaging  build the wheel, install it in a fresh venv from PyPI, check the commands and the extras"
 	@echo "make fuzz       the message decoders' fuzzers with 10^6 inputs each (hours; FUZZ_ROUNDS=1 for a tenth)"
 	@echo "make demo       the main job: a live copy in the four-host lab (nginx, h2load, intercept, tcpcopy), ending in a report"
 	@echo "make bench      the benchmark suite: the C TCPCopy and this copy side by side (HTTP, Redis, uploads), 3 runs each, judged on ratios to C and losses (about 20 min)"
@@ -17,7 +18,7 @@ help:
 	@echo "make replay-demo  a recorded HTTP session replayed through the engine alone to nginx"
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
 	@echo "make deps       install the Debian packages (deploy/install-deps.sh lists them)"
-	@echo "make venv       create $(VENV) and install the project (editable) with its test extras"
+	@echo "make venv       create $(VENV) and install the project (editable) with every extra and the test tools"
 
 deps:
 	@./deploy/install-deps.sh
@@ -26,16 +27,20 @@ $(STAMP): pyproject.toml
 	$(MAKE) deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,report,metrics,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# The packaging test needs PyPI and a few minutes: it runs in test-packaging (and in CI).
 test: deps venv
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not packaging"
 
 test-fast: venv
-	$(BIN)/pytest -m "not lab"
+	$(BIN)/pytest -m "not lab and not packaging"
+
+test-packaging: venv
+	$(BIN)/pytest -m packaging
 
 # The same fuzzers run in `make test` with a few thousand inputs in all. Here each gets
 # FUZZ_ROUNDS x FUZZ_EXAMPLES inputs (10^6), in rounds of their own seed, which keeps the

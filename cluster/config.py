@@ -34,7 +34,9 @@ INTERCEPT_MAX_PAYLOAD = 1460   # the intercept's --payload limit (intercept.work
 UNIX_PATH_MAX = 107       # bytes of an AF_UNIX socket path, without the terminating NUL
 HOST_ROLES = ("online", "assistant")
 WILDCARD_BINDS = ("0.0.0.0", "::")
-SAMPLE = "deploy/cluster-sample.toml"
+# The annotated sample, shipped in the package (tcpcopy/deploy/), so messages name a file
+# that exists wherever the package is installed.
+SAMPLE = str(Path(__file__).resolve().parent.parent / "deploy" / "cluster-sample.toml")
 
 
 class ConfigError(ValueError):

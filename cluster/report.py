@@ -14,8 +14,10 @@ files from those samples, the online and target servers' access logs (parsed ent
 dicts of ``Nginx.access_log_entries``), the number of copies (``-n``) and the processes'
 CPU-seconds and peak RSS as the harness measured them. The data are pure functions
 (:func:`build_series`, :func:`summarize`, :func:`render_html`); only :func:`draw_png` draws,
-with matplotlib's Agg backend. With no traffic and no samples the files still appear, and
-say that nothing was recorded.
+with matplotlib's Agg backend. matplotlib is the ``report`` extra: without it there is no
+report.png (``ReportPaths.png`` is None) and report.html says how to get the picture
+(:data:`PICTURE_HINT`). With no traffic and no samples the files still appear, and say that
+nothing was recorded.
 
 The picture opens with a title block of the run's totals (online, expected and arrived at the
 target, missing, the loss ratio, the copier's own estimate, sessions) and has three panels
@@ -39,6 +41,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import importlib.util
 import json
 import math
 import re
@@ -64,12 +67,19 @@ RATE_SHIFT = 0.5          # seconds a sample's rates are drawn before its time (
 LOSS_WINDOW_S = 5         # seconds of online requests each point of the loss line judges
 LAG_QUANTILE = 0.25       # which of the per-second lags stands for the copy's (see copy_lag)
 SLICE = 0.1               # seconds the recorder waits for stats between checks of the clock
+PICTURE_HINT = ("no picture: matplotlib is not installed; for report.png: "
+                "pip install 'tcpcopy[report]'")
 
 
 class ReportPaths(NamedTuple):
     json: Path
-    png: Path
+    png: Path | None          # None without matplotlib (the report extra)
     html: Path
+
+
+def can_draw() -> bool:
+    """True when matplotlib (the ``report`` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 # ---------------------------------------------------------------------- samples
@@ -548,6 +558,8 @@ def render_html(report: Mapping, png: bytes | None, png_name: str = "report.png"
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<p><a href="{esc(png_name)}"><img id="report-png" alt="requests, loss and CPU over time" '
                      f'src="data:image/png;base64,{data}"></a></p>')
+    else:
+        parts.append(f'<p class="note" id="no-picture">{esc(PICTURE_HINT)}</p>')
     parts.append(_table("requests", [
         ("online", totals["online_requests"]),
         ("expected at the target (online x copies)", totals["expected_target_requests"]),
@@ -734,15 +746,18 @@ def _legend(axes) -> None:
 def build_report(samples: Sequence[Mapping], online_log: Sequence[Mapping], target_log: Sequence[Mapping],
                  copies: int, processes: Iterable[Any], out_dir: str | Path, *,
                  tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None) -> ReportPaths:
-    """Write report.json, report.png and report.html into ``out_dir`` (made if missing)."""
+    """Write report.json, report.png (with matplotlib) and report.html into ``out_dir``
+    (made if missing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = ReportPaths(out / "report.json", out / "report.png", out / "report.html")
+    png = out / "report.png" if can_draw() else None
+    paths = ReportPaths(out / "report.json", png, out / "report.html")
     series = build_series(samples, online_log, target_log, copies)
     report = summarize(series, samples, online_log, target_log, processes, tcpcopy_summary, meta)
     paths.json.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    draw_png(series, paths.png, lines=headline(report))
-    paths.html.write_text(render_html(report, paths.png.read_bytes(), paths.png.name))
+    if png is not None:
+        draw_png(series, png, lines=headline(report))
+    paths.html.write_text(render_html(report, png.read_bytes() if png else None, "report.png"))
     return paths
 
 
@@ -864,7 +879,10 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     for path in paths:
-        print(path)
+        if path is not None:
+            print(path)
+    if paths.png is None:
+        print(f"{PROG}: {PICTURE_HINT}", file=sys.stderr)
     return 0
 
 

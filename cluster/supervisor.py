@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, load_config
+from tcpcopy.cluster.config import HOST_ROLES, SAMPLE, ClusterConfig, load_config
 from tcpcopy.cluster.privileges import RunAs
 from tcpcopy.cluster.process import private_directory, user_from_config
 
@@ -45,7 +45,7 @@ START_SECS = 1
 RPC_TIMEOUT = 5.0
 FAULT_BAD_NAME = 10        # supervisor.xmlrpc.Faults
 FAULT_NOT_RUNNING = 70
-SAMPLE_TOML = Path(__file__).resolve().parent.parent / "deploy" / "cluster-sample.toml"
+SAMPLE_TOML = Path(SAMPLE)
 SAMPLE_CONFIG_PATH = "/etc/tcpcopy/cluster.toml"   # where the sample says to install it
 
 
@@ -183,6 +183,7 @@ def start(config: ClusterConfig, host_role: str, config_path: str | None = None,
     """Render this role's supervisord.conf, launch supervisord and wait until it answers.
     Returns supervisord's pid."""
     _check_role(host_role)
+    supervisord_binary()          # missing: said before anything is written
     _check_interfaces(config, host_role)
     run_as = _check_user(config)
     rpc = _proxy(config, host_role)
@@ -248,7 +249,8 @@ def supervisord_binary() -> str:
     beside = Path(sys.executable).with_name("supervisord")
     found = str(beside) if os.access(beside, os.X_OK) else shutil.which("supervisord")
     if not found:
-        raise ClusterError("supervisord is not installed: apt-get install supervisor (or pip install supervisor)")
+        raise ClusterError("supervisord is not installed: pip install 'tcpcopy[cluster]' "
+                           "(or apt-get install supervisor)")
     return found
 
 

@@ -32,7 +32,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tcpcopy.cluster.report import ReportPaths, build_report
+from tcpcopy.cluster.report import PICTURE_HINT, ReportPaths, build_report
 from tcpcopy.deploy import load
 from tcpcopy.deploy.lab import CLIENT, LabError, four_host
 from tcpcopy.deploy.livecopy import STATS_ENDPOINT, CopyReport, LiveCopy, LiveCopyError
@@ -234,8 +234,10 @@ def main(argv=None) -> int:
     print(report.render() if report else "  nothing: the copy had not started")
     if files:
         print("report files:")
-        for path in files:
+        for path in (p for p in files if p is not None):
             print(f"  {path.resolve()}")
+        if files.png is None:
+            print(f"  ({PICTURE_HINT})")
     return _exit_code(demo)
 
 

@@ -385,6 +385,15 @@ def test_render_html_without_a_picture_still_has_the_tables(tmp_path):
     assert "<img" not in page and "<h2>requests</h2>" in page and "no stats samples" in page
 
 
+def test_without_matplotlib_the_report_is_tables_and_says_how_to_get_the_picture(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "can_draw", lambda: False)   # matplotlib is an extra
+    paths = build_report([], log([3]), log([3]), 1, [], tmp_path / "out")
+    assert paths.png is None and not (tmp_path / "out" / "report.png").exists()
+    page = paths.html.read_text()
+    assert "<img" not in page and "<h2>requests</h2>" in page
+    assert "pip install &#x27;tcpcopy[report]&#x27;" in page
+
+
 # ---------------------------------------------------------------------- empty inputs
 
 def test_no_traffic_at_all_still_makes_the_three_files_and_says_so(tmp_path):

@@ -3,7 +3,8 @@
 One thread, one poll loop over three kinds of file descriptor:
 
 - the ROUTER socket, where session owners (DEALER sockets) say HELLO, REGISTER and
-  UNREGISTER their replayed connections, send HEARTBEATs and leave with BYE;
+  UNREGISTER their replayed connections, WATCH those they compare, send HEARTBEATs and
+  leave with BYE;
 - one live pcap handle per capture device, filtered in the kernel by the user's -F, seeing
   the target's answers to replayed clients;
 - optionally a wake-up pipe, written by signal handlers so a stop is noticed at once.
@@ -14,6 +15,14 @@ batch. A batch leaves as one RESPONSES message at ``BATCH_RECORDS`` records or
 ``BATCH_DELAY`` after its first record, whichever comes first: under load the messages are
 full, when quiet an answer waits at most a millisecond (the C intercept adapts a count
 threshold for the same trade, reference §2.5).
+
+Watched routes (``answer_bytes`` > 0, the capture's snaplen grown to match): an answer of a
+route its owner WATCHes goes as its usual header record in RESPONSES (the session engine
+runs on those) and, when it carries payload, also whole, cut at ``answer_bytes`` of payload,
+as a record of an ANSWERS message to the same owner, batched the same way (at most
+``wire.ANSWERS_MAX_RECORDS`` records or ``ANSWER_BATCH_BYTES`` a message). An answer without
+payload has nothing its header record lacks. Other answers cost what they always did: one
+more dict lookup while something is watched.
 
 Peers are not trusted. Only a peer that said HELLO as an owner is one (at most
 ``max_owners`` of them); anything else it sends before is refused and counted. A route
@@ -26,7 +35,8 @@ limits), a wake-up reads control messages for at most CONTROL_SLICE, and what a 
 
 Sending never blocks: ROUTER_MANDATORY makes an owner that has gone raise EHOSTUNREACH
 instead of swallowing messages silently, and SNDHWM bounds what waits for a slow owner
-(``SEND_HWM`` messages of up to ``BATCH_RECORDS`` records each); both are counted drops, so
+(``SEND_HWM`` messages of up to ``BATCH_RECORDS`` records, or ``ANSWER_BATCH_BYTES`` plus
+one record, each); both are counted drops, so
 a stalled owner costs its own answers, never the intercept's memory or the other owners.
 
 Time comes from ``clock`` (monotonic seconds), read once per wake-up and passed down.
@@ -50,7 +60,7 @@ from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.curve import CONTROL_DOMAIN, ClientKeys, KeyGate, ServerKeys, listen_with_keys
 from tcpcopy.cluster.stats import StatsPublisher
-from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_TTL, RouteTable
+from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_MAX_WATCHED, DEFAULT_TTL, RouteTable
 
 log = logging.getLogger("tcpcopy.intercept")
 
@@ -70,6 +80,8 @@ HEADER_SNAPLEN = 256       # link + IP (with options or IPv6 extensions) + TCP w
 CAPTURE_BUFFER = 32 << 20  # the kernel's ring for answers not yet read
 CAPTURE_TIMEOUT_MS = 1     # the kernel hands over its block of answers after this long
 MAX_PAYLOAD = 1460
+MAX_ANSWER_BYTES = wire.ANSWER_RECORD_MAX_BYTES   # --answer-bytes; the snaplen is capped there too
+ANSWER_BATCH_BYTES = 64 << 10   # an ANSWERS message leaves once its records pass this size
 PEER_LOG_MEMORY = 1024     # (peer, fault) pairs logged once, remembered at most
 PEER_LOG_LINES = 20        # lines about peers logged per PEER_LOG_WINDOW at most: a peer
 PEER_LOG_WINDOW = 60.0     #   that reconnects gets a new routing id, so "once" is per window
@@ -92,7 +104,14 @@ COUNTERS = (
     "owners_forgotten",     # owners dropped after OWNER_SILENCE without a message
     "owners_restarted",     # an owner said HELLO with a new instance: old routes dropped
     "owners_replaced",      # a dead owner's replacement (same identity) took its routes
+    "watch_off",            # WATCH endpoints refused: started without --answer-bytes
+    "answer_packs",         # ANSWERS messages sent
+    "answer_records",       # records in them (watched answers with payload)
+    "answer_bytes",         # bytes of those records
+    "answer_send_drops",    # ANSWERS messages not sent: owner slow (HWM) or gone
+    "answer_drops",         # records in those messages, or in batches of owners gone
 )
+_WATCH_REFUSALS = ("watch_off", "watch_taken", "watch_unknown", "watch_over_quota")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +128,26 @@ class WorkerConfig:
     stats_endpoint: str = ""         # publish counters there every second ("": off)
     max_owners: int = DEFAULT_MAX_OWNERS
     routes_per_owner: int = DEFAULT_MAX_PER_OWNER
+    answer_bytes: int = 0            # payload bytes of watched answers sent whole (0: WATCH refused)
+    watch_max: int = DEFAULT_MAX_WATCHED   # routes one owner may watch at once
     keys: ServerKeys | None = None   # CURVE: this intercept's pair and the owners it admits
     stats_keys: ClientKeys | None = None   # CURVE on the stats channel
 
     def __post_init__(self) -> None:
         if not 0 <= self.payload <= MAX_PAYLOAD:
             raise ValueError(f"payload {self.payload} out of range 0..{MAX_PAYLOAD}")
+        if not 0 <= self.answer_bytes <= MAX_ANSWER_BYTES:
+            raise ValueError(f"answer_bytes {self.answer_bytes} out of range 0..{MAX_ANSWER_BYTES}")
+        if self.watch_max < 0:
+            raise ValueError(f"watch_max ({self.watch_max}) must be at least 0")
         if self.max_owners < 1 or self.routes_per_owner < 1:
             raise ValueError(f"max_owners ({self.max_owners}) and routes_per_owner "
                              f"({self.routes_per_owner}) must be at least 1")
 
     @property
     def snaplen(self) -> int:
-        return HEADER_SNAPLEN + self.payload
+        """Headers, plus the payload bytes records may carry, within the wire's record limit."""
+        return min(HEADER_SNAPLEN + max(self.payload, self.answer_bytes), wire.ANSWER_RECORD_MAX_BYTES)
 
 
 @dataclass(slots=True)
@@ -141,12 +167,17 @@ class Worker:
                  context: zmq.Context | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.routes = RouteTable(ttl=config.route_ttl, max_per_owner=config.routes_per_owner)
+        self.routes = RouteTable(ttl=config.route_ttl, max_per_owner=config.routes_per_owner,
+                                 max_watched_per_owner=config.watch_max)
         self.hello = wire.Hello("intercept", config.identity, secrets.token_hex(8))
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._payload = config.payload
+        self._answer_bytes = config.answer_bytes
+        self._watched = self.routes.watched      # the table keeps this dict: tested per answer
+        self._said_watch_off = False
         self.owners: dict[bytes, Owner] = {}
         self._batches: dict[bytes, list] = {}   # owner -> [due, records]; earliest due first
+        self._answer_batches: dict[bytes, list] = {}   # owner -> [due, records, bytes]; likewise
         self._captures: list = []                # (device, handle, linktype)
         self._closed_pcap_drops = 0
         self._logged: set[tuple[bytes, str]] = set()   # (peer, fault) pairs logged
@@ -230,8 +261,9 @@ class Worker:
 
     def _timeout_ms(self, now: float, max_wait: float) -> int:
         due = min(self._next_tick, now + max_wait)
-        if self._batches:
-            due = min(due, next(iter(self._batches.values()))[0])
+        for batches in (self._batches, self._answer_batches):
+            if batches:
+                due = min(due, next(iter(batches.values()))[0])
         return max(0, math.ceil((due - now) * 1000))
 
     # -- control channel
@@ -306,6 +338,7 @@ class Worker:
         elif owner.instance != hello.instance:
             self.routes.drop_owner(routing_id)   # a restarted owner knows nothing of them
             self._batches.pop(routing_id, None)
+            self._drop_answer_batch(routing_id)
             self.counts["owners_restarted"] += 1
             log.info("owner %s restarted: its old routes are dropped", wire.printable(hello.identity))
         owner.identity, owner.instance, owner.last_seen = hello.identity, hello.instance, now
@@ -398,6 +431,35 @@ class Worker:
             log.warning("owner %s: REGISTER refused: %s; further refusals are only counted (%s)",
                         self._owner_name(routing_id), why[0], why[1])
 
+    def _on_watch(self, routing_id: bytes, endpoints: list, now: float) -> None:
+        if not self._answer_bytes:
+            self.counts["watch_off"] += len(endpoints)
+            if not self._said_watch_off:
+                self._said_watch_off = True
+                log.warning("owner %s asked for whole answers (WATCH) to compare them, but this intercept "
+                            "sends headers only: start intercept with --answer-bytes N (e.g. 65536; "
+                            "answer_bytes in a cluster config's [intercept]); refusals are counted (watch_off)",
+                            self._owner_name(routing_id))
+            return
+        for key in endpoints:
+            if not self.routes.watch(key, routing_id):
+                self._watch_refused(routing_id, key)
+
+    def _watch_refused(self, routing_id: bytes, key) -> None:
+        """Log the first refusal of each kind for each owner (the counters have them all)."""
+        holder = self.routes.holder(key)
+        if holder is None:
+            why = (f"{_endpoint_text(key)} has no route (a WATCH comes after the REGISTER of its endpoint)",
+                   "watch_unknown")
+        elif holder != routing_id:
+            why = f"another owner ({self._owner_name(holder)}) holds {_endpoint_text(key)}", "watch_taken"
+        else:
+            why = (f"it watches {self.routes.max_watched_per_owner} routes, its limit (raise intercept "
+                   "--watch-max, or compare fewer sessions)", "watch_over_quota")
+        if self._first_time(routing_id, why[1]):
+            log.warning("owner %s: WATCH refused: %s; further refusals are only counted (%s)",
+                        self._owner_name(routing_id), why[0], why[1])
+
     def _on_unregister(self, routing_id: bytes, endpoints: list, now: float) -> None:
         for key in endpoints:
             self.routes.unregister(key, routing_id)
@@ -412,7 +474,7 @@ class Worker:
             log.info("owner %s left (%s): %d routes dropped", name, wire.printable(reason), dropped)
 
     _HANDLERS = {wire.REGISTER: _on_register, wire.UNREGISTER: _on_unregister,
-                 wire.HEARTBEAT: _on_heartbeat, wire.BYE: _on_bye}
+                 wire.HEARTBEAT: _on_heartbeat, wire.BYE: _on_bye, wire.WATCH: _on_watch}
 
     def _forget(self, routing_id: bytes) -> int:
         """Drop an owner, its routes and its unsent batch; the number of routes dropped."""
@@ -420,7 +482,13 @@ class Worker:
         batch = self._batches.pop(routing_id, None)
         if batch is not None:
             self.counts["records_dropped"] += len(batch[1])
+        self._drop_answer_batch(routing_id)
         return self.routes.drop_owner(routing_id)
+
+    def _drop_answer_batch(self, routing_id: bytes) -> None:
+        batch = self._answer_batches.pop(routing_id, None)
+        if batch is not None:
+            self.counts["answer_drops"] += len(batch[1])
 
     def _forget_silent(self, routing_id: bytes, owner: Owner | None, now: float) -> None:
         """Forget an owner silent for OWNER_SILENCE; a namesake connected since (its
@@ -519,6 +587,8 @@ class Worker:
         owner = self.routes.lookup(key, now)
         if owner is not None:
             self._add(owner, record, now)
+            if self._watched and key in self._watched and pkt.payload_len:
+                self._add_answer(owner, pkt, now)
         elif pkt.flags & _SYN_OR_RST:
             self.routes.hold(key, record, now)   # counted there, also when full
         else:
@@ -533,17 +603,42 @@ class Worker:
             if len(batch[1]) >= BATCH_RECORDS:
                 self._flush(owner)
 
+    def _add_answer(self, owner: bytes, pkt: pk.Packet, now: float) -> None:
+        """A watched answer, from its IP header to ``answer_bytes`` of its payload (what the
+        capture holds of it), into its owner's ANSWERS batch."""
+        record = bytes(pkt.buf[:min(pkt.payload_off + self._answer_bytes, MAX_ANSWER_BYTES)])
+        batch = self._answer_batches.get(owner)
+        if batch is None:
+            batch = self._answer_batches[owner] = [now + BATCH_DELAY, [], 0]
+        batch[1].append(record)
+        batch[2] += len(record)
+        if len(batch[1]) >= wire.ANSWERS_MAX_RECORDS or batch[2] >= ANSWER_BATCH_BYTES:
+            self._flush_answers(owner)
+
     def flush_due(self, now: float) -> None:
         """Send every batch whose first record has waited BATCH_DELAY."""
-        while self._batches:
-            owner, (due, _records) = next(iter(self._batches.items()))
-            if due > now:
-                return
-            self._flush(owner)
+        for batches, flush in ((self._batches, self._flush), (self._answer_batches, self._flush_answers)):
+            while batches:
+                owner, batch = next(iter(batches.items()))
+                if batch[0] > now:
+                    break
+                flush(owner)
 
     def flush_all(self) -> None:
         for owner in list(self._batches):
             self._flush(owner)
+        for owner in list(self._answer_batches):
+            self._flush_answers(owner)
+
+    def _flush_answers(self, owner: bytes) -> None:
+        _due, records, size = self._answer_batches.pop(owner)
+        if self._send(owner, wire.encode_answers(records)):
+            self.counts["answer_packs"] += 1
+            self.counts["answer_records"] += len(records)
+            self.counts["answer_bytes"] += size
+        else:
+            self.counts["answer_send_drops"] += 1
+            self.counts["answer_drops"] += len(records)
 
     def _flush(self, owner: bytes) -> None:
         _due, records = self._batches.pop(owner)
@@ -620,6 +715,7 @@ class Worker:
         numbers.update((f"curve_{name}", gate[name]) for name in _GATE_COUNTS)
         numbers["pcap_dropped"] = self._closed_pcap_drops + sum(
             _kernel_drops(handle) for _device, handle, _linktype in self._captures)
+        numbers["watch_refused"] = sum(numbers[name] for name in _WATCH_REFUSALS)
         return numbers
 
     def stats_line(self) -> str:
@@ -634,6 +730,9 @@ class Worker:
                   ("before_hello", s["before_hello"]), ("register_taken", s["register_taken"]),
                   ("over_quota", s["register_over_quota"]), ("table_full", s["register_table_full"]),
                   ("owners", s["owners"]), ("owners_refused", s["owners_refused"]),
+                  ("watched", s["watched_routes"]), ("answers", s["answer_records"]),
+                  ("answer_bytes", s["answer_bytes"]), ("watch_refused", s["watch_refused"]),
+                  ("answer_drops", s["answer_drops"]),
                   ("refused_key", s["curve_refused_key"]), ("refused_plain", s["curve_refused_plain"]),
                   ("pcap_dropped", s["pcap_dropped"]))
         return "stats: " + " ".join(f"{name}={value}" for name, value in fields)

@@ -116,10 +116,12 @@ class ClusterCopy:
     def __init__(self, lab: Lab, workers: int = 1, owners: int = 1, intercepts: int = 1,
                  copy_options: dict | None = None, name: str = "a", *, start_intercepts: bool = True,
                  servers: tuple[Nginx, Nginx] | None = None, base_port: int = BASE_PORT,
-                 target_files: dict | None = None, ready_timeout: float = READY_TIMEOUT):
+                 target_files: dict | None = None, ready_timeout: float = READY_TIMEOUT,
+                 keys_dir: str | None = None):
         if not re.fullmatch(r"[a-z0-9]{1,8}", name):
             raise ValueError(f"name {name!r}: use 1-8 characters [a-z0-9]")
         self.lab = lab
+        self.keys_dir = keys_dir   # [security] keys_dir: another cluster's, to share its intercepts
         self.workers, self.owners, self.intercepts = workers, owners, intercepts
         self.copy_options = dict(copy_options or {})
         self.name = name
@@ -166,6 +168,8 @@ class ClusterCopy:
                           "bind": ASSISTANT_ADDRESS, "base_port": self.base_port},
             "supervisor": {"dir": str(self.dir / "sv")},
         }
+        if self.keys_dir:
+            sections["security"] = {"keys_dir": self.keys_dir}
         lines = [f"# written by tcpcopy.deploy.clustercopy for cluster {self.name!r} in lab {self.lab.tag}"]
         for section, keys in sections.items():
             lines.append(f"\n[{section}]")

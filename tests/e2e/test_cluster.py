@@ -258,7 +258,7 @@ def _packed(address: str) -> bytes:
 def test_two_clusters_copy_the_same_traffic_through_the_same_intercepts(cluster_copy) -> None:
     first = cluster_copy(2, 2, 2, {"port_offset": 0, "instances": 2}, name="a")
     second = cluster_copy(2, 2, 2, {"port_offset": 1, "instances": 2}, name="b",
-                          start_intercepts=False, servers=first.servers)
+                          start_intercepts=False, servers=first.servers, keys_dir=first.config.security.keys_dir)
     assert first.dir != second.dir
     result = load.short_connections(first.lab, CLIENT, f"{first.url}/index.html", rate=400, seconds=6)
     assert_all_succeeded(result)

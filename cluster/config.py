@@ -31,6 +31,8 @@ from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, InterceptAddress, M
 
 MAX_INSTANCES = 64        # per role: capture workers, owners, intercepts
 INTERCEPT_MAX_PAYLOAD = 1460   # the intercept's --payload limit (intercept.worker.MAX_PAYLOAD)
+INTERCEPT_MAX_ANSWER_BYTES = 262_144   # its --answer-bytes limit (intercept.worker.MAX_ANSWER_BYTES)
+INTERCEPT_WATCH_MAX = 4096     # its --watch-max default (intercept.routes.DEFAULT_MAX_WATCHED)
 UNIX_PATH_MAX = 107       # bytes of an AF_UNIX socket path, without the terminating NUL
 HOST_ROLES = ("online", "assistant")
 WILDCARD_BINDS = ("0.0.0.0", "::")
@@ -95,6 +97,8 @@ class InterceptConfig:
     bind: str = "0.0.0.0"
     base_port: int = DEFAULT_INTERCEPT_PORT
     payload: int = 0
+    answer_bytes: int = 0          # watched answers sent whole up to this many payload bytes (0: off)
+    watch_max: int = INTERCEPT_WATCH_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bind": Key(str, "0.0.0.0", example='"0.0.0.0"', flag="intercept -b"),
         "base_port": Key(int, DEFAULT_INTERCEPT_PORT, 1, 65535, flag="intercept -p"),
         "payload": Key(int, 0, 0, INTERCEPT_MAX_PAYLOAD, flag="intercept --payload"),
+        "answer_bytes": Key(int, 0, 0, INTERCEPT_MAX_ANSWER_BYTES, flag="intercept --answer-bytes"),
+        "watch_max": Key(int, INTERCEPT_WATCH_MAX, 0, 100_000_000, flag="intercept --watch-max"),
     },
     "supervisor": {
         "dir": Key(str, "/run/tcpcopy-cluster", example='"/run/tcpcopy-cluster"'),
@@ -427,7 +433,8 @@ def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any]) -> InterceptC
         raise ConfigError(source, "intercept.base_port", f"{count} instances from port {raw['base_port']} "
                           "go past 65535", "lower base_port or intercept.count")
     bpf = raw["filter"] or _response_filter(copy.mappings)
-    return InterceptConfig(count, interfaces, bpf, bind, raw["base_port"], raw["payload"])
+    return InterceptConfig(count, interfaces, bpf, bind, raw["base_port"], raw["payload"],
+                           raw["answer_bytes"], raw["watch_max"])
 
 
 def _security(source: str, base: Path, raw: dict[str, Any]) -> SecurityConfig:

@@ -3,7 +3,8 @@
 Flags follow the C intercept (reference §1.3) where they still mean something:
 
     intercept -F 'tcp and src port 8080' [-i dev[,dev]] [-p 36524] [-b ip]
-              [-l file] [-P pidfile] [-d] [--payload N] [--route-ttl S] [--identity NAME]
+              [-l file] [-P pidfile] [-d] [--payload N] [--answer-bytes N] [--watch-max N]
+              [--route-ttl S] [--identity NAME]
 
 C flags that belong to its other builds or wire format (-n, -s, -x, -q, -c) are accepted,
 explained and ignored, so existing scripts keep working; -t (which the C intercept rejects)
@@ -33,8 +34,9 @@ from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_form
                                      drop_to, install_log_reopen, remove_pid_file, reopen_logs_if_asked,
                                      resolve_shard, shard_of, start_command, user_from_config, version_text)
 from tcpcopy.cluster.shard import combine_filters, intercept_shard_filter
-from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER
-from tcpcopy.intercept.worker import DEFAULT_MAX_OWNERS, DEFAULT_PORT, MAX_PAYLOAD, Worker, WorkerConfig
+from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_MAX_WATCHED
+from tcpcopy.intercept.worker import (DEFAULT_MAX_OWNERS, DEFAULT_PORT, MAX_ANSWER_BYTES, MAX_PAYLOAD, Worker,
+                                      WorkerConfig)
 
 log = logging.getLogger("tcpcopy.intercept")
 
@@ -86,6 +88,20 @@ def _payload(text: str) -> int:
     return int(text)
 
 
+def _answer_bytes(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_ANSWER_BYTES:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a byte count 0..{MAX_ANSWER_BYTES}, "
+                                         "e.g. --answer-bytes 65536 (0: headers only)")
+    return int(text)
+
+
+def _watch_max(text: str) -> int:
+    if not text.isdigit() or int(text) > 100_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of routes, e.g. --watch-max "
+                                         f"{DEFAULT_MAX_WATCHED}")
+    return int(text)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -129,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--payload", type=_payload, default=0, metavar="N",
                         help=f"also send the first N payload bytes of each answer (0..{MAX_PAYLOAD}; "
                              "like the C tool's TC_PAYLOAD build)")
+    parser.add_argument("--answer-bytes", type=_answer_bytes, default=0, metavar="N",
+                        help="send the answers of routes an owner WATCHes (the sessions it compares) whole, "
+                             f"up to N payload bytes a packet (0..{MAX_ANSWER_BYTES}; default 0: WATCH is "
+                             "refused); the capture's snaplen grows by N, headers still go as before")
+    parser.add_argument("--watch-max", type=_watch_max, default=DEFAULT_MAX_WATCHED, metavar="N",
+                        help=f"routes one owner may watch at once (default {DEFAULT_MAX_WATCHED}); "
+                             "further WATCHes are refused and counted")
     parser.add_argument("--route-ttl", type=_seconds, default=120.0, metavar="SECONDS",
                         help="drop a route idle this long (default 120; owners also unregister)")
     parser.add_argument("--max-owners", type=_count, default=DEFAULT_MAX_OWNERS, metavar="N",
@@ -151,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CurveZMQ on the stats channel (--stats): the stats listener's public key "
                              "(stats.key); this intercept publishes with its --key")
     parser.add_argument("--config", metavar="TOML",
-                        help="cluster config: take -i, -F, -b, -p (base_port + K) and --payload from "
-                             "its [intercept] section, with --shard K")
+                        help="cluster config: take -i, -F, -b, -p (base_port + K), --payload, --answer-bytes "
+                             "and --watch-max from its [intercept] section, with --shard K")
     add_not_applicable(parser, NOT_APPLICABLE)
     return parser
 
@@ -190,6 +213,8 @@ def _from_cluster_config(args: argparse.Namespace) -> None:
     args.bind = section.bind
     args.port = section.base_port + args.shard[0]
     args.payload = section.payload
+    args.answer_bytes = section.answer_bytes
+    args.watch_max = section.watch_max
     args.identity = f"intercept-{args.shard[0]}@{socket.gethostname()}"
     args.stats = args.stats or config.stats.endpoint
     args.user = args.user or user_from_config(config.supervisor.user)
@@ -207,7 +232,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(endpoint=f"tcp://{host}:{args.port}", devices=args.devices, bpf=bpf,
                         payload=args.payload, route_ttl=args.route_ttl, identity=args.identity,
                         stats_endpoint=args.stats, max_owners=args.max_owners,
-                        routes_per_owner=args.routes_per_owner, keys=args.keys, stats_keys=args.stats_keys)
+                        routes_per_owner=args.routes_per_owner, answer_bytes=args.answer_bytes,
+                        watch_max=args.watch_max, keys=args.keys, stats_keys=args.stats_keys)
 
 
 PLAIN_FIX = ("pass intercept --key DIR/intercept.key_secret --allow-keys DIR/allowed-owners (and "
@@ -251,9 +277,10 @@ def _run(config: WorkerConfig, run_as=None) -> int:
         worker.close()
         return 1
     stop = _install_signal_handlers(worker)
-    log.info("%s (%s) listening on %s, capturing on %s with filter %r, payload %d bytes",
-             config.identity, worker.hello.instance, endpoint, ",".join(config.devices),
-             config.bpf, config.payload)
+    log.info("%s (%s) listening on %s, capturing on %s with filter %r, payload %d bytes, "
+             "watched answers %s", config.identity, worker.hello.instance, endpoint, ",".join(config.devices),
+             config.bpf, config.payload,
+             f"up to {config.answer_bytes} bytes" if config.answer_bytes else "off (--answer-bytes)")
     gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     code = 0
     try:

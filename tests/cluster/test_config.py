@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tcpcopy.cluster import main as cli
-from tcpcopy.cluster.config import (INTERCEPT_MAX_PAYLOAD, ConfigError, InterceptAddress, Mapping,
-                                    load_config)
+from tcpcopy.cluster.config import (INTERCEPT_MAX_ANSWER_BYTES, INTERCEPT_MAX_PAYLOAD, INTERCEPT_WATCH_MAX,
+                                    ConfigError, InterceptAddress, Mapping, load_config)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cluster-sample.toml"
 
@@ -101,6 +101,15 @@ def test_several_intercepts_on_one_assistant_host(tmp_path):
 def test_payload_limit_is_the_intercepts():
     from tcpcopy.intercept.worker import MAX_PAYLOAD
     assert INTERCEPT_MAX_PAYLOAD == MAX_PAYLOAD
+
+
+def test_answer_bytes_limit_and_watch_max_default_are_the_intercepts(tmp_path):
+    from tcpcopy.intercept.routes import DEFAULT_MAX_WATCHED
+    from tcpcopy.intercept.worker import MAX_ANSWER_BYTES
+    assert (INTERCEPT_MAX_ANSWER_BYTES, INTERCEPT_WATCH_MAX) == (MAX_ANSWER_BYTES, DEFAULT_MAX_WATCHED)
+    section = load(tmp_path, {"intercept.answer_bytes": "65536", "intercept.watch_max": "100"}).intercept
+    assert (section.answer_bytes, section.watch_max) == (65536, 100)
+    assert load(tmp_path).intercept.answer_bytes == 0
 
 
 # ----------------------------------------------------------------------- unknown keys
@@ -204,6 +213,8 @@ def test_control_characters_in_a_string(tmp_path):
     ("intercept.count", "0", "1..64"),
     ("intercept.base_port", "0", "1..65535 (like intercept -p)"),
     ("intercept.payload", "1461", "0..1460 (like intercept --payload)"),
+    ("intercept.answer_bytes", "262145", "0..262144 (like intercept --answer-bytes)"),
+    ("intercept.watch_max", "-1", "0..100000000 (like intercept --watch-max)"),
 ])
 def test_out_of_range(tmp_path, key, rhs, span):
     exc = error(tmp_path, {key: rhs})

@@ -194,3 +194,16 @@ def test_a_watch_ends_with_its_route_and_an_unsent_batch_of_a_leaving_owner_is_c
     stats = worker.stats()
     assert (stats["watched_routes"], stats["answer_drops"], stats["answer_records"]) == (0, 1, 0)
 
+
+
+def test_the_command_takes_answer_bytes_and_watch_max_from_flags_or_the_cluster_config(tmp_path):
+    from tcpcopy.intercept import main as intercept_main
+    config = intercept_main.config_from(intercept_main.parse_args(
+        ["-F", "tcp", "--answer-bytes", "4096", "--watch-max", "10"]))
+    assert (config.answer_bytes, config.watch_max, config.snaplen) == (4096, 10, HEADER_SNAPLEN + 4096)
+    assert intercept_main.config_from(intercept_main.parse_args(["-F", "tcp"])).answer_bytes == 0
+    toml = tmp_path / "cluster.toml"
+    toml.write_text('[copy]\nmappings = ["80-198.18.0.2:8080"]\nintercepts = ["198.18.2.1:36524"]\n'
+                    "[intercept]\nanswer_bytes = 65536\nwatch_max = 100\n[security]\ncurve = false\n")
+    config = intercept_main.config_from(intercept_main.parse_args(["--config", str(toml), "--shard", "0"]))
+    assert (config.answer_bytes, config.watch_max) == (65536, 100)

@@ -338,6 +338,8 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     (("-F", "tcp", "-d"), ["-d", "-l"]),
     (("-F", "tcp", "--max-owners", "0"), ["--max-owners", "positive whole number"]),
     (("-F", "tcp", "--routes-per-owner", "many"), ["--routes-per-owner", "positive whole number"]),
+    (("-F", "tcp", "--answer-bytes", "300000"), ["--answer-bytes", "0..262144"]),
+    (("-F", "tcp", "--watch-max", "-3"), ["--watch-max", "whole number"]),
 ])
 def test_bad_flags_get_one_line_naming_the_flag_and_exit_2(args, names):
     done = run_command(*args)

@@ -53,6 +53,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.curve import connect_with_keys
 from tcpcopy.cluster.options import InterceptAddress, Mapping, capture_filter
 from tcpcopy.session.engine import Endpoint, Session, SessionConfig, SessionStats
 from tcpcopy.session.rawsend import DualSender, RawSendError
@@ -267,6 +268,9 @@ class Doctor:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, wire.new_routing_id())
         sock.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT))
+        keys = getattr(self.args, "keys", None)
+        if keys is not None:
+            connect_with_keys(sock, keys)
         if ":" in address.host:
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(address.zmq_endpoint)
@@ -294,7 +298,7 @@ class Doctor:
         sock.close(linger=0)
         return None, FAIL, (f"intercept {address} does not answer: a TCP connection to it succeeds but "
                             f"no intercept HELLO came within {HELLO_WAIT:g} s: {fix} "
-                            f"(something else may listen on {address})")
+                            f"(something else may listen on {address}; {_keys_advice(keys)})")
 
     # ------------------------------------------------------------------ 3. the probe
 
@@ -840,3 +844,11 @@ def run_check(args: argparse.Namespace, out=None) -> int:
         failed = next((step for step in steps if step.status == FAIL), None)
         print(f"result: FAIL at {failed.name}" if failed else "result: ok, every hop works", file=out, flush=True)
     return 1 if doctor.failed() else 0
+
+
+def _keys_advice(keys) -> str:
+    """Why a reachable intercept may stay silent: the two sides disagree about keys."""
+    if keys is None:
+        return "an intercept started with --key refuses a copier without --server-key and --key"
+    return ("with keys: --server-key must be the intercept's public key and this copier's public key must "
+            "be in its --allow-keys directory (intercept logs each peer it refuses)")

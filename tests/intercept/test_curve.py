@@ -376,3 +376,26 @@ def test_without_keys_intercept_warns_once_and_a_keyed_owner_is_refused(keys, tm
         context.destroy(linger=0)
     warnings = [line for line in intercept.log().splitlines() if "neither authenticated nor encrypted" in line]
     assert len(warnings) == 1 and "--allow-keys" in warnings[0] and "keygen" in warnings[0]
+
+
+@needs_root
+def test_tcpcopy_check_greets_a_keyed_intercept_with_its_keys_and_explains_a_refusal(keys, tmp_path):
+    from tcpcopy.session.doctor import Doctor
+    from tcpcopy.session.main import parse_args
+    intercept = InterceptProcess(tmp_path, "--key", keys.secret("intercept"), "--allow-keys", keys.allowed_owners)
+    flags = ["-x", "80-198.18.0.2:8080", "-s", f"127.0.0.1:{intercept.port}", "--check"]
+    doctors = []
+    try:
+        keyed = Doctor(parse_args(flags + ["--server-key", keys.public("intercept"), "--key", keys.secret("online")]))
+        doctors.append(keyed)
+        assert keyed._intercepts() and keyed.steps[-1].status == "ok", keyed.steps
+        plain = Doctor(parse_args(flags))
+        doctors.append(plain)
+        assert not plain._intercepts()
+        assert "refuses a copier without --server-key and --key" in plain.steps[-1].detail
+    finally:
+        for doctor in doctors:
+            for link in doctor.links:
+                link.socket.close(linger=0)
+            doctor.context.destroy(linger=0)
+        intercept.stop()

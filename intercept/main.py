@@ -5,6 +5,7 @@ Flags follow the C intercept (reference §1.3) where they still mean something:
     intercept -F 'tcp and src port 8080' [-i dev[,dev]] [-p 36524] [-b ip]
               [-l file] [-P pidfile] [-d] [--payload N] [--answer-bytes N] [--watch-max N]
               [--route-ttl S] [--identity NAME]
+              [--key intercept.key_secret --allow-keys allowed-owners/]   (CurveZMQ)
 
 C flags that belong to its other builds or wire format (-n, -s, -x, -q, -c) are accepted,
 explained and ignored, so existing scripts keep working; -t (which the C intercept rejects)

@@ -6,6 +6,7 @@ Flags follow the C tcpcopy (reference §1.2), so an existing command line works:
             [-i eth0 | --offline -i file.pcap [-a 2] [-I 500] [-T 3]] [-F filter]
             [-t 600] [-k 720] [-m MB] [-M 1500] [-D 1460] [-O] [-W] [-L]
             [-l file] [-P pidfile] [-d]
+            [--server-key intercept.key --key online.key_secret]          (CurveZMQ)
 
 It runs one capture worker process (libpcap on the interface, or the pcap file) and one
 session owner (this process), joined by ZeroMQ over ipc://. A capture worker that something

@@ -109,7 +109,10 @@ class SupervisorConfig:
 
 @dataclass(frozen=True, slots=True)
 class StatsConfig:
-    endpoint: str = ""        # where tcpcopy-cluster top binds and every process publishes ("": off)
+    endpoint: str = ""        # where the stats hub binds and every process publishes ("": off)
+    feed: str = ""            # where the hub re-publishes for top, the exporter, the recorder
+                              # ("": ipc://<supervisor.dir>/stats-feed.sock)
+    metrics: str = "127.0.0.1:9464"   # where the exporter serves /metrics ("": no exporter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,10 @@ class ClusterConfig:
         bind = self.intercept.bind
         host = f"[{bind}]" if ":" in bind else bind
         return f"tcp://{host}:{self.intercept.base_port + shard}"
+
+    def stats_feed(self) -> str:
+        """Where the stats hub (run on the online host) re-publishes to its consumers."""
+        return self.stats.feed or f"ipc://{self.supervisor.dir}/stats-feed.sock"
 
     def role_dir(self, host_role: str) -> str:
         """The supervisord directory of one host role (both roles may share a file system)."""
@@ -215,6 +222,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "stats": {
         "endpoint": Key(str, "", example='"tcp://198.18.2.2:36600"'),
+        "feed": Key(str, "", example='"ipc:///run/tcpcopy-cluster/stats-feed.sock"'),
+        "metrics": Key(str, "127.0.0.1:9464", example='"127.0.0.1:9464"'),
     },
     "security": {
         "curve": Key(bool, True),
@@ -343,7 +352,7 @@ def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> Cluste
                                   _user_name(source, values["supervisor"]["user"]))
     config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
                            _intercept(source, copy, values["intercept"]), supervisor,
-                           StatsConfig(values["stats"]["endpoint"]), _security(source, base, values["security"]))
+                           StatsConfig(**values["stats"]), _security(source, base, values["security"]))
     _check_filters(source, config)
     _check_socket_paths(source, config)
     _check_intercepts_match(source, config)

@@ -1,49 +1,108 @@
-"""The cluster's stats for Prometheus: GET /metrics in the text exposition format (0.0.4).
+"""The cluster's stats for Prometheus: GET /metrics, through ``prometheus_client``.
 
-    python -m tcpcopy.cluster.metrics --stats ENDPOINT --listen HOST:PORT
+    tcpcopy-metrics --hub ENDPOINT --listen HOST:PORT      (beside a stats hub, cluster/hub.py)
+    tcpcopy-metrics --stats ENDPOINT --listen HOST:PORT    (the only consumer: binds the endpoint)
+    tcpcopy-metrics --config CONFIG                        (a cluster's: its [stats] feed and metrics)
 
-Every process's counters become ``tcpcopy_<name>_total``, its current sizes (sessions
-active, routes, ``*_now``) and resource figures gauges, all labelled with ``role``,
-``identity``, ``host`` and ``shard`` (the last two read from identities such as
-"owner-3@online1"). ``tcpcopy_up`` is 1 while a process publishes and 0 once it is stale;
-a stale process keeps its last values, so counters never go backwards. The copier's own
-loss estimate (cluster.stats.loss_estimate) is exported as two ratios.
+A custom collector (``ClusterCollector``) turns each scrape's ``Aggregator.snapshot_json()``
+into metric families, per Prometheus's conventions: base units (seconds, bytes), counters
+ending in ``_total``, and what varies within one family in labels, never in the name:
 
-``render_metrics`` is a pure function of ``Aggregator.snapshot_json()``; ``serve_metrics``
-answers scrapes from a thread while the caller polls the aggregator.
+- every process's series carry ``role``, ``identity``, ``host`` and ``shard`` (the last two
+  read from identities such as "owner-3@online1");
+- session outcomes: ``tcpcopy_session_outcomes_total{outcome="closed|dropped", reason}`` (the
+  owner's count) and ``tcpcopy_engine_session_outcomes_total`` (its engine's);
+- raw socket send failures: ``tcpcopy_raw_send_failures_total{errno}``;
+- CPU: ``tcpcopy_process_cpu_seconds_total{mode="user|system"}``; memory, threads and file
+  descriptors as ``tcpcopy_process_*`` gauges; a figure in milliseconds is exported in seconds;
+- any other figure ``tcpcopy_<group>_<name>`` (a counter with ``_total``, or a gauge for
+  current sizes: ``stats.is_gauge``).
+
+``tcpcopy_up`` is 1 while a process publishes and 0 once it is stale; a stale process keeps
+its last values, so counters never go backwards. The copier's own loss estimate
+(cluster.stats.loss_estimate) is exported as two ratios. A series whose name another figure
+already took with other labels or another type is left out of the page and counted in
+``tcpcopy_metrics_series_left_out`` (the page always parses).
+
+``collect_families`` is a pure function of the snapshot (``render_metrics`` its page); ``serve_metrics`` answers scrapes
+from a thread (bounded: MAX_CONNECTIONS at once, idle ones closed) while the caller polls
+the aggregator.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+try:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import choose_encoder, generate_latest
+    from prometheus_client.registry import CollectorRegistry
+except ImportError:          # the metrics extra is missing: main() says how to get it
+    CollectorRegistry = None
 import zmq
 
-from tcpcopy.cluster.curve import add_server_key_flags, plain_warning, server_keys_from_flags
-from tcpcopy.cluster.process import CommandParser
+from tcpcopy.cluster.curve import KeyLayout, plain_warning
+from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
+from tcpcopy.cluster.process import CommandParser, version_text
 from tcpcopy.cluster.stats import Aggregator, is_gauge
 from tcpcopy.cluster.top import LISTENER_FIX
 
-PROG = "python -m tcpcopy.cluster.metrics"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROG = "tcpcopy-metrics"
+INSTALL_HINT = "prometheus_client is not installed: pip install 'tcpcopy[metrics]'"
 POLL_SLICE = 0.5
 IDLE_TIMEOUT = 10.0      # seconds a scrape connection may idle before it is closed
 MAX_CONNECTIONS = 32     # connections served at once; more are closed at once
+PROCESS_LABELS = ("role", "identity", "host", "shard")
 
-# Resource figures of every process: figure -> (metric, type, help).
+# Resource figures of every process: figure -> (metric, type, help, labels of its own).
 PROCESS_METRICS = {
-    "cpu_user_s": ("tcpcopy_cpu_user_seconds_total", "counter", "CPU time in user mode"),
-    "cpu_system_s": ("tcpcopy_cpu_system_seconds_total", "counter", "CPU time in kernel mode"),
-    "rss_bytes": ("tcpcopy_resident_memory_bytes", "gauge", "resident memory"),
-    "num_threads": ("tcpcopy_threads", "gauge", "threads of the process"),
-    "num_fds": ("tcpcopy_open_fds", "gauge", "open file descriptors"),
+    "cpu_user_s": ("tcpcopy_process_cpu_seconds", "counter", "CPU time of the process", {"mode": "user"}),
+    "cpu_system_s": ("tcpcopy_process_cpu_seconds", "counter", "CPU time of the process", {"mode": "system"}),
+    "rss_bytes": ("tcpcopy_process_resident_memory_bytes", "gauge", "resident memory", {}),
+    "num_threads": ("tcpcopy_process_threads", "gauge", "threads of the process", {}),
+    "num_fds": ("tcpcopy_process_open_fds", "gauge", "open file descriptors", {}),
 }
 NOT_EXPORTED = frozenset({"pid", "published_at"})
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Figures whose name carries values that belong in labels: ``pattern``'s groups, in
+    order, become the ``labels``."""
+
+    pattern: re.Pattern
+    metric: str
+    help: str
+    labels: tuple[str, ...]
+
+
+LABELLED = (
+    Labelled(re.compile(r"(?:^|\.)outcomes\.(closed|dropped):(.+)$"), "tcpcopy_session_outcomes",
+             "sessions ended, by outcome and reason (the owner's count)", ("outcome", "reason")),
+    Labelled(re.compile(r"^(?:engine\.)?(closed|dropped)\.([^.]+)$"), "tcpcopy_engine_session_outcomes",
+             "sessions ended, by outcome and reason (the engine's count)", ("outcome", "reason")),
+    Labelled(re.compile(r"(?:^|\.)raw_send_failures\.([^.]+)$"), "tcpcopy_raw_send_failures",
+             "raw socket sends that failed, by errno", ("errno",)),
+)
+
+
+@dataclass(frozen=True)
+class Series:
+    """Where one published figure goes: family name (without ``_total``), type, help, the
+    labels it adds to the process's, and the factor to its base unit."""
+
+    metric: str
+    kind: str
+    help: str
+    labels: dict = field(default_factory=dict)
+    scale: float = 1.0
 
 
 def sanitize(name: str) -> str:
@@ -51,74 +110,76 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]+", "_", name).strip("_") or "unnamed"
 
 
-def metric_for(name: str) -> tuple[str, str, str]:
-    """(metric name, type, help) of one published figure."""
+def series_for(name: str) -> Series:
+    """The family, type, labels and unit of one published figure."""
     if name in PROCESS_METRICS:
-        return PROCESS_METRICS[name]
-    base = "tcpcopy_" + sanitize(name)
-    if is_gauge(name):
-        return base, "gauge", f"{name} (current value)"
-    return (base if base.endswith("_total") else base + "_total"), "counter", f"{name} (count)"
+        metric, kind, help_text, labels = PROCESS_METRICS[name]
+        return Series(metric, kind, help_text, dict(labels))
+    for rule in LABELLED:
+        match = rule.pattern.search(name)
+        if match:
+            return Series(rule.metric, "counter", rule.help, dict(zip(rule.labels, match.groups())))
+    kind = "gauge" if is_gauge(name) else "counter"
+    base, scale = "tcpcopy_" + sanitize(name), 1.0
+    if base.endswith("_ms"):
+        base, scale = base[:-3] + "_seconds", 0.001
+    elif base.endswith("_s"):
+        base += "econds"
+    if kind == "counter" and base.endswith("_total"):
+        base = base[:-6]
+    return Series(base, kind, f"{name} ({'current value' if kind == 'gauge' else 'count'})", scale=scale)
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
-
-
-def labels_text(labels: dict) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{escape(str(value))}"' for key, value in labels.items()) + "}"
-
-
-def value_text(value) -> str:
-    return str(int(value)) if isinstance(value, int) or float(value).is_integer() else repr(float(value))
-
-
-class Exposition:
-    """Metric families in the order first seen; a series already present, or a name used
-    with another type, is skipped so the output always parses."""
+class Families:
+    """The page's metric families in the order first seen. A series already present, or a
+    family name used again with another type or other label names, is left out and counted,
+    so the page always parses."""
 
     def __init__(self):
-        self.families: dict[str, tuple[str, str, dict]] = {}
+        self.by_name: dict = {}
+        self.seen: set = set()
+        self.left_out = 0
 
     def add(self, name: str, kind: str, help_text: str, labels: dict, value) -> None:
-        family = self.families.setdefault(name, (kind, help_text, {}))
-        if family[0] != kind:
+        family = self.by_name.get(name)
+        if family is None:
+            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = self.by_name[name] = make(name, help_text, labels=list(labels))
+            family.label_names = tuple(labels)
+        key = (name, tuple(labels.values()))
+        if family.type != kind or family.label_names != tuple(labels) or key in self.seen:
+            self.left_out += 1
             return
-        family[2].setdefault(labels_text(labels), value)
+        self.seen.add(key)
+        family.add_metric([str(value) for value in labels.values()], float(value))
 
-    def text(self) -> str:
-        lines = []
-        for name, (kind, help_text, series) in self.families.items():
-            lines += [f"# HELP {name} {_help(help_text)}", f"# TYPE {name} {kind}"]
-            lines += [f"{name}{labels} {value_text(value)}" for labels, value in series.items()]
-        return "\n".join(lines) + "\n"
-
-
-def _help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    def families(self) -> list:
+        left_out = GaugeMetricFamily("tcpcopy_metrics_series_left_out",
+                                     "series left out of this page: their name was taken with other labels or type",
+                                     value=self.left_out)
+        return [*self.by_name.values(), left_out]
 
 
-def render_metrics(snapshot: dict) -> str:
-    """The /metrics page for ``Aggregator.snapshot_json()``."""
-    out = Exposition()
+def collect_families(snapshot: dict) -> list:
+    """The metric families of ``Aggregator.snapshot_json()``."""
+    out = Families()
     for row in snapshot["processes"]:
         _process(out, row)
     _cluster(out, snapshot)
-    return out.text()
+    return out.families()
 
 
-def _process(out: Exposition, row: dict) -> None:
-    labels = {"role": row["role"], "identity": row["identity"], "host": row["host"],
-              "shard": row["shard"]}
+def _process(out: Families, row: dict) -> None:
+    labels = {name: row[name] for name in PROCESS_LABELS}
     out.add("tcpcopy_up", "gauge", "1 while the process publishes stats, 0 once it is stale",
             labels, 0 if row["stale"] else 1)
     out.add("tcpcopy_stats_age_seconds", "gauge", "seconds since the process's last stats",
             labels, row["age"])
     for name in sorted(row["counters"], key=_plain_names_first):
         if name not in NOT_EXPORTED:
-            out.add(*metric_for(name), labels, row["counters"][name])
+            series = series_for(name)
+            out.add(series.metric, series.kind, series.help, {**labels, **series.labels},
+                    row["counters"][name] * series.scale)
 
 
 def _plain_names_first(name: str) -> tuple:
@@ -126,7 +187,7 @@ def _plain_names_first(name: str) -> tuple:
     return sanitize(name) != name, name
 
 
-def _cluster(out: Exposition, snapshot: dict) -> None:
+def _cluster(out: Families, snapshot: dict) -> None:
     loss = snapshot["loss"]
     out.add("tcpcopy_content_loss_ratio", "gauge",
             "content segments the owners did not replay, of those expected (copier's estimate)",
@@ -134,28 +195,52 @@ def _cluster(out: Exposition, snapshot: dict) -> None:
     out.add("tcpcopy_session_drop_ratio", "gauge", "sessions that ended dropped, of those ended",
             {}, loss["session_drop_ratio"])
     counts = snapshot["aggregator"]
-    out.add("tcpcopy_stats_messages_total", "counter", "STATS messages taken by the aggregator",
+    out.add("tcpcopy_stats_messages", "counter", "STATS messages taken by the aggregator",
             {}, counts["messages"])
     for reason in ("wire_errors", "unexpected", "bad_figures", "too_deep"):
-        out.add("tcpcopy_stats_rejected_total", "counter",
+        out.add("tcpcopy_stats_rejected", "counter",
                 "stats messages or figures the aggregator could not use", {"reason": reason},
                 counts[reason])
+
+
+class ClusterCollector:
+    """A custom collector: each scrape takes ``snapshot()`` (the aggregator's at that moment)."""
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def collect(self):
+        yield from collect_families(self.snapshot())
+
+    def describe(self):
+        return []    # the families depend on what the cluster publishes: none to declare
+
+
+def cluster_registry(snapshot):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(snapshot))
+    return registry
+
+
+def render_metrics(snapshot: dict) -> str:
+    """The page a scrape in the text format gets for ``Aggregator.snapshot_json()``."""
+    return generate_latest(cluster_registry(lambda: snapshot)).decode()
 
 
 # ---------------------------------------------------------------------- HTTP
 
 class _Handler(BaseHTTPRequestHandler):
-    aggregator: Aggregator  # set on the subclass serve_metrics makes
+    registry = None  # set on the subclass serve_metrics makes
     timeout = IDLE_TIMEOUT  # a connection that sends nothing for this long is closed
 
     def do_GET(self):
         if self.path.split("?", 1)[0] != "/metrics":
-            self._answer(404, "text/plain; charset=utf-8", "not found: the metrics are at /metrics\n")
+            self._answer(404, "text/plain; charset=utf-8", b"not found: the metrics are at /metrics\n")
             return
-        self._answer(200, CONTENT_TYPE, render_metrics(self.aggregator.snapshot_json()))
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        self._answer(200, content_type, encoder(self.registry))
 
-    def _answer(self, status: int, content_type: str, text: str) -> None:
-        body = text.encode()
+    def _answer(self, status: int, content_type: str, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -194,7 +279,7 @@ class MetricsServer:
     """An HTTP server answering /metrics from a thread; ``close`` stops it."""
 
     def __init__(self, aggregator: Aggregator, host: str, port: int):
-        handler = type("MetricsHandler", (_Handler,), {"aggregator": aggregator})
+        handler = type("MetricsHandler", (_Handler,), {"registry": cluster_registry(aggregator.snapshot_json)})
         server_class = type("MetricsHTTPServer", (_BoundedHTTPServer,),
                             {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
         self.httpd = server_class((host, port), handler)
@@ -235,33 +320,69 @@ def listen_address(text: str) -> tuple[str, int]:
 
 def build_parser() -> CommandParser:
     parser = CommandParser(prog=PROG, description="Serve a tcpcopy cluster's stats to Prometheus at /metrics.",
-                           epilog=f"Example: {PROG} --stats ipc:///run/tcpcopy/stats --listen 127.0.0.1:9108")
-    parser.add_argument("--stats", required=True, metavar="ENDPOINT",
-                        help="the stats endpoint to bind, where every process publishes")
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to serve /metrics")
-    add_server_key_flags(parser, "publishers", "keys/stats.key_secret")
+                           epilog=f"Example: {PROG} --hub ipc:///run/tcpcopy-cluster/stats-feed.sock "
+                                  "--listen 127.0.0.1:9464")
+    parser.add_argument("-v", "--version", action="version", version=version_text(PROG),
+                        help="print the version and exit")
+    parser.add_argument("--config", metavar="CONFIG",
+                        help="a cluster config: read its hub's feed, serve at its [stats] metrics address")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where to serve /metrics, e.g. 127.0.0.1:9464")
+    add_source_flags(parser, required=False)   # --config stands for them
     return parser
+
+
+def _from_config(args):
+    """(aggregator, listen address) of a cluster config's exporter."""
+    from tcpcopy.cluster.config import load_config
+    from tcpcopy.cluster.hub import consumer_keys
+    config = load_config(args.config)
+    if not (config.stats.endpoint and config.stats.metrics):
+        raise ValueError(f"{args.config}: [stats] endpoint and metrics must both be set for the exporter")
+    keys = consumer_keys(KeyLayout(config.security.keys_dir).secret("stats")) if config.security.curve else None
+    if keys is None:
+        print(f"{PROG}: warning: " + plain_warning(["the stats channel"], "set [security] curve = true"),
+              file=sys.stderr)
+    return Aggregator(config.stats_feed(), hub=True, hub_keys=keys), args.listen or config.stats.metrics
+
+
+def _source(parser, args):
+    """(aggregator, listen address) from --config, or from --hub/--stats and --listen."""
+    if args.config:
+        if args.hub or args.stats:
+            raise ValueError("--config names the hub's feed itself: leave out --hub and --stats")
+        return _from_config(args)
+    if not (args.hub or args.stats):
+        raise ValueError("give --hub ENDPOINT (or --stats ENDPOINT) and --listen HOST:PORT, or --config CONFIG")
+    if not args.listen:
+        raise ValueError("--listen HOST:PORT is missing: where to serve /metrics, e.g. 127.0.0.1:9464")
+    return aggregator_from_flags(args, PROG, LISTENER_FIX), args.listen
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if CollectorRegistry is None:
+        return _fail(INSTALL_HINT)
+    from tcpcopy.cluster.config import ConfigError
     try:
-        host, port = listen_address(args.listen)
-        keys = server_keys_from_flags(args.key, args.allow_keys)
-    except ValueError as exc:   # KeyFileError too
+        listen_address(args.listen) if args.listen else None
+        aggregator, listen = _source(parser, args)
+    except (ValueError, ConfigError) as exc:   # KeyFileError too
         parser.error(str(exc))
-    try:
-        aggregator = Aggregator(args.stats, keys=keys)
     except zmq.ZMQError as exc:
-        return _fail(f"--stats {args.stats}: cannot bind: {exc} (is another aggregator bound there?)")
-    if keys is None:
-        print(f"{PROG}: warning: " + plain_warning(["the stats channel"], LISTENER_FIX), file=sys.stderr)
+        where = args.hub or args.stats or args.config
+        return _fail(f"{where}: cannot bind or connect: {exc} (is another consumer bound there? "
+                     "run a stats hub and read it with --hub)")
     try:
+        host, port = listen_address(listen)
         server = serve_metrics(aggregator, host, port)
+    except ValueError as exc:
+        aggregator.close()
+        return _fail(str(exc))
     except OSError as exc:
         aggregator.close()
-        return _fail(f"--listen {args.listen}: {exc.strerror}: pick a free port on an address of this host")
+        return _fail(f"--listen {listen}: {exc.strerror}: pick a free port on an address of this host")
+    print(f"{PROG}: serving {server.url} (pid {os.getpid()})", file=sys.stderr, flush=True)
     return _serve(aggregator, server)
 
 

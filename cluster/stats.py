@@ -48,7 +48,9 @@ MAX_FIGURES = wire.STATS_MAX_FIGURES   # figures kept from one message; the rest
 MAX_DEPTH = 8            # levels of groups flattened; deeper ones are counted as too_deep
 
 GAUGES = frozenset({"pid", "published_at", "rss_bytes", "num_threads", "num_fds",
-                    "sessions_active", "routes", "owners"})
+                    "sessions_active", "routes", "owners",
+                    "input_lag_ms", "input_lag_max_ms", "shedding",          # an owner's load
+                    "budget_bytes", "used_bytes", "peak_bytes"})             # its buffer budget
 NOT_SUMMED = frozenset({"pid", "published_at"})
 
 
@@ -189,13 +191,16 @@ class ProcessStats:
 class Aggregator:
     """The latest STATS of every process that publishes to ``endpoint``.
 
+    It binds ``endpoint`` (then it is the only consumer), or with ``hub`` connects to a stats
+    hub's feed there, which any number of consumers may read (``hub_keys``: its CURVE keys).
     ``clock`` is the aggregator's own monotonic clock (arrival times, ages); tests pass their
     own. ``poll`` and the readers may run in different threads. With ``keys`` it admits
     only the publishers whose public keys are listed (CURVE); refusals are in ``counts``.
     """
 
     def __init__(self, endpoint: str, clock=time.monotonic, context: zmq.Context | None = None,
-                 stale_after: float = STALE_AFTER, keys: ServerKeys | None = None):
+                 stale_after: float = STALE_AFTER, keys: ServerKeys | None = None, *,
+                 hub: bool = False, hub_keys: ClientKeys | None = None):
         self.endpoint = endpoint
         self.clock = clock
         self.stale_after = stale_after
@@ -210,6 +215,9 @@ class Aggregator:
         self.socket.setsockopt(zmq.MAXMSGSIZE, wire.max_frame(wire.AGGREGATOR_TAKES))
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         self.gate = None
+        if hub:
+            self._connect_hub(hub_keys)
+            return
         try:
             if keys is not None:
                 listen_with_keys(self.socket, keys, STATS_DOMAIN)
@@ -218,6 +226,13 @@ class Aggregator:
         except (zmq.ZMQError, RuntimeError):
             self.close()
             raise
+
+    def _connect_hub(self, keys: ClientKeys | None) -> None:
+        """Read a stats hub's feed (cluster/hub.py) instead of binding the endpoint, so any
+        number of aggregators hear the same processes."""
+        if keys is not None:
+            connect_with_keys(self.socket, keys)
+        self.socket.connect(self.endpoint)
 
     def close(self) -> None:
         if self.gate is not None:

@@ -3,10 +3,12 @@
 ``render`` turns the cluster config into a supervisord.conf for one host role:
 
 - ``online``: ``owner`` (``owners.count`` session owners, priority 100) and ``capture``
-  (``capture.workers`` capture workers, priority 200);
+  (``capture.workers`` capture workers, priority 200); with ``[stats] endpoint`` also
+  ``stats-hub`` (cluster/hub.py, priority 50) and, with ``[stats] metrics``, ``metrics``
+  (the Prometheus exporter, priority 300), one process each, started as supervisor.user;
 - ``assistant``: ``intercept`` (``intercept.count`` intercepts).
 
-Each program runs ``numprocs`` copies named ``<program>-<n>``, and copy ``n`` is started with
+Each sharded program runs ``numprocs`` copies named ``<program>-<n>``, and copy ``n`` is started with
 ``--config CONFIG --shard n`` (supervisord's ``%(process_num)d``), so every process reads the
 same file and knows its shard. supervisord spawns lower priorities first and stops them last:
 owners are spawned before the capture workers (in the same tick: spawned, not yet bound; a
@@ -61,6 +63,7 @@ class Program:
     module: str        # python -m <module> --config CONFIG --shard n
     needs_root: bool = True   # opens raw sockets or captures, then drops to --user itself;
                               # False: supervisord starts it as supervisor.user (user=)
+    sharded: bool = True      # started with --shard %(process_num)d; False: one process, no shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,21 @@ class ProgramStatus:
 def programs(config: ClusterConfig, host_role: str) -> tuple[Program, ...]:
     _check_role(host_role)
     if host_role == "online":
-        return (Program("owner", config.owners.count, 100, "tcpcopy.session.owner"),
-                Program("capture", config.capture.workers, 200, "tcpcopy.capture.worker"))
+        return (*_stats_programs(config)[:1],
+                Program("owner", config.owners.count, 100, "tcpcopy.session.owner"),
+                Program("capture", config.capture.workers, 200, "tcpcopy.capture.worker"),
+                *_stats_programs(config)[1:])
     return (Program("intercept", config.intercept.count, 100, "tcpcopy.intercept.main"),)
+
+
+def _stats_programs(config: ClusterConfig) -> tuple[Program, ...]:
+    """With [stats] endpoint, the online host runs the stats hub (first up, last down, so no
+    process publishes into nothing) and, with [stats] metrics, the Prometheus exporter."""
+    if not config.stats.endpoint:
+        return ()
+    hub = Program("stats-hub", 1, 50, "tcpcopy.cluster.hub", needs_root=False, sharded=False)
+    exporter = Program("metrics", 1, 300, "tcpcopy.cluster.metrics", needs_root=False, sharded=False)
+    return (hub, exporter) if config.stats.metrics else (hub,)
 
 
 def _check_role(host_role: str) -> None:
@@ -109,7 +124,8 @@ def render(config: ClusterConfig, host_role: str, config_path: str | None = None
     directory = _literal(config.role_dir(host_role), "supervisor.dir")
     parts = [_header(config, host_role, config_path), _daemon_sections(directory)]
     for program in programs(config, host_role):
-        command = (commands or {}).get(program.name) or _command(python, program.module, config_path)
+        command = (commands or {}).get(program.name) or _command(python, program.module, config_path,
+                                                                 program.sharded)
         parts.append(_program_section(program, command, directory, config.supervisor.user))
     return "\n".join(parts)
 
@@ -130,15 +146,16 @@ def _daemon_sections(directory: str) -> str:
             f"[supervisorctl]\nserverurl = unix://{directory}/supervisor.sock\n")
 
 
-def _command(python: str, module: str, config_path: str) -> str:
+def _command(python: str, module: str, config_path: str, sharded: bool = True) -> str:
     argv = [python, "-m", module, "--config", config_path]
-    return " ".join(_literal(shlex.quote(arg), arg) for arg in argv) + " --shard %(process_num)d"
+    command = " ".join(_literal(shlex.quote(arg), arg) for arg in argv)
+    return command + " --shard %(process_num)d" if sharded else command
 
 
 def _program_section(program: Program, command: str, directory: str, user: str = "") -> str:
     """supervisor.user: a program that opens raw sockets or captures starts as root and
     drops to the user itself (--user); any other is started as the user by supervisord."""
-    if "%(process_num)d" not in command:
+    if program.sharded and "%(process_num)d" not in command:
         raise ClusterError(f"the command of program {program.name} lacks %(process_num)d: "
                            "every process must be told its shard (--shard %(process_num)d)")
     log = f"{directory}/{program.name}-%(process_num)d"

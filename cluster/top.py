@@ -1,8 +1,10 @@
 """The live dashboard: one row per process of the cluster, refreshed every second.
 
-    python -m tcpcopy.cluster.top --stats ENDPOINT [--once] [--json] [--interval S]
+    python -m tcpcopy.cluster.top --hub ENDPOINT [--once] [--json] [--interval S]
+    python -m tcpcopy.cluster.top --stats ENDPOINT ...
 
-It binds the stats endpoint (every process's StatsPublisher connects to it) and redraws a
+It reads a stats hub's feed (cluster/hub.py: beside the exporter and the report recorder), or
+binds the stats endpoint itself (every process's StatsPublisher connects to it), and redraws a
 plain-text frame with ANSI clear-screen codes, so it works over SSH and in any terminal;
 q or Ctrl-C quits. ``--once`` collects for a few seconds and prints one frame; with
 ``--json`` it prints the aggregator's snapshot instead, for scripts.
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 import zmq
 
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.curve import KeyFileError, ServerKeys, add_server_key_flags, plain_warning, server_keys_from_flags
+from tcpcopy.cluster.curve import ServerKeys, plain_warning
+from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.cluster.stats import Aggregator, figure, outcomes
 
@@ -36,7 +39,7 @@ PROG = "python -m tcpcopy.cluster.top"
 ONCE_WAIT = 2.5          # seconds --once listens: two snapshots of every process, so rates
 SLICE = 0.1              # seconds between key checks while waiting for the next frame
 CLEAR = "\x1b[H\x1b[2J"
-ROLE_ORDER = ("capture", "owner", "intercept", "cluster")
+ROLE_ORDER = ("capture", "owner", "intercept", "cluster", "hub")
 MIN_IDENTITY = 8
 
 
@@ -267,13 +270,15 @@ def collect(aggregator: Aggregator, seconds: float) -> None:
 
 
 def run_top(endpoint: str, once: bool = False, json_out: bool = False, interval: float = 1.0,
-            out=None, keys: ServerKeys | None = None) -> int:
-    """Bind ``endpoint`` and show the dashboard until q or Ctrl-C (or one frame ``once``);
-    with ``keys`` only the publishers they admit are heard (CURVE)."""
+            out=None, keys: ServerKeys | None = None, aggregator: Aggregator | None = None) -> int:
+    """Bind ``endpoint`` (or read ``aggregator``, e.g. one on a stats hub's feed) and show the
+    dashboard until q or Ctrl-C (or one frame ``once``); with ``keys`` only the publishers
+    they admit are heard (CURVE)."""
     out = out or sys.stdout
-    aggregator = Aggregator(endpoint, keys=keys)
-    if keys is None:
-        print(f"{PROG}: warning: " + plain_warning(["the stats channel"], LISTENER_FIX), file=sys.stderr)
+    if aggregator is None:
+        aggregator = Aggregator(endpoint, keys=keys)
+        if keys is None:
+            print(f"{PROG}: warning: " + plain_warning(["the stats channel"], LISTENER_FIX), file=sys.stderr)
     try:
         if once:
             collect(aggregator, ONCE_WAIT)
@@ -338,15 +343,12 @@ def _q_pressed(fd: int) -> bool:
 
 def build_parser() -> CommandParser:
     parser = CommandParser(prog=PROG, description="Live view of a tcpcopy cluster's stats: one row per process.",
-                           epilog=f"Example: {PROG} --stats ipc:///run/tcpcopy/stats")
-    parser.add_argument("--stats", required=True, metavar="ENDPOINT",
-                        help="the stats endpoint to bind, where every process publishes "
-                             "(ipc://PATH or tcp://HOST:PORT)")
+                           epilog=f"Example: {PROG} --hub ipc:///run/tcpcopy-cluster/stats-feed.sock")
     parser.add_argument("--once", action="store_true",
                         help=f"listen {ONCE_WAIT:g} s, print one frame and exit")
     parser.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
-    add_server_key_flags(parser, "publishers", "keys/stats.key_secret")
+    add_source_flags(parser)
     return parser
 
 
@@ -358,16 +360,16 @@ def main(argv=None) -> int:
     if args.interval <= 0:
         parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
     try:
-        keys = server_keys_from_flags(args.key, args.allow_keys)
-    except KeyFileError as exc:
+        aggregator = aggregator_from_flags(args, PROG, LISTENER_FIX)
+    except ValueError as exc:   # KeyFileError too
         parser.error(str(exc))
-    try:
-        return run_top(args.stats, once=args.once, json_out=args.json, interval=args.interval, keys=keys)
     except zmq.ZMQError as exc:
         print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc} "
-              "(is another top or metrics aggregator bound there? is the path's directory there?)",
-              file=sys.stderr)
+              "(is another consumer bound there? run a stats hub, python -m tcpcopy.cluster.hub, "
+              "and read it with --hub; is the path's directory there?)", file=sys.stderr)
         return 2
+    return run_top(args.hub or args.stats, once=args.once, json_out=args.json, interval=args.interval,
+                   aggregator=aggregator)
 
 
 if __name__ == "__main__":

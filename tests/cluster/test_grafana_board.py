@@ -21,12 +21,14 @@ import pytest
 
 from tcpcopy.capture.worker import CaptureStats
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.hub import StatsHub
 from tcpcopy.cluster.metrics import render_metrics
 from tcpcopy.cluster.stats import Aggregator, process_figures
 from tcpcopy.intercept.routes import RouteTable
 from tcpcopy.intercept.worker import COUNTERS as INTERCEPT_COUNTERS, Worker
 from tcpcopy.session.engine import BufferBudget, SessionStats
 from tcpcopy.session.intercepts import LinkStats
+from tcpcopy.session.orphans import OrphanStats
 from tcpcopy.session.owner import Owner, OwnerCounters
 from tcpcopy.session.table import TableStats
 
@@ -82,7 +84,7 @@ def owner_counters() -> dict:
                        table=table, links=SimpleNamespace(stats=LinkStats(registered=133, register_drops=1)),
                        fanout=SimpleNamespace(sampled_out=0, unmapped=0),
                        sender=SimpleNamespace(sent=1800, failed={"EPERM": 3, "ENOBUFS": 1}),
-                       budget=BufferBudget(), stop_reason="")
+                       budget=BufferBudget(), orphans=SimpleNamespace(stats=OrphanStats()), stop_reason="")
     return parts.published_counters()
 
 
@@ -92,7 +94,7 @@ def intercept_counters() -> dict:
     routes.register(("198.18.0.1", 40000, "198.18.1.1", 8080), b"owner-0", now=1.0)
     routes.hold(("198.18.0.2", 40002, "198.18.1.1", 8080), b"record", now=1.0)
     counts = {name: 7 for name in INTERCEPT_COUNTERS}
-    parts = SimpleNamespace(counts=counts, routes=routes, owners={b"owner-0": None},
+    parts = SimpleNamespace(counts=counts, routes=routes, owners={b"owner-0": None}, gate=None,
                             _closed_pcap_drops=3, _captures=[])
     return Worker.stats(parts)
 
@@ -106,13 +108,23 @@ PROCESSES = (
 )
 
 
+def hub_counters(directory) -> dict:
+    """What the stats hub publishes about itself (StatsHub.figures)."""
+    hub = StatsHub(f"ipc://{directory}/hub-in", f"ipc://{directory}/hub-feed")
+    try:
+        return hub.figures()
+    finally:
+        hub.close()
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> dict:
     """{metric: {label: {values}}} of /metrics for the cluster above."""
-    aggregator = Aggregator(f"ipc://{tmp_path_factory.mktemp('board')}/stats")
+    directory = tmp_path_factory.mktemp('board')
+    aggregator = Aggregator(f"ipc://{directory}/stats")
     resources = process_figures(psutil.Process())
     try:
-        for role, identity, counters in PROCESSES:
+        for role, identity, counters in (*PROCESSES, ("hub", "hub@online1", hub_counters(directory))):
             figures = {**counters, **resources, "published_at": 1.0}
             assert aggregator.ingest(wire.encode_stats(role, identity, figures))
         text = render_metrics(aggregator.snapshot_json())
@@ -206,8 +218,8 @@ def expr_problems(expr: str, page: dict, legend: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- tests
 
-def test_the_page_has_all_three_roles(page):
-    assert page["tcpcopy_up"]["role"] == {"capture", "owner", "intercept"}
+def test_the_page_has_every_role_and_the_hub(page):
+    assert page["tcpcopy_up"]["role"] == {"capture", "owner", "intercept", "hub"}
     assert "tcpcopy_engine_requests_sent_total" in page and "tcpcopy_resp_records_total" in page
 
 
@@ -233,8 +245,9 @@ def test_the_board_watches_every_bound(page):
                    "tcpcopy_links_register_drops_total", "tcpcopy_records_dropped_total",
                    "tcpcopy_held_refused_total", "tcpcopy_held_expired_total",
                    "tcpcopy_pcap_dropped_total", "tcpcopy_send_drops_total", "raw_send_failures",
-                   "tcpcopy_cpu_user_seconds_total", "tcpcopy_resident_memory_bytes",
-                   "tcpcopy_resp_records_total", "tcpcopy_unroutable_total", "owner_outcomes"):
+                   "tcpcopy_process_cpu_seconds_total", "tcpcopy_process_resident_memory_bytes",
+                   "tcpcopy_resp_records_total", "tcpcopy_unroutable_total", "tcpcopy_session_outcomes_total",
+                   "tcpcopy_raw_send_failures_total", "tcpcopy_feed_dropped_total"):
         assert metric in exprs, metric
 
 

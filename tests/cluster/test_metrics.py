@@ -1,6 +1,6 @@
-"""/metrics: the Prometheus text exposition of the cluster's stats.
+"""/metrics: the Prometheus exposition of the cluster's stats (prometheus_client, a custom collector).
 
-The page is parsed line by line as a scraper would (``# HELP``/``# TYPE`` before a family's
+The page is parsed by prometheus_client's own parser, and line by line as a strict scraper would (``# HELP``/``# TYPE`` before a family's
 samples, metric and label names from the allowed alphabets, quoted and escaped label
 values, one sample per series), on a page rendered from a snapshot and on one scraped over
 HTTP from 127.0.0.1 while real publishers send stats over ipc://.
@@ -20,8 +20,9 @@ import urllib.request
 import pytest
 
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.metrics import (escape, labels_text, listen_address, main, metric_for,
-                                     render_metrics, sanitize, serve_metrics)
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcpcopy.cluster.metrics import listen_address, main, render_metrics, sanitize, series_for, serve_metrics
 from tcpcopy.cluster.stats import Aggregator, StatsPublisher
 
 METRIC = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -41,6 +42,7 @@ class Clock:
 def parse(page: str) -> dict:
     """{(metric, ((label, value), ...)): float}, failing on anything a scraper would reject."""
     assert page.endswith("\n")
+    assert list(text_string_to_metric_families(page))   # Prometheus's own parser takes it
     types, helps, samples = {}, set(), {}
     for line in page.splitlines():
         if line.startswith("# HELP "):
@@ -59,15 +61,21 @@ def parse(page: str) -> dict:
             assert name in types, f"{name} has no # TYPE before it"
             assert not types[name] == "counter" or name.endswith("_total"), name
             assert VALUE.match(value), line
-            pairs = tuple(re.findall(LABEL, labels))
+            pairs = tuple(sorted(re.findall(LABEL, labels)))
             assert len({k for k, _ in pairs}) == len(pairs), line
             assert (name, pairs) not in samples, f"duplicate series {line!r}"
             samples[(name, pairs)] = float(value)
     return samples
 
 
-def labels(role: str, identity: str, host: str = "", shard: str = "") -> tuple:
-    return (("role", role), ("identity", identity), ("host", host), ("shard", shard))
+def labels(role: str, identity: str, host: str = "", shard: str = "", **more: str) -> tuple:
+    """A series' labels as ``parse`` keys them: sorted by name, as the page lists them."""
+    return tuple(sorted({"role": role, "identity": identity, "host": host, "shard": shard, **more}.items()))
+
+
+def kind_of(name: str) -> tuple[str, str]:
+    series = series_for(name)
+    return series.metric, series.kind
 
 
 def feed(aggregator: Aggregator, role: str, identity: str, **counters) -> None:
@@ -83,17 +91,19 @@ def test_figure_names_become_metric_names(name, expected):
     assert sanitize(name) == expected
 
 
-def test_counters_gauges_and_resource_figures_get_their_types():
-    assert metric_for("requests_sent")[:2] == ("tcpcopy_requests_sent_total", "counter")
-    assert metric_for("sessions_active")[:2] == ("tcpcopy_sessions_active", "gauge")
-    assert metric_for("held_now")[:2] == ("tcpcopy_held_now", "gauge")
-    assert metric_for("cpu_user_s")[:2] == ("tcpcopy_cpu_user_seconds_total", "counter")
-    assert metric_for("rss_bytes")[:2] == ("tcpcopy_resident_memory_bytes", "gauge")
-
-
-def test_label_values_are_quoted_and_escaped():
-    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    assert labels_text({"identity": 'x"y'}) == '{identity="x\\"y"}'
+def test_counters_gauges_and_resource_figures_get_their_types_units_and_labels():
+    assert kind_of("requests_sent") == ("tcpcopy_requests_sent", "counter")
+    assert kind_of("sessions_active") == ("tcpcopy_sessions_active", "gauge")
+    assert kind_of("held_now") == ("tcpcopy_held_now", "gauge")
+    assert kind_of("done_total") == ("tcpcopy_done", "counter")      # no _total_total
+    cpu = series_for("cpu_user_s")
+    assert (cpu.metric, cpu.kind, cpu.labels) == ("tcpcopy_process_cpu_seconds", "counter", {"mode": "user"})
+    assert kind_of("rss_bytes") == ("tcpcopy_process_resident_memory_bytes", "gauge")
+    lag = series_for("owner.input_lag_ms")
+    assert (lag.metric, lag.kind, lag.scale) == ("tcpcopy_owner_input_lag_seconds", "gauge", 0.001)
+    assert series_for("owner.outcomes.dropped:syn_timeout").labels == {"outcome": "dropped", "reason": "syn_timeout"}
+    assert series_for("engine.closed.completed").metric == "tcpcopy_engine_session_outcomes"
+    assert series_for("raw_send_failures.EPERM").labels == {"errno": "EPERM"}
 
 
 def test_a_rendered_page_parses_and_carries_every_figure(tmp_path):
@@ -112,11 +122,12 @@ def test_a_rendered_page_parses_and_carries_every_figure(tmp_path):
     intercept = labels("intercept", "intercept-2@assist1", "assist1", "2")
     assert samples[("tcpcopy_requests_sent_total", owner)] == 12
     assert samples[("tcpcopy_sessions_active", owner)] == 4
-    assert samples[("tcpcopy_outcomes_dropped_syn_timeout_total", owner)] == 2
+    outcome = labels("owner", 'owner-0@on\\"line', 'on\\"line', "0", outcome="dropped", reason="syn_timeout")
+    assert samples[("tcpcopy_session_outcomes_total", outcome)] == 2
     assert samples[("tcpcopy_rtt_total", owner)] == 0.125
-    assert samples[("tcpcopy_cpu_user_seconds_total", owner)] == 1.5
+    assert samples[("tcpcopy_process_cpu_seconds_total", labels("owner", 'owner-0@on\\"line', 'on\\"line', "0", mode="user"))] == 1.5
     assert samples[("tcpcopy_routes", intercept)] == 3
-    assert samples[("tcpcopy_open_fds", intercept)] == 12
+    assert samples[("tcpcopy_process_open_fds", intercept)] == 12
     assert samples[("tcpcopy_up", owner)] == 1
     assert samples[("tcpcopy_content_loss_ratio", ())] == pytest.approx(0.01)
     assert not any(name in ("tcpcopy_pid_total", "tcpcopy_pid", "tcpcopy_published_at")
@@ -172,16 +183,16 @@ def test_metrics_scraped_over_http_equal_the_published_counters(tmp_path):
             if publisher is owner:
                 clock.now += 3.5     # the owner has now been silent for 3.5 s
         content_type, page = scrape(server.url)
-        assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+        assert content_type.startswith("text/plain; version=")
         samples = parse(page)
         o = labels("owner", "owner-1@online1", "online1", "1")
         c = labels("capture", "capture-0@online1", "online1", "0")
         assert samples[("tcpcopy_requests_sent_total", o)] == 1234
         assert samples[("tcpcopy_sessions_active", o)] == 56
-        assert samples[("tcpcopy_raw_send_failures_EPERM_total", o)] == 3
+        assert samples[("tcpcopy_raw_send_failures_total", labels("owner", "owner-1@online1", "online1", "1", errno="EPERM"))] == 3
         assert samples[("tcpcopy_captured_total", c)] == 98765
         assert samples[("tcpcopy_kernel_dropped_total", c)] == 0
-        assert samples[("tcpcopy_resident_memory_bytes", c)] > 0
+        assert samples[("tcpcopy_process_resident_memory_bytes", c)] > 0
         assert samples[("tcpcopy_up", c)] == 1 and samples[("tcpcopy_up", o)] == 0
         assert samples[("tcpcopy_stats_age_seconds", o)] == 3.5
         with pytest.raises(urllib.error.HTTPError) as error:

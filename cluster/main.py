@@ -24,7 +24,9 @@ import sys
 from tcpcopy.cluster import supervisor
 from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, ConfigError, load_config
 from tcpcopy.cluster.curve import DEFAULT_CLIENT, KeyFileError, KeyLayout, keygen
+from tcpcopy.cluster.hub import consumer_keys
 from tcpcopy.cluster.process import CommandParser, version_text
+from tcpcopy.cluster.stats import Aggregator
 from tcpcopy.cluster.top import run_top
 
 EXAMPLE = "tcpcopy-cluster start /etc/tcpcopy/cluster.toml --role online"
@@ -49,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            help="interpreter named in the commands (default: this one)")
     actions.choices["status"].add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions.choices["restart"].add_argument("name", metavar="NAME", help="e.g. capture-1, capture:capture-1, owner")
-    top = actions.add_parser("top", help="live view of every process of the cluster (stats.endpoint)",
-                             description="Bind [stats] endpoint and show every publishing process: CPU, "
+    top = actions.add_parser("top", help="live view of every process of the cluster (the stats hub's feed)",
+                             description="Read the feed of the stats hub that the online host runs "
+                                         "([stats] feed) and show every publishing process: CPU, "
                                          "memory, rates, sessions and the copier's loss estimate.")
     top.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
     top.add_argument("--once", action="store_true", help="collect for a moment, print one frame, exit")
@@ -161,8 +164,10 @@ def _top(config, args) -> int:
                      '[stats] endpoint = "tcp://198.18.2.2:36600" so every process publishes there')
     if args.json and not args.once:
         return _fail("--json goes with --once (the live view is for people)")
-    keys = KeyLayout(config.security.keys_dir).listener_keys() if config.security.curve else None
-    return run_top(config.stats.endpoint, once=args.once, json_out=args.json, keys=keys)
+    keys = consumer_keys(KeyLayout(config.security.keys_dir).secret("stats")) if config.security.curve else None
+    feed = config.stats_feed()
+    aggregator = Aggregator(feed, hub=True, hub_keys=keys)
+    return run_top(feed, once=args.once, json_out=args.json, aggregator=aggregator)
 
 
 def _restart(config, args) -> int:

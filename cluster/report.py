@@ -1,10 +1,11 @@
 """The run report of a live copy: its numbers (report.json), a picture (report.png) and one
 page with both (report.html).
 
-    python -m tcpcopy.cluster.report record --stats ENDPOINT --out FILE [--seconds N] [--interval S]
+    python -m tcpcopy.cluster.report record --hub|--stats ENDPOINT --out FILE [--seconds N] [--interval S]
 
-``record`` binds the stats endpoint (an :class:`~tcpcopy.cluster.stats.Aggregator`: every
-process started with ``--stats ENDPOINT`` publishes there) and appends one
+``record`` reads a stats hub's feed (``--hub``, beside top and the exporter) or binds the stats
+endpoint (``--stats``; an :class:`~tcpcopy.cluster.stats.Aggregator`: every process started
+with ``--stats ENDPOINT`` publishes there) and appends one
 ``snapshot_json()`` per interval to FILE as one JSON line, flushed at once, until N seconds
 have passed or SIGINT/SIGTERM arrives; a last snapshot is written when it stops. A process
 killed outright loses at most the line it was writing, and :func:`load_samples` skips that.
@@ -55,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.deploy import accesslog
 
@@ -764,9 +766,10 @@ def build_report(samples: Sequence[Mapping], online_log: Sequence[Mapping], targ
 # ---------------------------------------------------------------------- the recorder
 
 def record(endpoint: str, out: str | Path, seconds: float | None = None, interval: float = 1.0,
-           ready=None) -> int:
-    """Bind ``endpoint`` and append one snapshot per ``interval`` to ``out`` until ``seconds``
-    have passed or SIGINT/SIGTERM (from the main thread); how many snapshots were written."""
+           ready=None, aggregator=None) -> int:
+    """Bind ``endpoint`` (or read ``aggregator``, e.g. one on a stats hub's feed) and append
+    one snapshot per ``interval`` to ``out`` until ``seconds`` have passed or SIGINT/SIGTERM
+    (from the main thread); how many snapshots were written."""
     from tcpcopy.cluster.stats import Aggregator
 
     stop = []
@@ -778,7 +781,7 @@ def record(endpoint: str, out: str | Path, seconds: float | None = None, interva
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
-    aggregator = Aggregator(endpoint)
+    aggregator = aggregator or Aggregator(endpoint)
     written = 0
     try:
         with open(out, "a", encoding="utf-8") as sink:
@@ -813,9 +816,9 @@ def _write(sink, aggregator) -> int:
 def build_parser() -> CommandParser:
     parser = CommandParser(prog=PROG, description="Record a copy's stats; build its run report.")
     commands = parser.add_subparsers(dest="command", required=True)
-    rec = commands.add_parser("record", help="bind the stats endpoint and write one snapshot per second (JSON lines)")
-    rec.add_argument("--stats", required=True, metavar="ENDPOINT",
-                     help="the stats endpoint to bind (tcp://HOST:PORT or ipc://PATH)")
+    rec = commands.add_parser("record", help="read a stats hub's feed (--hub) or bind the stats endpoint "
+                                             "(--stats) and write one snapshot per second (JSON lines)")
+    add_source_flags(rec)
     rec.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file to append the snapshots to")
     rec.add_argument("--seconds", type=float, default=None, metavar="N",
                      help="stop after N seconds (default: at SIGINT or SIGTERM)")
@@ -861,12 +864,17 @@ def main(argv=None) -> int:
         if args.seconds is not None and args.seconds <= 0:
             parser.error(f"--seconds {args.seconds:g}: give a positive number of seconds")
         import zmq
+        source = args.hub or args.stats
         try:
-            written = record(args.stats, args.out, args.seconds, args.interval,
-                             ready=lambda: print(f"recording {args.stats} to {args.out}", flush=True))
+            aggregator = aggregator_from_flags(args, PROG, "pass --key and --allow-keys as to top")
+        except ValueError as exc:   # KeyFileError too
+            parser.error(str(exc))
         except zmq.ZMQError as exc:
-            print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: --stats {source}: cannot bind: {exc} (another consumer bound there? "
+                  "read a stats hub with --hub)", file=sys.stderr)
             return 2
+        written = record(source, args.out, args.seconds, args.interval, aggregator=aggregator,
+                         ready=lambda: print(f"recording {source} to {args.out}", flush=True))
         print(f"recorded {written} snapshots", flush=True)
         return 0
     if args.copies < 1:

@@ -133,6 +133,22 @@ def test_unknown_role_is_refused(config):
         supervisor.render(config, "target")
 
 
+def test_with_stats_the_online_host_runs_the_hub_first_and_the_exporter_last(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG + '\n[stats]\nendpoint = "tcp://198.18.2.2:36600"\n')
+    conf = parsed(supervisor.render(load_config(path), "online"))
+    programs = [s for s in conf.sections() if s.startswith("program:")]
+    assert programs == ["program:stats-hub", "program:owner", "program:capture", "program:metrics"]
+    priorities = [int(conf[p]["priority"]) for p in programs]
+    assert priorities == sorted(priorities)          # up first, down last: nothing publishes into nothing
+    for program, module in (("stats-hub", "tcpcopy.cluster.hub"), ("metrics", "tcpcopy.cluster.metrics")):
+        section = conf[f"program:{program}"]
+        assert section["numprocs"] == "1"
+        assert shlex.split(section["command"]) == [sys.executable, "-m", module, "--config", str(path)]
+    path.write_text(CONFIG + '\n[stats]\nendpoint = "tcp://198.18.2.2:36600"\nmetrics = ""\n')
+    assert "program:metrics" not in parsed(supervisor.render(load_config(path), "online")).sections()
+
+
 def test_committed_example_is_a_fresh_render():
     assert SAMPLE_CONF.read_text() == supervisor.sample_text(), (
         "deploy/cluster-sample.supervisord.conf is stale: regenerate it with "

@@ -134,6 +134,7 @@ def prepare_keys(config: ClusterConfig, host_role: str) -> list[str]:
 
 
 def _start(config, args) -> int:
+    supervisor.supervisord_binary()      # missing: said before any key is made
     for line in prepare_keys(config, args.role):
         print(line)
     pid = supervisor.start(config, args.role)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 
 import pytest
 import zmq
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.intercept.worker import ANSWER_BATCH_BYTES, HEADER_SNAPLEN, Worker, WorkerConfig
+from tcpcopy.session import intercepts as intercepts_module
+from tcpcopy.session.intercepts import InterceptLinks
 from tests.intercept.test_worker import Clock, answer, endpoint, header_length, hello_from, pump, receive
 
 ANSWER_BYTES = 1000
@@ -207,3 +211,132 @@ def test_the_command_takes_answer_bytes_and_watch_max_from_flags_or_the_cluster_
                     "[intercept]\nanswer_bytes = 65536\nwatch_max = 100\n[security]\ncurve = false\n")
     config = intercept_main.config_from(intercept_main.parse_args(["--config", str(toml), "--shard", "0"]))
     assert (config.answer_bytes, config.watch_max) == (65536, 100)
+
+
+# -- the owner's side: InterceptLinks
+
+
+def links_to(worker: Worker, context: zmq.Context, comparing: bool) -> InterceptLinks:
+    """An owner's InterceptLinks connected to ``worker`` (bound on tcp://127.0.0.1) and greeted."""
+    port = int(worker.socket.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+    links = InterceptLinks(context, [InterceptAddress("127.0.0.1", port)], "owner-0@test", comparing=comparing)
+    deadline = time.monotonic() + 5
+    while not links.links[0].up:             # a DEALER drops what it sends before it connects
+        assert time.monotonic() < deadline, "the owner never heard the intercept's HELLO"
+        links.say_hello()
+        pump(worker)
+        links.receive(links.links[0].socket, 0.0, list)
+    return links
+
+
+@pytest.fixture
+def tcp_worker():
+    context = zmq.Context()
+    clock = Clock()
+    worker = Worker(WorkerConfig(endpoint="tcp://127.0.0.1:*", answer_bytes=ANSWER_BYTES), clock=clock,
+                    context=context)
+    worker.bind()
+    yield worker, context, clock
+    worker.close()
+    context.destroy(linger=0)
+
+
+def drain(worker: Worker, links: InterceptLinks, wait: float = 0.3) -> list[bytes]:
+    """The header records the owner receives within ``wait`` seconds."""
+    records, deadline = [], time.monotonic() + wait
+    while time.monotonic() < deadline:
+        pump(worker, 1)
+        records += links.receive(links.links[0].socket, 0.0, list)
+    return records
+
+
+def test_a_comparing_owner_watches_after_registering_and_takes_headers_and_whole_answers(tcp_worker):
+    worker, context, clock = tcp_worker
+    links = links_to(worker, context, comparing=True)
+    assert links.links[0].socket.getsockopt(zmq.MAXMSGSIZE) == wire.max_frame(
+        wire.OWNER_COMPARING_TAKES_FROM_INTERCEPT)
+    links.watch(endpoint(40000))            # queued first, yet sent after the REGISTER
+    links.register(endpoint(40000))
+    links.register(endpoint(40001))
+    links.flush()
+    drain(worker, links)
+    assert worker.routes.watched == {endpoint(40000): next(iter(worker.owners))}
+    watched, other = answer(40000, "PA", payload=b"compared"), answer(40001, "PA", payload=b"not")
+    for raw in (watched, other):
+        worker.on_packet(pk.decode(raw), clock.now)
+    worker.flush_all()
+    assert drain(worker, links) == [watched[:header_length(watched)], other[:header_length(other)]]
+    assert links.take_answers() == [watched] and links.take_answers() == []
+    assert (links.stats.watched, links.stats.answers) == (1, 1)
+
+
+def test_an_owner_that_does_not_compare_keeps_the_small_limit_cannot_watch_and_ignores_answers(tcp_worker):
+    worker, context, clock = tcp_worker
+    links = links_to(worker, context, comparing=False)
+    sock = links.links[0].socket
+    assert sock.getsockopt(zmq.MAXMSGSIZE) == wire.max_frame(wire.OWNER_TAKES_FROM_INTERCEPT)
+    with pytest.raises(ValueError, match="comparing=True"):
+        links.watch(endpoint(40000))
+    links.register(endpoint(40000))
+    links.flush()
+    sock.send(wire.encode_watch([endpoint(40000)]))   # as if it had watched: small answers pass
+    drain(worker, links)
+    raw = answer(40000, "PA", payload=b"small")
+    worker.on_packet(pk.decode(raw), clock.now)
+    worker.flush_all()
+    assert drain(worker, links) == [raw[:header_length(raw)]]
+    assert links.take_answers() == [] and links.stats.answers_ignored == 1
+
+
+def test_answers_waiting_for_take_answers_are_bounded_and_drops_counted(tcp_worker, monkeypatch):
+    monkeypatch.setattr(intercepts_module, "ANSWERS_KEPT", 3)
+    worker, context, clock = tcp_worker
+    links = links_to(worker, context, comparing=True)
+    links.register(endpoint(40000))
+    links.watch(endpoint(40000))
+    links.flush()
+    drain(worker, links)
+    for seq in range(5000, 5005):
+        worker.on_packet(pk.decode(answer(40000, "PA", seq=seq, payload=b"x")), clock.now)
+    worker.flush_all()
+    assert len(drain(worker, links)) == 5
+    assert [pk.decode(r).seq for r in links.take_answers()] == [5000, 5001, 5002]
+    assert (links.stats.answers, links.stats.answers_dropped) == (3, 2)
+
+
+def test_a_restarted_intercept_is_told_the_watches_again_after_the_registrations(tcp_worker):
+    """A hand-played intercept ROUTER: HELLO from a new instance makes the owner say HELLO,
+    REGISTER its live endpoints and WATCH those still watched, in that order."""
+    _worker, context, _clock = tcp_worker
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.RCVTIMEO, 2000)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    links = InterceptLinks(context, [InterceptAddress("127.0.0.1", port)], "owner-0@test", comparing=True)
+    for _ in range(50):                     # a DEALER drops what it sends before it connects
+        links.say_hello()
+        if router.poll(100):
+            break
+    routing_id, frame = router.recv_multipart()
+    assert wire.decode(frame)[0] == wire.HELLO
+    while router.poll(100):                 # further HELLOs sent while connecting
+        router.recv_multipart()
+    live = [endpoint(40000), endpoint(40001)]
+    for each in live:
+        links.register(each)
+    links.watch(endpoint(40000))
+    links.watch(endpoint(40001))
+    links.unregister(endpoint(40001))          # its session ended: not watched any more
+    links.flush()
+    sent = [wire.decode(router.recv_multipart()[1])[0] for _ in range(3)]
+    assert sent == [wire.UNREGISTER, wire.REGISTER, wire.WATCH]
+    sock = links.links[0].socket
+    for instance in ("first", "second"):
+        router.send_multipart([routing_id, wire.encode_hello(wire.Hello("intercept", "i", instance))])
+        assert sock.poll(2000)
+        links.receive(sock, 0.0, lambda: live[:1])
+    links.flush()
+    kinds, bodies = zip(*(wire.decode(router.recv_multipart()[1]) for _ in range(3)))
+    assert kinds == (wire.HELLO, wire.REGISTER, wire.WATCH)
+    assert bodies[1] == [endpoint(40000)] and bodies[2] == [endpoint(40000)]
+    links.close("done")
+    router.close(linger=0)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -21,7 +24,10 @@ from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.intercept.worker import ANSWER_BATCH_BYTES, HEADER_SNAPLEN, Worker, WorkerConfig
 from tcpcopy.session import intercepts as intercepts_module
 from tcpcopy.session.intercepts import InterceptLinks
-from tests.intercept.test_worker import Clock, answer, endpoint, header_length, hello_from, pump, receive
+from tcpcopy.deploy.lab import Host, Lab, Route, Topology, link
+from tests.intercept.test_worker import (ASSISTANT_IP, TARGET_IP, TARGET_PORT, Clock, Intercept, answer,
+                                         endpoint, header_length, hello_from, pump, receive)
+from tests.lab.conftest import lab_unavailable_reason
 
 ANSWER_BYTES = 1000
 
@@ -340,3 +346,125 @@ def test_a_restarted_intercept_is_told_the_watches_again_after_the_registrations
     assert bodies[1] == [endpoint(40000)] and bodies[2] == [endpoint(40000)]
     links.close("done")
     router.close(linger=0)
+
+
+# -- the lab: the real intercept command, a real server's answers
+
+LAB_CLIENT_IP = "198.18.3.5"      # a replayed client address, on the assistant itself here
+BODY_BYTES = 300_000
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """target 198.18.0.2 routes 198.18.3.0/24 via the assistant 198.18.2.1, which also holds
+    198.18.3.5: a real client there gets the target's answers while intercept captures them
+    on the same veth (GRO on, so they come as super-packets)."""
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    topology = Topology(
+        hosts=(Host("target", routes=(Route("198.18.3.0/24", ASSISTANT_IP),)),
+               Host("assistant")),
+        links=(link("target", f"{TARGET_IP}/16", "assistant", (f"{ASSISTANT_IP}/16", f"{LAB_CLIENT_IP}/16")),))
+    with Lab(topology) as up:
+        yield up
+
+
+SERVER = f"""
+import socket
+body = bytes(i % 251 for i in range({BODY_BYTES}))
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("{TARGET_IP}", {TARGET_PORT}))
+server.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    request = b""
+    while not request.endswith(b"\\n"):
+        request += conn.recv(100)
+    conn.sendall(request + body)
+    conn.close()
+"""
+
+
+def comparing_owner(port: int, watched_port: int, other_port: int) -> dict:
+    """In the assistant: an owner's InterceptLinks (comparing) registers two client
+    endpoints and watches one, then real clients on them ask the target; what the clients
+    received, the header records and the whole answers come back."""
+    context = zmq.Context()
+    links = InterceptLinks(context, [InterceptAddress(ASSISTANT_IP, port)], "owner-lab", comparing=True)
+    sock = links.links[0].socket
+    try:
+        deadline = time.monotonic() + 10
+        while not links.links[0].up and time.monotonic() < deadline:
+            links.say_hello()
+            sock.poll(100)
+            links.receive(sock, 0.0, list)
+        links.register(endpoint(watched_port, LAB_CLIENT_IP))
+        links.register(endpoint(other_port, LAB_CLIENT_IP))
+        links.watch(endpoint(watched_port, LAB_CLIENT_IP))
+        links.flush()
+        time.sleep(0.3)                      # no acknowledgement exists: let them arrive first
+        received = {client_port: ask_target(client_port, b"request %d\n" % client_port)
+                    for client_port in (watched_port, other_port)}
+        headers, answers = [], []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            if sock.poll(100):
+                headers += links.receive(sock, 0.0, list)
+            answers += links.take_answers()
+        return {"received": received, "headers": headers, "answers": answers,
+                "stats": links.stats}
+    finally:
+        links.close("done")
+        context.destroy(linger=0)
+
+
+def ask_target(client_port: int, request: bytes) -> bytes:
+    with socket.socket() as client:
+        client.bind((LAB_CLIENT_IP, client_port))
+        client.settimeout(10)
+        client.connect((TARGET_IP, TARGET_PORT))
+        client.sendall(request)
+        got = b""
+        while chunk := client.recv(1 << 16):
+            got += chunk
+        return got
+
+
+def stream_of(records: list[bytes], client_port: int) -> bytes:
+    """The payload bytes of one connection's records, put in sequence order (repeats once)."""
+    pieces = {}
+    for record in records:
+        pkt = pk.decode(record, headers_only=True)
+        if pkt.dport == client_port and pkt.payload:
+            pieces.setdefault(pkt.seq, pkt.payload)
+    return b"".join(pieces[seq] for seq in sorted(pieces))
+
+
+@pytest.mark.lab
+def test_a_real_intercept_sends_a_watched_routes_answers_whole_and_another_routes_headers_only(lab, tmp_path):
+    server = lab.popen("target", [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        intercept = Intercept(lab, tmp_path, 36611, "--answer-bytes", "65536")
+        got = lab.call("assistant", comparing_owner, intercept.port, 41000, 41001, timeout=30)
+        stats = intercept.stop()
+    finally:
+        lab.stop(server)
+    watched, other = got["received"][41000], got["received"][41001]
+    assert len(watched) == len(other) > BODY_BYTES                   # both clients got the whole answer
+    header_ports = {pk.decode(r, headers_only=True).dport for r in got["headers"]}
+    assert header_ports == {41000, 41001}
+    assert all(len(r) == pk.decode(r, headers_only=True).payload_off for r in got["headers"])
+    for client_port, body in ((41000, watched), (41001, other)):      # the engine's view, as ever
+        assert sum(pk.decode(r, headers_only=True).payload_len for r in got["headers"]
+                   if pk.decode(r, headers_only=True).dport == client_port) >= len(body)
+    answer_ports = {pk.decode(r, headers_only=True).dport for r in got["answers"]}
+    assert answer_ports == {41000}, "only the watched route's answers come whole"
+    assert stream_of(got["answers"], 41000) == watched                # byte for byte what its client got
+    assert max(len(r) for r in got["answers"]) > 1500, "GRO super-packets come whole too"
+    assert (stats["answers"], stats["answer_drops"], stats["watch_refused"]) == (len(got["answers"]), 0, 0)
+    assert stats["watched"] == 0, "the owner left (BYE): its watch ended with its routes"
+    assert got["stats"].answers == len(got["answers"]) and got["stats"].answers_dropped == 0

@@ -21,8 +21,10 @@ route its owner WATCHes goes as its usual header record in RESPONSES (the sessio
 runs on those) and, when it carries payload, also whole, cut at ``answer_bytes`` of payload,
 as a record of an ANSWERS message to the same owner, batched the same way (at most
 ``wire.ANSWERS_MAX_RECORDS`` records or ``ANSWER_BATCH_BYTES`` a message). An answer without
-payload has nothing its header record lacks. Other answers cost what they always did: one
-more dict lookup while something is watched.
+payload has nothing its header record lacks. Other answers cost what they always did: only
+a frame's head (what the capture held before the snaplen grew) is decoded, the rest is read
+for watched routes alone, and while something is watched each answer costs one more dict
+lookup.
 
 Peers are not trusted. Only a peer that said HELLO as an owner is one (at most
 ``max_owners`` of them); anything else it sends before is refused and counted. A route
@@ -56,7 +58,7 @@ from dataclasses import dataclass
 import zmq
 
 from tcpcopy.capture import packet as pk
-from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
+from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.curve import CONTROL_DOMAIN, ClientKeys, KeyGate, ServerKeys, listen_with_keys
 from tcpcopy.cluster.stats import StatsPublisher
@@ -173,6 +175,8 @@ class Worker:
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._payload = config.payload
         self._answer_bytes = config.answer_bytes
+        self._head = HEADER_SNAPLEN + config.payload   # the part of a frame every answer needs
+        self._linktype = 0                              # of the capture being read
         self._watched = self.routes.watched      # the table keeps this dict: tested per answer
         self._said_watch_off = False
         self.owners: dict[bytes, Owner] = {}
@@ -558,13 +562,11 @@ class Worker:
     # -- captured answers
 
     def _read_capture(self, capture: tuple) -> None:
-        _device, handle, linktype = capture
+        _device, handle, self._linktype = capture
         try:
-            _delivered, malformed = dispatch(handle, linktype, self._on_captured, headers_only=True)
+            handle.dispatch(-1, self._on_captured)
         except OSError as exc:   # the device went away or went down
             self._drop_capture(capture, exc)
-            return
-        self.counts["malformed"] += malformed
 
     def _drop_capture(self, capture: tuple, exc: OSError) -> None:
         device, handle, _linktype = capture
@@ -576,11 +578,23 @@ class Worker:
                                "(is the interface still up?)")
         log.error("capture on %r failed: %s; it is closed, the other devices go on", device, exc)
 
-    def _on_captured(self, pkt: pk.Packet) -> None:
-        self.on_packet(pkt, self._now)
+    def _on_captured(self, _timestamp, frame: bytes) -> None:
+        self.on_frame(frame, self._linktype, self._now)
 
-    def on_packet(self, pkt: pk.Packet, now: float) -> None:
-        """Route one decoded answer of the target (per-packet path)."""
+    def on_frame(self, frame: bytes, linktype: int, now: float) -> None:
+        """One captured frame (per-packet path): only its head is decoded (a header record
+        needs no more, and a bytes slice that long copies at most that much); a frame the
+        codec rejects is counted."""
+        try:
+            pkt = pk.decode_frame(frame[:self._head], linktype, headers_only=True)
+        except pk.PacketError:
+            self.counts["malformed"] += 1
+            return
+        self.on_packet(pkt, now, frame, linktype)
+
+    def on_packet(self, pkt: pk.Packet, now: float, frame: bytes | None = None, linktype: int = 0) -> None:
+        """Route one decoded answer of the target (per-packet path). ``frame``: the whole
+        captured frame ``pkt`` was decoded from the head of (None: ``pkt.buf`` holds it all)."""
         self.counts["all"] += 1
         record = bytes(pkt.buf[:pkt.payload_off + self._payload])
         key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
@@ -588,7 +602,7 @@ class Worker:
         if owner is not None:
             self._add(owner, record, now)
             if self._watched and key in self._watched and pkt.payload_len:
-                self._add_answer(owner, pkt, now)
+                self._add_answer(owner, pkt, frame, linktype, now)
         elif pkt.flags & _SYN_OR_RST:
             self.routes.hold(key, record, now)   # counted there, also when full
         else:
@@ -603,10 +617,16 @@ class Worker:
             if len(batch[1]) >= BATCH_RECORDS:
                 self._flush(owner)
 
-    def _add_answer(self, owner: bytes, pkt: pk.Packet, now: float) -> None:
+    def _add_answer(self, owner: bytes, pkt: pk.Packet, frame: bytes | None, linktype: int,
+                    now: float) -> None:
         """A watched answer, from its IP header to ``answer_bytes`` of its payload (what the
-        capture holds of it), into its owner's ANSWERS batch."""
-        record = bytes(pkt.buf[:min(pkt.payload_off + self._answer_bytes, MAX_ANSWER_BYTES)])
+        capture holds of it; never link padding), into its owner's ANSWERS batch."""
+        size = min(pkt.payload_off + min(self._answer_bytes, pkt.payload_len), MAX_ANSWER_BYTES)
+        if frame is None:
+            record = bytes(pkt.buf[:size])
+        else:
+            start = pk.ip_offset(frame, linktype)
+            record = frame[start:start + size]
         batch = self._answer_batches.get(owner)
         if batch is None:
             batch = self._answer_batches[owner] = [now + BATCH_DELAY, [], 0]

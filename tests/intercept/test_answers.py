@@ -30,6 +30,7 @@ from tests.intercept.test_worker import (ASSISTANT_IP, TARGET_IP, TARGET_PORT, C
 from tests.lab.conftest import lab_unavailable_reason
 
 ANSWER_BYTES = 1000
+ETHERNET = bytes(6) + bytes(range(1, 7)) + b"\x08\x00"   # a link header: MACs and IPv4's type
 
 
 def owner_socket(context: zmq.Context, worker: Worker) -> zmq.Socket:
@@ -119,12 +120,24 @@ def test_a_gro_super_packet_goes_whole_or_cut_as_its_capture_holds_it(make_rig, 
     register_and_watch(worker, owner, [endpoint(40000)], [endpoint(40000)])
     body = bytes(i % 251 for i in range(60000))
     raw = answer(40000, "PA", payload=body)
-    captured = raw[:worker.config.snaplen]                 # what the kernel hands over (no link header)
-    worker.on_packet(pk.decode(captured, headers_only=True), clock.now)
+    captured = (ETHERNET + raw)[:worker.config.snaplen]     # what the kernel hands over
+    worker.on_frame(captured, pk.LINKTYPE_ETHERNET, clock.now)
     worker.flush_all()
     got = sent_to(owner)
     assert got[wire.RESPONSES] == [raw[:header_length(raw)]]
     assert got[wire.ANSWERS] == [raw[:header_length(raw) + kept]]
+
+
+def test_frames_of_unwatched_routes_are_decoded_from_their_head_only(make_rig):
+    worker, owner, clock = make_rig(answer_bytes=65536, payload=16)
+    register_and_watch(worker, owner, [endpoint(40000), endpoint(40001)], [endpoint(40000)])
+    raw = answer(40001, "PA", payload=bytes(range(200)) * 300)
+    worker.on_frame(ETHERNET + raw, pk.LINKTYPE_ETHERNET, clock.now)
+    worker.on_frame(ETHERNET + b"\x45", pk.LINKTYPE_ETHERNET, clock.now)   # truncated IP header
+    worker.flush_all()
+    got = sent_to(owner)
+    assert got == {wire.RESPONSES: [raw[:header_length(raw) + 16]], wire.ANSWERS: []}
+    assert worker.stats()["malformed"] == 1
 
 
 def test_the_snaplen_is_capped_at_the_wire_limit():

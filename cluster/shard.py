@@ -122,6 +122,34 @@ def combine_filters(*exprs: str) -> str:
     return " and ".join(f"({e})" for e in kept)
 
 
+def compare_sampled(client_ip: bytes, client_port: int, percent: int) -> bool:
+    """Whether the connection of this client endpoint is one whose answers are compared
+    (``percent`` of 100 of them). Another mix than ``flow_shard``'s, so a two-way shard and
+    a 50% sample do not pick the same half."""
+    if percent >= 100:
+        return True
+    if percent <= 0:
+        return False
+    return _sample_mix(client_port, client_ip[-2], client_ip[-1]) % 100 < percent
+
+
+def _sample_mix(port: int, high: int, low: int) -> int:
+    return (port ^ (port >> 8)) * 31 + high * 7 + low
+
+
+def online_answers_filter(percent: int) -> str:
+    """``compare_sampled`` of the destination endpoint as a pcap filter: the online server's
+    answers to the compared clients ("" for all). BPF arithmetic is 32-bit unsigned, and the
+    mix stays far below that."""
+    if percent >= 100:
+        return ""
+    if percent <= 0:
+        return "less 0"   # matches nothing
+    mix = "((tcp[2:2] ^ (tcp[2:2] >> 8)) * 31 + ip[18] * 7 + ip[19])"
+    mix6 = "((ip6[42:2] ^ (ip6[42:2] >> 8)) * 31 + ip6[38] * 7 + ip6[39])"
+    return f"(({mix} % 100 < {percent}) or ({_V6_TCP_WITH_PORTS} and {mix6} % 100 < {percent}))"
+
+
 # TCP flags FIN, SYN and RST: the packets of a skipped connection that still reach the
 # owner, which learns from them that the connection ended or its 4-tuple was reused.
 _NO_SYN_FIN_RST_V4 = "tcp[13] & 7 = 0"

@@ -70,6 +70,7 @@ MAX_WINDOW_UNSCALED = 65535
 # What a buffered segment costs beyond its payload (packet object, buffer, queue entry),
 # charged with it so that the byte bounds hold for floods of tiny segments too.
 SEGMENT_OVERHEAD = 256
+REQUEST_HEAD = 256   # bytes of a request kept in its RequestSent event (what comparing reports)
 
 
 class BufferBudget:
@@ -140,7 +141,14 @@ class Established:
 
 @dataclass(frozen=True, slots=True)
 class RequestSent:
+    """A new request went to the target. Where each side's answer to it starts: the online
+    server's sequence number the client had acknowledged (the captured ACK) and the
+    target's (rcv_nxt, unwrapped); ``head``: the request's first bytes (``REQUEST_HEAD``)."""
+
     at: float
+    online_seq: int = field(default=0, compare=False)
+    target_seq: int = field(default=0, compare=False)
+    head: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +256,10 @@ class _Segment:
         self.captured_ack = pkt.ack
         self.sent_at = None
         self.retransmitted = False
+
+    def request_head(self) -> bytes:
+        pkt = self.pkt
+        return bytes(pkt.buf[pkt.payload_off:pkt.payload_off + min(pkt.payload_len, REQUEST_HEAD)])
 
 
 class Session:
@@ -952,7 +964,7 @@ class Session:
             if new_request:
                 self._content_sent = True
                 self.stats.requests_sent += 1
-                self._events.append(RequestSent(now))
+                self._events.append(RequestSent(now, seg.captured_ack, self._rcv_nxt, seg.request_head()))
                 self._awaiting_response = True
                 self._response_mark = self._rcv_nxt
             self._request_ack = seg.captured_ack

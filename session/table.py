@@ -10,7 +10,7 @@ session; it frees finished sessions and refuses new ones beyond its bound, count
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from tcpcopy.capture import packet as pk
@@ -31,6 +31,7 @@ EndpointsFor = Callable[[pk.Packet, float], "list[Endpoint]"]
 class SessionStarted:
     at: float
     endpoint: Endpoint
+    flow: FlowKey = field(default=(), compare=False)   # the captured connection it copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,7 @@ class SessionTable:
             session = Session(endpoint, self.config, self.stats, self.budget)
             self._by_endpoint[ep_key] = (key, session)
             self.table_stats.sessions_started += 1
-            self._events.append(SessionStarted(now, endpoint))
+            self._events.append(SessionStarted(now, endpoint, key))
             sessions.append(session)
         if sessions:
             self._by_flow[key] = sessions

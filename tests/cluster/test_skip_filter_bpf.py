@@ -27,7 +27,8 @@ def frame(src: str, dst: str, sport: int, dport: int, flags: str = "A", options:
         l3 = IPv6(src=src, dst=dst)
     else:
         l3 = IP(src=src, dst=dst, options=[IPOption_NOP()] * 4 if options else [])
-    return bytes(Ether() / l3 / TCP(sport=sport, dport=dport, flags=flags) / b"GET / HTTP/1.1\r\n")
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / TCP(sport=sport, dport=dport, flags=flags)
+                 / b"GET / HTTP/1.1\r\n")
 
 
 def key(src: str, dst: str, sport: int, dport: int) -> bytes:
@@ -92,3 +93,31 @@ def test_the_largest_skip_list_compiles_within_the_kernels_program_limit():
 def test_a_key_of_another_length_is_refused():
     with pytest.raises(ValueError, match="12 .IPv4. or 36 .IPv6. bytes"):
         skip_flows_filter([b"\x00" * 8])
+
+
+# --- the sample of compared sessions ------------------------------------------------------
+
+@pytest.mark.parametrize("percent", [1, 10, 50, 99])
+def test_the_online_answers_filter_picks_exactly_the_sampled_clients(percent):
+    """The capture worker keeps the online server's answers to a client (the destination)
+    exactly when the owner compares that client's connection."""
+    from tcpcopy.cluster.shard import compare_sampled, online_answers_filter
+    program = pcap.bpf(combine_filters("tcp src port 80", online_answers_filter(percent)).encode(),
+                       pcap.DLT_EN10MB)
+    picked = total = 0
+    for i in range(150):
+        port = 1024 + i * 397
+        for address in (f"198.18.{i % 3}.{(i * 7) % 256}", f"2001:2::{i * 13 % 65536:x}"):
+            packed = ipaddress.ip_address(address).packed
+            server = "2001:2::2" if ":" in address else "198.18.1.2"
+            sampled = compare_sampled(packed, port, percent)
+            assert bool(program.filter(frame(server, address, 80, port, "PA"))) == sampled, (address, port)
+            picked, total = picked + sampled, total + 1
+    assert abs(picked / total - percent / 100) < 0.12
+
+
+def test_no_sample_and_every_session():
+    from tcpcopy.cluster.shard import compare_sampled, online_answers_filter
+    assert online_answers_filter(100) == "" and compare_sampled(b"\x01\x02", 5, 100)
+    assert not passes(combine_filters("tcp", online_answers_filter(0)), frame("198.18.0.1", "198.18.0.2", 80, 4000))
+    assert not compare_sampled(b"\x01\x02", 5, 0)

@@ -227,7 +227,7 @@ def _parse(buf: bytearray, headers_only: bool) -> "Packet":
     if n == 0:
         raise PacketError("empty packet")
     version = buf[0] >> 4
-    pkt = _new_packet(Packet)
+    pkt = Packet()
     if version == 4:
         tcp_off, total = _parse_ipv4(pkt, buf, n, headers_only)
     elif version == 6:
@@ -440,6 +440,30 @@ class Packet:
         "ip_id", "ttl",
         "mss", "wscale", "sack_permitted", "tsval", "tsecr", "ts_off", "sack_blocks",
     )
+    # The types of the slots, for readers and for an ahead-of-time compiler (mypyc), which
+    # stores the int fields unboxed.
+    buf: bytearray
+    version: int
+    tcp_off: int
+    payload_off: int
+    payload_len: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    ip_id: int
+    ttl: int
+    mss: int | None
+    wscale: int | None
+    sack_permitted: bool
+    tsval: int | None
+    tsecr: int | None
+    ts_off: int | None
+    sack_blocks: tuple[tuple[int, int], ...]
 
     def __repr__(self) -> str:
         return (f"<Packet v{self.version} {_addr_text(self.src)}:{self.sport} > "
@@ -464,7 +488,7 @@ class Packet:
         return bytes(self.buf)
 
     def copy(self) -> "Packet":
-        other = _new_packet(Packet)
+        other = Packet()
         other.buf = bytearray(self.buf)
         other.version = self.version
         other.tcp_off = self.tcp_off
@@ -564,14 +588,14 @@ class Packet:
     def set_timestamps(self, tsval: int, tsecr: int) -> None:
         """Rewrite the TS option (RFC 7323 section 3); values are taken modulo 2**32.
         The option may start at any byte, so the change is weighted by its alignment."""
-        ts_off = self.ts_off
-        if ts_off is None:
+        ts_off, old_tsval, old_tsecr = self.ts_off, self.tsval, self.tsecr
+        if ts_off is None or old_tsval is None or old_tsecr is None:
             raise ValueError("packet has no TCP timestamps option")
         tsval &= _MASK32
         tsecr &= _MASK32
         buf = self.buf
         _U32X2.pack_into(buf, ts_off, tsval, tsecr)
-        delta = (self.tsval << 32 | self.tsecr) - (tsval << 32 | tsecr)
+        delta = (old_tsval << 32 | old_tsecr) - (tsval << 32 | tsecr)
         if ts_off & 1:   # the option ends mid-word: see _weight
             delta <<= 8
         csum_off = self.tcp_off + _TCP_CSUM_OFF
@@ -614,7 +638,10 @@ class Packet:
         self.ttl = ttl
 
 
-_new_packet = object.__new__
+if "__slots__" not in vars(Packet):
+    # Compiled by mypyc (see setup.py), the class keeps its fields natively and loses the
+    # tuple: it gets the field names back, so they list the same way compiled or not.
+    setattr(Packet, "__slots__", getattr(Packet, "__mypyc_attrs__"))
 
 
 def _addr_text(addr: bytes) -> str:

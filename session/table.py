@@ -112,14 +112,15 @@ class SessionTable:
         if self._skipping and self._skipped(pk.flow_key_bytes(*key), pkt.flags):
             return []
         sessions = self._by_flow.get(key)
-        # A copy still running judges: after one copy's target ended it, in-order data is
-        # not a new connection (the copies that ended ignore it).
-        judge = sessions[0] if sessions else None
-        if judge is not None and judge.over and len(sessions) > 1:
-            judge = next((s for s in sessions if not s.over), judge)
-        if judge is not None and judge.superseded_by(pkt):
-            self._supersede(key, sessions, now)
-            sessions = None
+        if sessions:
+            # A copy still running judges: after one copy's target ended it, in-order data
+            # is not a new connection (the copies that ended ignore it).
+            judge = sessions[0]
+            if judge.over and len(sessions) > 1:
+                judge = next((s for s in sessions if not s.over), judge)
+            if judge.superseded_by(pkt):
+                self._supersede(key, sessions, now)
+                sessions = None
         if not sessions:
             sessions = self._start(key, pkt, now)
             if not sessions:
@@ -159,7 +160,7 @@ class SessionTable:
     def shed(self, count: int, now: float) -> list[bytes]:
         """Overload: end ``count`` live sessions, the youngest first, and skip the rest of
         their connections. Returns the flow keys (``pk.flow_key_bytes``) of those shed."""
-        victims = []
+        victims: list[Session] = []
         for _flow, session in reversed(self._by_endpoint.values()):
             if len(victims) >= count:
                 break

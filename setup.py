@@ -71,4 +71,13 @@ def hot_path_extensions() -> list:
     return mypycify(["--explicit-package-bases", *hot], opt_level="3", group_name=GROUP)
 
 
+def forget_stale_extensions() -> None:
+    """setuptools packs whatever build/lib* holds: a module compiled by an earlier build
+    (since dropped from HOT_PATH, or a pure build after a compiled one) must not come along."""
+    for lib in Path("build").glob("lib*"):
+        for path in [*lib.glob(f"{GROUP}__mypyc*"), *lib.glob("tcpcopy/**/*.so")]:
+            path.unlink()
+
+
+forget_stale_extensions()
 setup(ext_modules=hot_path_extensions())

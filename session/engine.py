@@ -54,22 +54,23 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.session.seqnum import unwrap, wrap, seq_le
 
 # Session states (the life of one replayed connection towards the target).
-IDLE = "idle"                  # created, nothing sent yet
-SYN_SENT = "syn-sent"          # our SYN is out, no SYN-ACK yet (RFC 9293 SYN-SENT)
-ESTABLISHED = "established"    # data may flow; closing is tracked by flags
-RECONNECTING = "reconnecting"  # the target closed with client data unsent; a new SYN is due
-LINGER = "linger"              # over; answering late packets until the linger time ends
-FINISHED = "finished"          # may be freed
+IDLE: Final = "idle"                  # created, nothing sent yet
+SYN_SENT: Final = "syn-sent"          # our SYN is out, no SYN-ACK yet (RFC 9293 SYN-SENT)
+ESTABLISHED: Final = "established"    # data may flow; closing is tracked by flags
+RECONNECTING: Final = "reconnecting"  # the target closed with client data unsent; a new SYN is due
+LINGER: Final = "linger"              # over; answering late packets until the linger time ends
+FINISHED: Final = "finished"          # may be freed
 
-MAX_WINDOW_UNSCALED = 65535
+MAX_WINDOW_UNSCALED: Final = 65535
 # What a buffered segment costs beyond its payload (packet object, buffer, queue entry),
 # charged with it so that the byte bounds hold for floods of tiny segments too.
-SEGMENT_OVERHEAD = 256
+SEGMENT_OVERHEAD: Final = 256
 
 
 class BufferBudget:
@@ -171,19 +172,19 @@ class Dropped:
 
 
 # Drop reasons, also the keys of SessionStats.dropped.
-SYN_TIMEOUT = "syn_timeout"
-TARGET_REFUSED = "target_refused"
-TARGET_TIMEOUT = "target_timeout"
-RETRANSMIT_LIMIT = "retransmit_limit"
-RECONNECT_LIMIT = "reconnect_limit"
-CAPTURE_GAP = "capture_gap"
-BUFFER_FULL = "buffer_full"
-MEMORY_BUDGET = "memory_budget"
+SYN_TIMEOUT: Final = "syn_timeout"
+TARGET_REFUSED: Final = "target_refused"
+TARGET_TIMEOUT: Final = "target_timeout"
+RETRANSMIT_LIMIT: Final = "retransmit_limit"
+RECONNECT_LIMIT: Final = "reconnect_limit"
+CAPTURE_GAP: Final = "capture_gap"
+BUFFER_FULL: Final = "buffer_full"
+MEMORY_BUDGET: Final = "memory_budget"
 # Close reasons.
-COMPLETED = "completed"
-CLIENT_RESET = "client_reset"
-TARGET_RESET = "target_reset"
-IDLE_TIMEOUT = "idle_timeout"
+COMPLETED: Final = "completed"
+CLIENT_RESET: Final = "client_reset"
+TARGET_RESET: Final = "target_reset"
+IDLE_TIMEOUT: Final = "idle_timeout"
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Final
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.session.engine import (BufferBudget, Dropped, Endpoint, Session, SessionConfig, SessionStats,
@@ -20,7 +20,7 @@ from tcpcopy.session.ports import PortAllocator
 
 # Segments that may be sent to the target as captured: data, SYN and FIN. Pure ACKs and
 # RSTs are never replayed byte for byte (the engine builds its own).
-_REPLAYED_CONTROL = pk.SYN | pk.FIN
+_REPLAYED_CONTROL: Final = pk.SYN | pk.FIN
 
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
 # The replayed endpoints of a new flow at a time, one per copy (-n); [] when it is not copied.
@@ -58,8 +58,8 @@ class TableStats:
 
 # Ends that a new connection on the 4-tuple or the owner decided; the client connection
 # itself did not end abnormally, so nothing of it is skipped.
-_NOT_SKIPPED = frozenset(("superseded", "shutdown"))
-SHED = "shed"   # the drop reason of a live session shed under overload
+_NOT_SKIPPED: Final = frozenset(("superseded", "shutdown"))
+SHED: Final = "shed"   # the drop reason of a live session shed under overload
 
 
 class SessionTable:

@@ -26,6 +26,7 @@ HOT_PATH = [
     "session/seqnum.py",
     "session/engine.py",
     "session/table.py",
+    "session/ports.py",     # a client port for every new session
 ]
 # The folders those modules import from, staged whole so mypy sees the real types.
 STAGED_ROLES = ["capture", "session", "cluster"]

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast test-packaging fuzz demo bench soak profile replay-demo lab-down clean
+.PHONY: help deps venv test test-fast test-packaging fuzz demo bench soak profile replay-demo lab-down clean compiled test-compiled
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
@@ -19,6 +19,8 @@ help:
 	@echo "make lab-down   remove every lab namespace and process a crashed run left behind"
 	@echo "make deps       install the Debian packages (deploy/install-deps.sh lists them)"
 	@echo "make venv       create $(VENV) and install the project (editable) with every extra and the test tools"
+	@echo "make compiled   create $(COMPILED) with the hot path (codec, engine, table) compiled by mypyc"
+	@echo "make test-compiled  the codec and session tests against that compiled build"
 
 deps:
 	@./deploy/install-deps.sh
@@ -68,6 +70,19 @@ profile: deps venv
 	$(BIN)/pip install -q py-spy
 	$(BIN)/python -m tcpcopy.deploy.profile $(PROFILE_ARGS)
 
+# The hot path compiled with mypyc (setup.py), in a venv of its own and as a regular
+# install: compiled modules beside the sources would hide later edits of the .py files.
+# Needs a C compiler; pip brings mypy into the build environment.
+COMPILED := .venv-mypyc
+
+compiled:
+	$(PYTHON) -m venv $(COMPILED)
+	$(COMPILED)/bin/pip install -q --upgrade pip
+	TCPCOPY_MYPYC=1 $(COMPILED)/bin/pip install -q '.[test]'
+
+test-compiled: compiled
+	$(COMPILED)/bin/pytest -q -p no:cacheprovider -m "not lab" tests/capture tests/session
+
 replay-demo: deps venv
 	$(BIN)/python -m tcpcopy.deploy.replay_demo
 
@@ -75,4 +90,4 @@ lab-down: venv
 	$(BIN)/python -m tcpcopy.deploy.lab down
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(COMPILED) .pytest_cache .hypothesis

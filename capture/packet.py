@@ -30,6 +30,7 @@ region.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 __all__ = [
     "PacketError",
@@ -50,72 +51,85 @@ class PacketError(ValueError):
     the fault. Callers count and drop."""
 
 
-FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+# Module constants are Final: mypyc (setup.py) inlines them, or keeps them in C variables.
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
 
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_LINUX_SLL2 = 276
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_LINUX_SLL2: Final = 276
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
 # DLT_RAW is 12 on most BSDs and 14 on OpenBSD; both carry raw IP like LINKTYPE_RAW.
-_RAW_LINKTYPES = frozenset((LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6))
+_RAW_LINKTYPES: Final = frozenset((LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6))
 
-_ETHERTYPE_IPV4 = 0x0800
-_ETHERTYPE_IPV6 = 0x86DD
-_ETHERTYPE_VLAN = 0x8100   # 802.1Q
-_ETHERTYPE_QINQ = 0x88A8   # 802.1ad
-_IP_ETHERTYPES = frozenset((_ETHERTYPE_IPV4, _ETHERTYPE_IPV6))
-_VLAN_ETHERTYPES = frozenset((_ETHERTYPE_VLAN, _ETHERTYPE_QINQ))
+_ETHERTYPE_IPV4: Final = 0x0800
+_ETHERTYPE_IPV6: Final = 0x86DD
+_ETHERTYPE_VLAN: Final = 0x8100   # 802.1Q
+_ETHERTYPE_QINQ: Final = 0x88A8   # 802.1ad
+_IP_ETHERTYPES: Final = frozenset((_ETHERTYPE_IPV4, _ETHERTYPE_IPV6))
+_VLAN_ETHERTYPES: Final = frozenset((_ETHERTYPE_VLAN, _ETHERTYPE_QINQ))
 
-_PROTO_TCP = 6
+_PROTO_TCP: Final = 6
 # IPv6 extension headers walked on the way to TCP (RFC 8200 section 4).
-_EXT_HOP_BY_HOP = 0
-_EXT_ROUTING = 43
-_EXT_FRAGMENT = 44
-_EXT_DEST_OPTS = 60
-_WALKED_EXT = frozenset((_EXT_HOP_BY_HOP, _EXT_ROUTING, _EXT_FRAGMENT, _EXT_DEST_OPTS))
+_EXT_HOP_BY_HOP: Final = 0
+_EXT_ROUTING: Final = 43
+_EXT_FRAGMENT: Final = 44
+_EXT_DEST_OPTS: Final = 60
+_WALKED_EXT: Final = frozenset((_EXT_HOP_BY_HOP, _EXT_ROUTING, _EXT_FRAGMENT, _EXT_DEST_OPTS))
 
-_IPV4_MF = 0x2000
-_IPV4_DF = 0x4000
-_IPV4_FRAG_MASK = 0x3FFF   # MF flag and the 13-bit fragment offset
+_IPV4_MF: Final = 0x2000
+_IPV4_DF: Final = 0x4000
+_IPV4_FRAG_MASK: Final = 0x3FFF   # MF flag and the 13-bit fragment offset
 
-_OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_WSCALE = 0, 1, 2, 3
-_OPT_SACK_PERM, _OPT_SACK, _OPT_TS = 4, 5, 8
-_NOP_NOP_TS = 0x0101080A   # the usual 12-byte option block of an established connection
+_OPT_EOL: Final = 0
+_OPT_NOP: Final = 1
+_OPT_MSS: Final = 2
+_OPT_WSCALE: Final = 3
+_OPT_SACK_PERM: Final = 4
+_OPT_SACK: Final = 5
+_OPT_TS: Final = 8
+_NOP_NOP_TS: Final = 0x0101080A   # the usual 12-byte option block of an established connection
 
-_MASK32 = 0xFFFFFFFF
-_MASK16 = 0xFFFF
+_MASK32: Final = 0xFFFFFFFF
+_MASK16: Final = 0xFFFF
 
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_U32X2 = struct.Struct("!II")
-_PORTS = struct.Struct("!HH")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_U32X2: Final = struct.Struct("!II")
+_PORTS: Final = struct.Struct("!HH")
 # version/ihl, tos, total length, id, flags/fragment, ttl, protocol, checksum, src, dst
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 # version/class/flow, payload length, next header, hop limit, src, dst
-_IPV6 = struct.Struct("!IHBB16s16s")
+_IPV6: Final = struct.Struct("!IHBB16s16s")
 # sport, dport, seq, ack, data offset, flags, window, checksum, urgent pointer
-_TCP = struct.Struct("!HHIIBBHHH")
-_PSEUDO4_TAIL = struct.Struct("!BBH")   # zero, protocol, TCP length
-_PSEUDO6_TAIL = struct.Struct("!I3xB")  # TCP length, 3 zero bytes, next header
+_TCP: Final = struct.Struct("!HHIIBBHHH")
+_PSEUDO4_TAIL: Final = struct.Struct("!BBH")   # zero, protocol, TCP length
+_PSEUDO6_TAIL: Final = struct.Struct("!I3xB")  # TCP length, 3 zero bytes, next header
 # Bound methods, looked up once for the setters.
-_pack16 = _U16.pack_into
-_pack32 = _U32.pack_into
-_unpack16 = _U16.unpack_from
-_from_bytes = int.from_bytes
+_pack16: Final = _U16.pack_into
+_pack32: Final = _U32.pack_into
+_unpack16: Final = _U16.unpack_from
+_from_bytes: Final = int.from_bytes
 
-_IPV4_CSUM_OFF = 10
-_IPV4_LEN_OFF = 2
-_IPV4_ID_OFF = 4
-_IPV4_TTL_OFF = 8
-_IPV6_PLEN_OFF = 4
-_IPV6_HLIM_OFF = 7
-_TCP_SEQ_OFF = 4
-_TCP_ACK_OFF = 8
-_TCP_FLAGS_OFF = 13
-_TCP_WINDOW_OFF = 14
-_TCP_CSUM_OFF = 16
+_IPV4_CSUM_OFF: Final = 10
+_IPV4_LEN_OFF: Final = 2
+_IPV4_ID_OFF: Final = 4
+_IPV4_TTL_OFF: Final = 8
+_IPV6_PLEN_OFF: Final = 4
+_IPV6_HLIM_OFF: Final = 7
+_TCP_SEQ_OFF: Final = 4
+_TCP_ACK_OFF: Final = 8
+_TCP_FLAGS_OFF: Final = 13
+_TCP_WINDOW_OFF: Final = 14
+_TCP_CSUM_OFF: Final = 16
 
 
 # ---------------------------------------------------------------- checksum arithmetic
@@ -227,7 +241,7 @@ def _parse(buf: bytearray, headers_only: bool) -> "Packet":
     if n == 0:
         raise PacketError("empty packet")
     version = buf[0] >> 4
-    pkt = _new_packet(Packet)
+    pkt = Packet()
     if version == 4:
         tcp_off, total = _parse_ipv4(pkt, buf, n, headers_only)
     elif version == 6:
@@ -440,6 +454,30 @@ class Packet:
         "ip_id", "ttl",
         "mss", "wscale", "sack_permitted", "tsval", "tsecr", "ts_off", "sack_blocks",
     )
+    # The types of the slots, for readers and for an ahead-of-time compiler (mypyc), which
+    # stores the int fields unboxed.
+    buf: bytearray
+    version: int
+    tcp_off: int
+    payload_off: int
+    payload_len: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    ip_id: int
+    ttl: int
+    mss: int | None
+    wscale: int | None
+    sack_permitted: bool
+    tsval: int | None
+    tsecr: int | None
+    ts_off: int | None
+    sack_blocks: tuple[tuple[int, int], ...]
 
     def __repr__(self) -> str:
         return (f"<Packet v{self.version} {_addr_text(self.src)}:{self.sport} > "
@@ -464,7 +502,7 @@ class Packet:
         return bytes(self.buf)
 
     def copy(self) -> "Packet":
-        other = _new_packet(Packet)
+        other = Packet()
         other.buf = bytearray(self.buf)
         other.version = self.version
         other.tcp_off = self.tcp_off
@@ -564,14 +602,14 @@ class Packet:
     def set_timestamps(self, tsval: int, tsecr: int) -> None:
         """Rewrite the TS option (RFC 7323 section 3); values are taken modulo 2**32.
         The option may start at any byte, so the change is weighted by its alignment."""
-        ts_off = self.ts_off
-        if ts_off is None:
+        ts_off, old_tsval, old_tsecr = self.ts_off, self.tsval, self.tsecr
+        if ts_off is None or old_tsval is None or old_tsecr is None:
             raise ValueError("packet has no TCP timestamps option")
         tsval &= _MASK32
         tsecr &= _MASK32
         buf = self.buf
         _U32X2.pack_into(buf, ts_off, tsval, tsecr)
-        delta = (self.tsval << 32 | self.tsecr) - (tsval << 32 | tsecr)
+        delta = (old_tsval << 32 | old_tsecr) - (tsval << 32 | tsecr)
         if ts_off & 1:   # the option ends mid-word: see _weight
             delta <<= 8
         csum_off = self.tcp_off + _TCP_CSUM_OFF
@@ -614,7 +652,10 @@ class Packet:
         self.ttl = ttl
 
 
-_new_packet = object.__new__
+if "__slots__" not in vars(Packet):
+    # Compiled by mypyc (see setup.py), the class keeps its fields natively and loses the
+    # tuple: it gets the field names back, so they list the same way compiled or not.
+    setattr(Packet, "__slots__", getattr(Packet, "__mypyc_attrs__"))
 
 
 def _addr_text(addr: bytes) -> str:
@@ -719,8 +760,8 @@ def tcp_checksum_ok(pkt: Packet) -> bool:
     return _tcp_sum(pkt.buf, pkt.tcp_off) % 0xFFFF == 0
 
 
-CHECKSUM_COMPLETE = 0    # the captured TCP checksum was not a partial one: left as it was
-CHECKSUM_COMPLETED = 1   # it was partial (checksum offload, GRO) and is now complete
+CHECKSUM_COMPLETE: Final = 0    # the captured TCP checksum was not a partial one: left as it was
+CHECKSUM_COMPLETED: Final = 1   # it was partial (checksum offload, GRO) and is now complete
 
 
 def repair_checksums(pkt: Packet) -> int:

@@ -54,23 +54,24 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.session.seqnum import unwrap, wrap, seq_le
 
 # Session states (the life of one replayed connection towards the target).
-IDLE = "idle"                  # created, nothing sent yet
-SYN_SENT = "syn-sent"          # our SYN is out, no SYN-ACK yet (RFC 9293 SYN-SENT)
-ESTABLISHED = "established"    # data may flow; closing is tracked by flags
-RECONNECTING = "reconnecting"  # the target closed with client data unsent; a new SYN is due
-LINGER = "linger"              # over; answering late packets until the linger time ends
-FINISHED = "finished"          # may be freed
+IDLE: Final = "idle"                  # created, nothing sent yet
+SYN_SENT: Final = "syn-sent"          # our SYN is out, no SYN-ACK yet (RFC 9293 SYN-SENT)
+ESTABLISHED: Final = "established"    # data may flow; closing is tracked by flags
+RECONNECTING: Final = "reconnecting"  # the target closed with client data unsent; a new SYN is due
+LINGER: Final = "linger"              # over; answering late packets until the linger time ends
+FINISHED: Final = "finished"          # may be freed
 
-MAX_WINDOW_UNSCALED = 65535
+MAX_WINDOW_UNSCALED: Final = 65535
 # What a buffered segment costs beyond its payload (packet object, buffer, queue entry),
 # charged with it so that the byte bounds hold for floods of tiny segments too.
-SEGMENT_OVERHEAD = 256
-REQUEST_HEAD = 256   # bytes of a request kept in its RequestSent event (what comparing reports)
+SEGMENT_OVERHEAD: Final = 256
+REQUEST_HEAD: Final = 256   # bytes of a request kept in its RequestSent event (what comparing reports)
 
 
 class BufferBudget:
@@ -179,19 +180,19 @@ class Dropped:
 
 
 # Drop reasons, also the keys of SessionStats.dropped.
-SYN_TIMEOUT = "syn_timeout"
-TARGET_REFUSED = "target_refused"
-TARGET_TIMEOUT = "target_timeout"
-RETRANSMIT_LIMIT = "retransmit_limit"
-RECONNECT_LIMIT = "reconnect_limit"
-CAPTURE_GAP = "capture_gap"
-BUFFER_FULL = "buffer_full"
-MEMORY_BUDGET = "memory_budget"
+SYN_TIMEOUT: Final = "syn_timeout"
+TARGET_REFUSED: Final = "target_refused"
+TARGET_TIMEOUT: Final = "target_timeout"
+RETRANSMIT_LIMIT: Final = "retransmit_limit"
+RECONNECT_LIMIT: Final = "reconnect_limit"
+CAPTURE_GAP: Final = "capture_gap"
+BUFFER_FULL: Final = "buffer_full"
+MEMORY_BUDGET: Final = "memory_budget"
 # Close reasons.
-COMPLETED = "completed"
-CLIENT_RESET = "client_reset"
-TARGET_RESET = "target_reset"
-IDLE_TIMEOUT = "idle_timeout"
+COMPLETED: Final = "completed"
+CLIENT_RESET: Final = "client_reset"
+TARGET_RESET: Final = "target_reset"
+IDLE_TIMEOUT: Final = "idle_timeout"
 
 
 @dataclass(slots=True)
@@ -254,7 +255,7 @@ class _Segment:
         self.fin = bool(pkt.flags & pk.FIN)
         self.end = start + self.data_len + self.fin
         self.captured_ack = pkt.ack
-        self.sent_at = None
+        self.sent_at: float | None = None
         self.retransmitted = False
 
     def request_head(self) -> bytes:
@@ -480,7 +481,7 @@ class Session:
             pieces = pk.split(pkt, self.config.mtu)
             self.stats.segments_split += len(pieces) - 1
         else:
-            pieces = (pkt,)
+            pieces = [pkt]
         for piece in pieces:
             self._accept_client_segment(piece, now)
             if self.over:
@@ -548,12 +549,14 @@ class Session:
         self._client_window = pkt.window
 
     def _accept_client_segment(self, pkt: pk.Packet, now: float) -> None:
-        start = unwrap(pkt.seq, self._next_expected)
-        if start > self._next_expected:
+        expected = self._next_expected
+        assert expected is not None   # set by the SYN or the mid-stream start
+        start = unwrap(pkt.seq, expected)
+        if start > expected:
             self._hold_behind_gap(pkt, start, now)
             return
         seg = _Segment(pkt, start)
-        if seg.end <= self._next_expected:
+        if seg.end <= expected:
             self.stats.client_retransmits_skipped += 1
             self._take_fresh_copy(seg)
             return
@@ -599,13 +602,15 @@ class Session:
     def _release_held(self) -> None:
         """Move held segments that the stream has now reached into the queue."""
         while self._held:
-            ready = [s for s in self._held if s <= self._next_expected]
+            expected = self._next_expected
+            assert expected is not None   # segments are held only behind a known position
+            ready = [s for s in self._held if s <= expected]
             if not ready:
                 return
             for start in sorted(ready):
                 seg = self._held.pop(start)
                 self._release(seg.data_len)
-                if seg.end > self._next_expected:
+                if seg.end > expected:
                     self._queue(seg)
                 else:
                     self.stats.client_retransmits_skipped += 1
@@ -667,6 +672,7 @@ class Session:
                            options=pk.opt_mss(self.config.fake_syn_mss), ip_id=self._next_ip_id())
             self.outbox.append(syn.to_bytes())
         else:
+            assert self._syn is not None   # a SYN not fabricated is the captured one
             self.outbox.append(self._syn.to_bytes())
         self.stats.syns_sent += 1
         self.stats.packets_sent += 1
@@ -716,14 +722,18 @@ class Session:
         self._rto = self._current_rto()
         self._snd_una = self._snd_nxt = self._iss + 1
         self._rcv_nxt = synack.seq + 1
-        scaling = synack.wscale is not None and not self._fabricated and self._client_wscale is not None
-        self._target_wscale = min(synack.wscale, 14) if scaling else 0  # RFC 7323 §2.3
-        self._window_forced = self._fabricated or (self._client_wscale is not None and not scaling)
-        self._ts_ok = (synack.tsval is not None and not self._fabricated
-                       and self._syn is not None and self._syn.tsval is not None)
-        if self._ts_ok:
-            self._ts_recent = synack.tsval
-            self._last_tsval = self._syn.tsval
+        # Window scaling and timestamps hold when both SYNs carried them (a fabricated SYN
+        # carries neither).
+        genuine = not self._fabricated
+        wscale = synack.wscale if genuine and self._client_wscale is not None else None
+        self._target_wscale = min(wscale, 14) if wscale is not None else 0  # RFC 7323 §2.3
+        self._window_forced = self._fabricated or (self._client_wscale is not None and wscale is None)
+        target_tsval = synack.tsval
+        client_tsval = self._syn.tsval if genuine and self._syn is not None else None
+        self._ts_ok = target_tsval is not None and client_tsval is not None
+        if target_tsval is not None and client_tsval is not None:
+            self._ts_recent = target_tsval
+            self._last_tsval = client_tsval
         self._snd_wnd = synack.window  # never scaled in a SYN (RFC 7323 §2.2)
         self._dupacks = 0
         self._target_fin = False
@@ -935,7 +945,9 @@ class Session:
     def _response_reached(self, seg: _Segment) -> bool:
         """The target has sent at least as much as the online server had when the client
         sent ``seg``: the response is complete, no need to wait for the quiet period."""
-        expected = (seg.captured_ack - self._request_ack) & 0xFFFFFFFF
+        request_ack = self._request_ack
+        assert request_ack is not None   # seg starts a new request, so one was sent
+        expected = (seg.captured_ack - request_ack) & 0xFFFFFFFF
         return expected < (1 << 31) and self._rcv_nxt - self._response_mark >= expected
 
     def _window_allows(self, seg: _Segment, now: float) -> bool:
@@ -1131,10 +1143,12 @@ class Session:
         -k: nothing at all has happened for too long on an otherwise healthy session."""
         cfg = self.config
         waiting = self._waiting_on_target()
+        last_response_at = self._last_response_at
+        assert last_response_at is not None   # the first client packet set it
         # Compared as the deadline was computed: in floating point, last + t <= now does
         # not imply now - last >= t, and a timer that does not fire would be re-armed at
         # the same past deadline.
-        if waiting and now >= self._last_response_at + cfg.session_timeout:
+        if waiting and now >= last_response_at + cfg.session_timeout:
             self._drop(now, TARGET_TIMEOUT)
             return
         if not waiting and now >= self._last_activity_at + cfg.keepalive_timeout:
@@ -1158,6 +1172,7 @@ class Session:
         if self.state == IDLE:
             self._watchdog_deadline = None  # nothing started, nothing to time out
         elif self._waiting_on_target():
+            assert self._last_response_at is not None   # the first client packet set it
             self._watchdog_deadline = self._last_response_at + self.config.session_timeout
         else:
             self._watchdog_deadline = self._last_activity_at + self.config.keepalive_timeout

@@ -17,13 +17,15 @@ owners can never hand out one endpoint. Several copier instances that share a cl
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from tcpcopy.cluster.shard import flow_shard
 
-PORT_FLOOR = 1024
-PORT_SPAN = 65536 - PORT_FLOOR
-PROBE_STEP = 7919   # a prime stride, so probes spread over the range instead of clustering
+PORT_FLOOR: Final = 1024
+PORT_SPAN: Final = 65536 - PORT_FLOOR
+PROBE_STEP: Final = 7919   # a prime stride, so probes spread over the range instead of clustering
 
 
 @dataclass(slots=True)
@@ -91,15 +93,15 @@ class PortAllocator:
             _, key, port = heapq.heappop(held)
             self._free(key, port)
 
-    def _candidates(self, client_ip: bytes, wanted: int):
+    def _candidates(self, client_ip: bytes, wanted: int) -> Iterator[int]:
         """The wanted port, then a prime-stride walk over 1024-65535 from it; with several
         owners only the ports of this owner's shard (about one in ``shards``)."""
         offset = max(wanted, PORT_FLOOR) - PORT_FLOOR
-        walk = (wanted if i == 0 else PORT_FLOOR + (offset + i * PROBE_STEP) % PORT_SPAN
-                for i in range(self.max_probes * self.shards * self.instances))
-        if self.shards == 1 and self.instances == 1:
-            yield from walk
-            return
-        for port in walk:
-            if port % self.instances == self.instance and flow_shard(client_ip, port, self.shards) == self.shard:
+        every_port = self.shards == 1 and self.instances == 1
+        # A loop, not a generator expression: mypyc evaluates those whole, all the probes
+        # for the one port that is usually taken.
+        for i in range(self.max_probes * self.shards * self.instances):
+            port = wanted if i == 0 else PORT_FLOOR + (offset + i * PROBE_STEP) % PORT_SPAN
+            if every_port or (port % self.instances == self.instance
+                              and flow_shard(client_ip, port, self.shards) == self.shard):
                 yield port

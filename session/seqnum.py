@@ -7,8 +7,10 @@ a reference it already holds, does all of its bookkeeping on those integers, and
 (``& MASK``) only when it writes a header.  Wrap-around then needs no special case.
 """
 
-MASK = 0xFFFFFFFF
-HALF = 1 << 31
+from typing import Final
+
+MASK: Final = 0xFFFFFFFF
+HALF: Final = 1 << 31
 
 
 def wrap(value: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Final
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.session.engine import (BufferBudget, Dropped, Endpoint, Session, SessionConfig, SessionStats,
@@ -20,7 +20,7 @@ from tcpcopy.session.ports import PortAllocator
 
 # Segments that may be sent to the target as captured: data, SYN and FIN. Pure ACKs and
 # RSTs are never replayed byte for byte (the engine builds its own).
-_REPLAYED_CONTROL = pk.SYN | pk.FIN
+_REPLAYED_CONTROL: Final = pk.SYN | pk.FIN
 
 FlowKey = tuple  # (src, sport, dst, dport) of a captured client packet
 # The replayed endpoints of a new flow at a time, one per copy (-n); [] when it is not copied.
@@ -59,8 +59,8 @@ class TableStats:
 
 # Ends that a new connection on the 4-tuple or the owner decided; the client connection
 # itself did not end abnormally, so nothing of it is skipped.
-_NOT_SKIPPED = frozenset(("superseded", "shutdown"))
-SHED = "shed"   # the drop reason of a live session shed under overload
+_NOT_SKIPPED: Final = frozenset(("superseded", "shutdown"))
+SHED: Final = "shed"   # the drop reason of a live session shed under overload
 
 
 class SessionTable:
@@ -113,14 +113,15 @@ class SessionTable:
         if self._skipping and self._skipped(pk.flow_key_bytes(*key), pkt.flags):
             return []
         sessions = self._by_flow.get(key)
-        # A copy still running judges: after one copy's target ended it, in-order data is
-        # not a new connection (the copies that ended ignore it).
-        judge = sessions[0] if sessions else None
-        if judge is not None and judge.over and len(sessions) > 1:
-            judge = next((s for s in sessions if not s.over), judge)
-        if judge is not None and judge.superseded_by(pkt):
-            self._supersede(key, sessions, now)
-            sessions = None
+        if sessions:
+            # A copy still running judges: after one copy's target ended it, in-order data
+            # is not a new connection (the copies that ended ignore it).
+            judge = sessions[0]
+            if judge.over and len(sessions) > 1:
+                judge = next((s for s in sessions if not s.over), judge)
+            if judge.superseded_by(pkt):
+                self._supersede(key, sessions, now)
+                sessions = None
         if not sessions:
             sessions = self._start(key, pkt, now)
             if not sessions:
@@ -160,7 +161,7 @@ class SessionTable:
     def shed(self, count: int, now: float) -> list[bytes]:
         """Overload: end ``count`` live sessions, the youngest first, and skip the rest of
         their connections. Returns the flow keys (``pk.flow_key_bytes``) of those shed."""
-        victims = []
+        victims: list[Session] = []
         for _flow, session in reversed(self._by_endpoint.values()):
             if len(victims) >= count:
                 break

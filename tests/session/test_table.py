@@ -240,24 +240,26 @@ def test_a_later_deadline_costs_at_most_one_early_wake_up():
     assert r.deadline == min(r.live_deadlines())
 
 
-def test_running_timers_exactly_at_a_deadline_terminates():
-    """A session whose timer would not fire at its own deadline keeps re-arming it in the
-    past, and the table would run it forever. 635.570762 + 600 rounds down in floating
-    point, which used to do that with the -t timer."""
+def _target_silent_until_a_rounded_deadline() -> tuple[TableReplay, Endpoint]:
     r = TableReplay(session_timeout=600.0)
     ep = r.open(0.0, 7, 41000)
     r.client(0.02, 7, 41000, PA, C_ISN + 1, O_ISN + 1, GET)
     r.target(635.570762, ep, A, T_ISN + 1, C_ISN + 1 + len(GET))
-    session = next(iter(r.table.sessions()))
-    calls = []
-    handle_timer = session.handle_timer
+    return r, ep
 
-    def counted(now):
-        calls.append(now)
-        assert len(calls) < 10, "run_timers does not terminate"
-        handle_timer(now)
 
-    session.handle_timer = counted
+def test_running_timers_exactly_at_a_deadline_terminates():
+    """A session whose timer would not fire at its own deadline keeps re-arming it in the
+    past, and the table would run it forever. 635.570762 + 600 rounds down in floating
+    point, which used to do that with the -t timer."""
+    # The session alone first, so that the fault fails here instead of hanging the table.
+    alone, _ = _target_silent_until_a_rounded_deadline()
+    session = next(iter(alone.table.sessions()))
+    due = session.next_deadline()
+    session.handle_timer(due)
+    later = session.next_deadline()
+    assert later is None or later > due, "the timer re-armed itself at its own deadline"
+    r, ep = _target_silent_until_a_rounded_deadline()
     deadline = r.deadline
     assert deadline == 635.570762 + 600.0
     out = r.timers(deadline)

@@ -1,0 +1,84 @@
+"""Optional ahead-of-time compilation of the per-packet hot path with mypyc.
+
+Everything else about the package is in pyproject.toml. A plain install is pure Python.
+With TCPCOPY_MYPYC=1 a (non-editable) install also compiles the modules in HOT_PATH to C
+extensions, which Python imports in place of the .py files beside them:
+
+    TCPCOPY_MYPYC=1 pip install .
+
+mypyc names a compiled module after its place in a package tree, and here the role folders
+(capture/, session/, cluster/) install as tcpcopy.<role>. So the build copies them into
+build/mypyc-src/tcpcopy/<role>/ first and compiles from there; the modules that are only
+imported (for their types) are checked, not compiled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+HOT_PATH = [
+    "capture/packet.py",    # decode, checksums, the set_* rewrites, to_bytes
+    "session/seqnum.py",
+    "session/engine.py",
+    "session/table.py",
+    "session/ports.py",     # a client port for every new session
+]
+# The folders those modules import from, staged whole so mypy sees the real types.
+STAGED_ROLES = ["capture", "session", "cluster"]
+STAGE = Path("build/mypyc-src")
+GROUP = "tcpcopy_hotpath"   # the shared library every compiled module lives in
+
+
+def wants_mypyc() -> bool:
+    value = os.environ.get("TCPCOPY_MYPYC", "")
+    if value not in ("", "0", "1"):
+        sys.exit(f"TCPCOPY_MYPYC={value!r}: set it to 1 to compile the hot path with mypyc, "
+                 "or leave it unset (or 0) for a pure-Python install")
+    return value == "1"
+
+
+def stage_sources() -> list[str]:
+    """Copy the role folders under build/mypyc-src/tcpcopy/; return the staged HOT_PATH."""
+    for role in STAGED_ROLES:
+        target = STAGE / "tcpcopy" / role
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(role, target, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    return [str(STAGE / "tcpcopy" / module) for module in HOT_PATH]
+
+
+def hot_path_extensions() -> list:
+    if not wants_mypyc():
+        return []
+    if "editable_wheel" in sys.argv:
+        sys.exit("TCPCOPY_MYPYC=1 builds a regular install only: an editable one would put "
+                 "the compiled modules beside the sources, where they hide later edits of the "
+                 ".py files. Use `pip install .` (without -e), e.g. in a venv of its own.")
+    if any(command in sys.argv for command in ("egg_info", "dist_info")):
+        return []   # metadata only: nothing is compiled (nor does mypy have to be there yet)
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        sys.exit("TCPCOPY_MYPYC=1 needs mypyc, which comes with mypy: `pip install mypy`, "
+                 "or let pip build in an isolated environment (the default), which adds it")
+    hot = stage_sources()
+    # With explicit package bases, mypy names each module by its path under MYPYPATH:
+    # tcpcopy.<role>.<module>, as installed.
+    os.environ["MYPYPATH"] = str(STAGE)
+    return mypycify(["--explicit-package-bases", *hot], opt_level="3", group_name=GROUP)
+
+
+def forget_stale_extensions() -> None:
+    """setuptools packs whatever build/lib* holds: a module compiled by an earlier build
+    (since dropped from HOT_PATH, or a pure build after a compiled one) must not come along."""
+    for lib in Path("build").glob("lib*"):
+        for path in [*lib.glob(f"{GROUP}__mypyc*"), *lib.glob("tcpcopy/**/*.so")]:
+            path.unlink()
+
+
+forget_stale_extensions()
+setup(ext_modules=hot_path_extensions())

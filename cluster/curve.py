@@ -432,7 +432,7 @@ class KeyGate:
             self.counts["admitted"] += 1
         elif len(frames) >= 7:
             self.counts["refused_key"] += 1
-            self._log_refused(frames[6], frames[3].decode("ascii", "replace"))
+            self._log_refused(frames[6], _shown_address(frames[3].decode("ascii", "replace")))
         self._zap.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", status, text, user, b""])
 
     def _on_event(self, event: dict) -> None:
@@ -468,6 +468,13 @@ class KeyGate:
         self._logged.add(what)
         self._lines += 1
         return True
+
+
+def _shown_address(address: str) -> str:
+    """A dual-stack listener's IPv4 peers (::ffff:a.b.c.d) shown as the IPv4 address they are."""
+    if address.startswith("::ffff:") and "." in address:
+        return address[len("::ffff:"):]
+    return address
 
 
 # ------------------------------------------------------------------ command-line flags

@@ -399,3 +399,16 @@ def test_tcpcopy_check_greets_a_keyed_intercept_with_its_keys_and_explains_a_ref
                 link.socket.close(linger=0)
             doctor.context.destroy(linger=0)
         intercept.stop()
+
+
+def test_tcpcopy_without_keys_warns_once_naming_its_open_channels(keys, caplog):
+    from tcpcopy.session.main import parse_args, warn_if_plain
+    base = ["-x", "80-198.18.0.2:8080", "-s", "127.0.0.1"]
+    caplog.set_level("WARNING", logger="tcpcopy")
+    warn_if_plain(parse_args(base + ["--stats", "tcp://127.0.0.1:36600"]))
+    line, = [r.getMessage() for r in caplog.records]
+    assert line.startswith("the control channel to intercept and the stats channel are neither authenticated")
+    assert "--server-key DIR/intercept.key --key DIR/online.key_secret" in line
+    caplog.clear()
+    warn_if_plain(parse_args(base + ["--server-key", keys.public("intercept"), "--key", keys.secret("online")]))
+    assert caplog.records == []

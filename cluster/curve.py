@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import zmq
 from zmq.utils import z85

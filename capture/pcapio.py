@@ -18,11 +18,12 @@ class CaptureError(RuntimeError):
 
 def open_live(iface: str, bpf: str, *, snaplen: int = 262144, promisc: bool = True,
               immediate: bool = True, buffer_bytes: int = 16 << 20, timeout_ms: int = 10,
-              inbound_only: bool = False):
+              inbound_only: bool = False, outbound_only: bool = False):
     """A non-blocking live handle on ``iface`` with ``bpf`` compiled into the kernel.
 
     ``inbound_only`` keeps packets the host sends out of the capture (a copier must not
-    capture its own replayed packets when the online and target ports are equal).
+    capture its own replayed packets when the online and target ports are equal);
+    ``outbound_only`` keeps only those (the online server's answers, for comparing).
     """
     try:
         handle = pcap.pcap(name=iface, snaplen=snaplen, promisc=promisc, immediate=immediate,
@@ -31,11 +32,12 @@ def open_live(iface: str, bpf: str, *, snaplen: int = 262144, promisc: bool = Tr
         raise CaptureError(f"cannot capture on interface {iface!r}: {exc} "
                            "(check the name with 'ip link'; capturing needs root or CAP_NET_RAW)") from exc
     set_filter(handle, bpf, iface)
-    if inbound_only:
+    if inbound_only or outbound_only:
+        direction, name = (pcap.PCAP_D_IN, "inbound") if inbound_only else (pcap.PCAP_D_OUT, "outbound")
         try:
-            handle.setdirection(pcap.PCAP_D_IN)
+            handle.setdirection(direction)
         except OSError as exc:
-            raise CaptureError(f"cannot limit capture on {iface!r} to inbound packets: {exc}") from exc
+            raise CaptureError(f"cannot limit capture on {iface!r} to {name} packets: {exc}") from exc
     handle.setnonblock(True)
     return handle
 

@@ -35,7 +35,8 @@ from tcpcopy.cluster.curve import KeyFileError, KeyLayout, add_client_key_flags,
 from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
 from tcpcopy.cluster.process import add_user, resolve_shard, shard_of, user_from_config
 from tcpcopy.cluster.progress import ReplayProgress
-from tcpcopy.cluster.shard import capture_shard_filter, combine_filters, flow_shard, skip_flows_filter
+from tcpcopy.cluster.shard import (capture_shard_filter, combine_filters, flow_shard, intercept_shard_filter,
+                                   skip_flows_filter)
 from tcpcopy.cluster.stats import StatsPublisher
 
 MAX_BATCH = 256          # packets per PACKETS message
@@ -60,12 +61,17 @@ class CaptureStats:
     refilters: int = 0              # kernel filter changes
     refilter_failures: int = 0      # ... refused by libpcap (the filter without skips stays)
     control_malformed: int = 0      # owner messages not understood
+    online_answers: int = 0         # the online server's answers captured (compared sessions)
+    online_answers_sent: int = 0
+    online_answers_dropped_full: int = 0
 
     def line(self) -> str:
         return (f"captured:{self.captured} malformed:{self.malformed} sent:{self.packets_sent} "
                 f"dropped(owner full):{self.packets_dropped_full} "
                 f"kernel recv:{self.kernel_received} kernel drop:{self.kernel_dropped} "
-                f"kernel filter changes:{self.refilters} (refused:{self.refilter_failures})")
+                f"kernel filter changes:{self.refilters} (refused:{self.refilter_failures})"
+                + (f" online answers:{self.online_answers} sent:{self.online_answers_sent} "
+                   f"dropped(owner full):{self.online_answers_dropped_full}" if self.online_answers else ""))
 
 
 class SkipFilter:
@@ -116,6 +122,8 @@ class Batcher:
 
     sockets: list
     stats: CaptureStats
+    encode: object = wire.encode_packets   # the message the batches go in
+    answers: bool = False                  # counts as online answers (not client packets)
     batches: list = field(default_factory=list)
     started: list = field(default_factory=list)
 
@@ -149,9 +157,15 @@ class Batcher:
         batch = self.batches[owner]
         self.batches[owner] = []
         try:
-            self.sockets[owner].send(wire.encode_packets(batch), zmq.NOBLOCK)
+            self.sockets[owner].send(self.encode(batch), zmq.NOBLOCK)
         except zmq.Again:
-            self.stats.packets_dropped_full += len(batch)
+            if self.answers:
+                self.stats.online_answers_dropped_full += len(batch)
+            else:
+                self.stats.packets_dropped_full += len(batch)
+            return
+        if self.answers:
+            self.stats.online_answers_sent += len(batch)
             return
         self.stats.batches_sent += 1
         self.stats.packets_sent += len(batch)
@@ -171,6 +185,7 @@ class Worker:
             sock.connect(endpoint)
             self.sockets.append(sock)
         self.batcher = Batcher(self.sockets, self.stats)
+        self.answer_batcher = Batcher(self.sockets, self.stats, wire.encode_online_answers, answers=True)
         self.linktype = linktype
         self.stopping = False
         self.publisher: StatsPublisher | None = None
@@ -178,6 +193,7 @@ class Worker:
         self._next_hello = 0.0
         self.run_as = None   # --user: dropped to once the capture is open
         self.skip_filter: SkipFilter | None = None   # live capture only
+        self.answer_linktype: int | None = None
         self._next_control = 0.0
 
     def publish(self, now: float, refresh=None) -> None:
@@ -223,6 +239,23 @@ class Worker:
                 if kind == wire.SKIP:
                     self.skip_filter.take(owner, body)
 
+    def on_online_answer(self, ts: float, frame, now: float) -> None:
+        """Route one captured answer of the online server to the owner of its client (the
+        destination); it is compared, never replayed."""
+        self.stats.online_answers += 1
+        try:
+            offset = pk.ip_offset(frame, self.answer_linktype)
+            ip = bytes(frame[offset:])
+            dst, dport = _server_answer_client(ip)
+        except (pk.PacketError, IndexError):
+            self.stats.malformed += 1
+            return
+        self.answer_batcher.add(flow_shard(dst, dport, len(self.sockets)), ts, ip, now)
+
+    def flush_due(self, now: float) -> None:
+        self.batcher.flush_due(now)
+        self.answer_batcher.flush_due(now)
+
     def announce(self, source: str) -> None:
         """Tell the owners the capture is open: from now on nothing is missed."""
         self._hello = wire.encode_hello(wire.Hello("capture", f"capture@{source}", uuid.uuid4().hex))
@@ -249,6 +282,7 @@ class Worker:
 
     def close(self) -> None:
         self.batcher.flush_all()
+        self.answer_batcher.flush_all()
         for sock in self.sockets:
             sock.close()
 
@@ -263,10 +297,28 @@ def _client_endpoint(ip: bytes) -> tuple[bytes, int]:
     return ip[8:24], int.from_bytes(ip[40:42], "big")
 
 
+def _server_answer_client(ip: bytes) -> tuple[bytes, int]:
+    """Destination address and port of an online server's answer: its client."""
+    if ip[0] >> 4 == 4:
+        header = (ip[0] & 0x0F) * 4
+        return ip[16:20], int.from_bytes(ip[header + 2:header + 4], "big")
+    return ip[24:40], int.from_bytes(ip[42:44], "big")
+
+
+def open_online_answers(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int):
+    """The second live handle, outbound only: the online server's answers to the compared
+    clients (``bpf`` samples them in the kernel)."""
+    handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
+                       buffer_bytes=buffer_mb << 20, timeout_ms=2, outbound_only=True)
+    worker.answer_linktype = handle.datalink()
+    return handle
+
+
 def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
-             shard: tuple[int, int] = (0, 1)) -> None:
+             shard: tuple[int, int] = (0, 1), answers_bpf: str = "") -> None:
     handle = open_live(iface, bpf, snaplen=snaplen, immediate=False,
                        buffer_bytes=buffer_mb << 20, timeout_ms=2, inbound_only=True)
+    answers = open_online_answers(worker, iface, answers_bpf, snaplen, buffer_mb) if answers_bpf else None
     drop_privileges_to(worker.run_as)   # the handle is open: reading and refiltering it need no privilege
     worker.linktype = handle.datalink()
     worker.skip_filter = SkipFilter(bpf, len(worker.sockets), shard)
@@ -277,13 +329,19 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
     def each(ts, frame):
         worker.on_frame(ts, frame, time.monotonic())
 
+    def each_answer(ts, frame):
+        worker.on_online_answer(ts, frame, time.monotonic())
+
+    fds = [fd] if answers is None else [fd, answers.fileno()]
     while not worker.stopping:
         due = worker.batcher.next_due()
         timeout = 0.05 if due is None else max(0.0, due - time.monotonic())
-        select.select([fd], [], [], timeout)
+        select.select(fds, [], [], timeout)
         handle.dispatch(-1, each)
+        if answers is not None:
+            answers.dispatch(-1, each_answer)
         now = time.monotonic()
-        worker.batcher.flush_due(now)
+        worker.flush_due(now)
         worker.announce_again(now)
         worker.read_control(now)
         _apply_skip_filter(worker, handle, iface, now)
@@ -417,6 +475,9 @@ def parse_args(argv):
     parser.add_argument("--filter", help="BPF filter (built by tcpcopy from -x and -F)")
     parser.add_argument("--owner", action="append",
                         help="ZeroMQ endpoint of a session owner (repeat for several)")
+    parser.add_argument("--online-answers", metavar="BPF", default="",
+                        help="also capture the online server's answers matching this filter "
+                             "(outbound; built by tcpcopy for --compare)")
     parser.add_argument("--snaplen", type=int, default=262144)
     parser.add_argument("--buffer-mb", type=int, default=64)
     parser.add_argument("--speed", type=float, default=1.0)
@@ -480,7 +541,9 @@ def main(argv=None) -> int:
     worker.run_as = args.user
     try:
         if args.iface:
-            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb, args.shard)
+            answers_bpf = (combine_filters(args.online_answers, intercept_shard_filter(*args.shard))
+                           if args.online_answers else "")
+            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb, args.shard, answers_bpf)
         else:
             drop_privileges_to(args.user)   # a file needs no privilege; the user must be able to read it
             pacing = OfflinePacing(args.speed, None if args.idle_gap_ms is None else args.idle_gap_ms / 1000,

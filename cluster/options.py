@@ -162,3 +162,18 @@ def capture_filter(mappings: tuple[Mapping, ...], user_filter: str | None = None
         terms.append(f"({term})")
     auto = "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
     return f"({auto}) and ({user_filter})" if user_filter else auto
+
+
+def online_answers_capture_filter(mappings: tuple[Mapping, ...], percent: int) -> str:
+    """The BPF filter of the online server's answers to the compared clients: packets from
+    any ``-x`` online address and port, sampled on their destination (the client) by
+    ``cluster.shard.compare_sampled``'s twin."""
+    from tcpcopy.cluster.shard import combine_filters, online_answers_filter
+    terms = []
+    for m in mappings:
+        term = f"src port {m.online_port}"
+        if m.online_ip is not None:
+            term += f" and src host {m.online_ip}"
+        terms.append(f"({term})")
+    auto = "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
+    return combine_filters(auto, online_answers_filter(percent))

@@ -108,6 +108,8 @@ class LiveCopy:
     ``redis_port`` likewise adds a :class:`Redis` (``online_redis``, ``target_redis``).
     ``stats_endpoint`` (e.g. :data:`STATS_ENDPOINT`) runs both commands with ``--stats`` and
     records their snapshots from before intercept starts until :meth:`stop_recorder`.
+    ``online_files`` and ``target_files`` replace the site each nginx serves (the default
+    site when None), e.g. to have the target answer some paths differently.
     ``target_upstream`` makes the target's nginx proxy its pages to that server (e.g. a
     :class:`~tcpcopy.deploy.slowbackend.SlowBackend`) instead of serving them itself.
     ``ipv6`` (in a :func:`~tcpcopy.deploy.lab.four_host_v6` lab) copies over IPv6: the
@@ -118,7 +120,8 @@ class LiveCopy:
     def __init__(self, lab: Lab, tcpcopy_flags: list[str] = (), intercept_flags: list[str] = (),
                  copies: int = 1, target_files: dict | None = None, *, start_copy: bool = True,
                  greeter_port: int | None = None, stats_endpoint: str | None = None,
-                 target_upstream: str | None = None, redis_port: int | None = None, ipv6: bool = False):
+                 target_upstream: str | None = None, redis_port: int | None = None, ipv6: bool = False,
+                 online_files: dict | None = None):
         if redis_port is not None and redis_port in (ONLINE_PORT, TARGET_PORT, greeter_port):
             raise ValueError(f"redis_port {redis_port} is taken by another copied service: pick another")
         self.lab = lab
@@ -131,7 +134,7 @@ class LiveCopy:
         self.ipv6 = ipv6
         self.online_address = ONLINE_V6 if ipv6 else ONLINE_ADDRESS
         self.target_address = TARGET_V6 if ipv6 else TARGET_ADDRESS
-        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT)
+        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT, files=online_files)
         self.target = Nginx(lab, TARGET, self.target_address, TARGET_PORT, files=target_files,
                             upstream=target_upstream)
         self.online_greeter: Greeter | None = None

@@ -204,6 +204,13 @@ class AnswerStream:
             data, start = data[self._start - start:], self._start
         self._hold(start, bytes(data), at)
 
+    def reached(self, position: int) -> bool:
+        """Whether bytes up to ``position`` (a sequence number) have been seen: the answer
+        that ends there is whole, as far as this side's packets can tell."""
+        if self._highest is None:
+            return False
+        return unwrap(position, self._highest) <= self._highest
+
     def finish(self, position: int | None = None) -> Answer | None:
         """The connection ended: the current answer ends at ``position`` (the FIN's
         sequence number) or after the highest byte seen. The stream may begin again."""
@@ -1336,6 +1343,11 @@ class Comparator:
             self.cuts.examples += 1
             return
         kept.append(self._example(result, request, online, target))
+
+    def describe(self, result: Comparison, request: bytes, online: Answer,
+                 target: Answer) -> dict:
+        """One request's comparison as a JSON-ready record (a line of the differences file)."""
+        return self._example(result, request, online, target)
 
     def _example(self, result: Comparison, request: bytes, online: Answer,
                  target: Answer) -> dict:

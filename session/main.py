@@ -30,13 +30,15 @@ import sys
 import tempfile
 
 from tcpcopy.cluster.curve import KeyFileError, add_client_key_flags, client_keys_from_flags, plain_warning
-from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter,
+from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter, online_answers_capture_filter,
                                      parse_client_pool, parse_intercepts, parse_mappings)
 from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
                                      drop_to, install_log_reopen, open_for_writing, private_directory,
                                      remove_pid_file, reopen_logs_if_asked, start_command, version_text)
 from tcpcopy.session.capturechild import CaptureChild, not_restartable_reason
+from tcpcopy.session.compare import CompareConfig, GateSpecError, MaskError, compile_masks, evaluate_gate, parse_fail_on
+from tcpcopy.session.comparing import CompareOptions
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions, shedding_config
@@ -163,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "the secret half answers (default: no keys, one warning)")
     add_client_key_flags(p, "intercept", "keys/online.key_secret")
     p.add_argument("--summary-json", metavar="FILE", help="write the final counters as JSON to FILE")
+    p.add_argument("--compare", dest="compare_percent", type=_positive_int(0, 100, "--compare 10"), default=0,
+                   metavar="PERCENT",
+                   help="compare the target's answer to each request with the online server's, for "
+                        "PERCENT%% of the sessions (intercept needs --answer-bytes); 0 (default): off")
+    p.add_argument("--compare-bytes", type=_positive_int(256, 1 << 24, "--compare-bytes 65536"),
+                   default=65536, metavar="N", help="answer bytes kept and compared per request and side (65536)")
+    p.add_argument("--compare-mask", action="append", default=[], metavar="REGEX",
+                   help="a regular expression whose matches (timestamps, ids, tokens) are masked in both "
+                        "answers before comparing; repeat for several")
+    p.add_argument("--compare-log", metavar="FILE", help="write every differing request as a JSON line to FILE")
+    p.add_argument("--fail-on", metavar="SPEC",
+                   help="exit 3 at the end when a threshold is crossed, e.g. 'differs>0.01,no_answer>0,"
+                        "loss>0.001' (loss: sessions the copier dropped or shed, a share of those started)")
     p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
                    help="name of this copier in intercept logs")
     p.add_argument("--check", action="store_true",
@@ -209,6 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"-f below --instances, e.g. -f 0 and -f 1 with --instances 2")
     if args.sample_percent == 0:
         args.sample_percent = 100
+    _check_compare_options(parser, args)
     absolute_paths(args, "log_file", "pid_file", "summary_json", "key", "stats_server_key")
     try:   # read now, while this process may still read them (before any --user drop)
         args.keys, args.stats_keys = client_keys_from_flags(args.key, args.server_key, args.stats_server_key)
@@ -217,6 +233,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.offline:
         args.source = os.path.abspath(args.source)
     return args
+
+
+def _check_compare_options(parser, args: argparse.Namespace) -> None:
+    """--compare and its companions, checked before anything starts."""
+    if args.compare_percent and args.offline:
+        parser.error("--compare needs a live capture (the online server's answers are captured as "
+                     "they leave): drop --offline, or --compare")
+    if (args.compare_log or args.compare_mask) and not args.compare_percent:
+        parser.error("--compare-log and --compare-mask go with --compare PERCENT, e.g. --compare 10")
+    try:
+        compile_masks(args.compare_mask)
+        args.fail_on = parse_fail_on(args.fail_on) if args.fail_on else ()
+    except (MaskError, GateSpecError) as exc:
+        parser.error(str(exc))
+    absolute_paths(args, "compare_log")
+
+
+def compare_options(args: argparse.Namespace) -> CompareOptions:
+    return CompareOptions(percent=args.compare_percent, max_bytes=args.compare_bytes,
+                          config=CompareConfig(masks=tuple(args.compare_mask)))
 
 
 def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOptions:
@@ -232,7 +268,8 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
         # Offline replay is paced by the file: shedding would only lose what it holds.
         shedding=None if args.offline else shedding_config(args.shed_after),
         instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
-        stats_endpoint=args.stats, keys=args.keys, stats_keys=args.stats_keys)
+        stats_endpoint=args.stats, keys=args.keys, stats_keys=args.stats_keys,
+        compare=compare_options(args), compare_log_fd=args.compare_log_fd)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:
@@ -250,6 +287,8 @@ def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]
             argv += ["--idle-gap-ms", str(args.idle_gap_ms)]
     else:
         argv += ["--iface", args.source, "--snaplen", str(args.snaplen), "--buffer-mb", str(args.buffer_mb)]
+        if args.compare_percent:
+            argv += ["--online-answers", online_answers_capture_filter(args.mappings, args.compare_percent)]
     return argv
 
 
@@ -284,10 +323,20 @@ def main(argv=None) -> int:
         except OSError as exc:
             log.error("--summary-json %s: cannot open it: %s", args.summary_json, exc.strerror or exc)
             return 2
+        args.compare_log_fd = None
+        if args.compare_log:
+            try:
+                args.compare_log_fd = open_for_writing(args.compare_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                                       0o644, args.user.uid if args.user else None)
+            except OSError as exc:
+                log.error("--compare-log %s: cannot open it: %s", args.compare_log, exc.strerror or exc)
+                return 2
         return _run(args, f"ipc://{run_dir}/owner-0", summary)
     finally:
         if summary is not None:
             summary.close()
+        if getattr(args, "compare_log_fd", None) is not None:
+            os.close(args.compare_log_fd)
         shutil.rmtree(run_dir, ignore_errors=True)
         remove_pid_file(args.pid_file)
 
@@ -360,7 +409,29 @@ def _run(args: argparse.Namespace, packet_endpoint: str, summary: SummaryFile) -
     if args.offline and owner.stop_reason == "input ended" and not owner.table.table_stats.sessions_started:
         log.error("%s", nothing_copied(owner, args))
         return 1
+    if owner.comparing is not None:
+        log.info("compared: %s", compare_line(owner.comparing.summary()))
+    if args.fail_on:
+        gate = evaluate_gate(args.fail_on, owner.comparing.comparator.counts if owner.comparing else {},
+                             copier_loss(owner))
+        if not gate.passed:
+            log.error("--fail-on: %s", gate.describe())
+            return 3
+        log.info("--fail-on: no threshold crossed")
     return 0 if owner.stop_reason in ("input ended", "signal") else 1
+
+
+def copier_loss(owner: Owner) -> float:
+    """The copier's own loss figure: sessions it dropped or shed, a share of those it started."""
+    started = owner.table.table_stats.sessions_started
+    dropped = sum(n for key, n in owner.counters.outcomes.items() if key.startswith("dropped:"))
+    return dropped / started if started else 0.0
+
+
+def compare_line(summary: dict) -> str:
+    counts = " ".join(f"{verdict}:{n}" for verdict, n in summary["counts"].items())
+    return (f"{summary['compared']} requests in {summary['sessions_compared']} sessions; {counts}; "
+            f"not captured:{summary['not_captured']}")
 
 
 def nothing_copied(owner: Owner, args: argparse.Namespace) -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import resource
 import secrets
 import signal
@@ -36,7 +37,8 @@ from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, dro
                                      private_directory, reopen_logs_if_asked, setup_logging, user_from_config)
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
-from tcpcopy.session.engine import BufferBudget, Closed, Dropped, SessionConfig
+from tcpcopy.session.comparing import CompareOptions, Comparing
+from tcpcopy.session.engine import REQUEST_HEAD, BufferBudget, Closed, Dropped, RequestSent, SessionConfig
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
 from tcpcopy.session.kernelskip import KernelSkips
@@ -84,6 +86,8 @@ class OwnerOptions:
     stats_keys: ClientKeys | None = None  # CURVE on the stats channel
     buffer_budget_mb: int = 1024         # client data all sessions may buffer together
     shedding: SheddingConfig | None = SheddingConfig()   # None: never shed (offline replay)
+    compare: CompareOptions = CompareOptions()           # answer comparison (percent 0: off)
+    compare_log_fd: int | None = None    # differing requests written here as JSON lines
 
 
 class OwnerError(RuntimeError):
@@ -119,8 +123,10 @@ class Owner:
         self.captures.bind(options.packet_endpoint)
         self._capture_peers: dict[bytes, float] = {}   # routing id -> last HELLO
         self.kernel_skips = KernelSkips()
+        self.comparing = Comparing(options.compare) if options.compare.enabled else None
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
-                                    sharded=options.intercepts_sharded, keys=options.keys)
+                                    sharded=options.intercepts_sharded, keys=options.keys,
+                                    comparing=self.comparing is not None)
         self.fanout = Fanout(options.fanout)
         self.budget = BufferBudget(options.buffer_budget_mb << 20)
         self.table = SessionTable(options.session, self.fanout.endpoints, options.max_sessions,
@@ -133,6 +139,7 @@ class Owner:
         self.counters = OwnerCounters()
         self.stopping = False
         self.stop_reason = ""
+        self._compare_log_failed = False
         self.input_ended_at: float | None = None
         self._origin = time.monotonic()
         self._last_stats = 0.0
@@ -197,6 +204,9 @@ class Owner:
         now = self.now()
         self.table.shutdown(now)
         self._flush()
+        if self.comparing is not None:
+            self.comparing.finish_all()
+            self._write_differences()
         self.links.close(self.stop_reason or "owner stopped")
         if self.publisher is not None:
             self.publisher.publish(self.published_counters())
@@ -244,10 +254,38 @@ class Owner:
                 log.info("capture: %s; waiting up to %.0f s for open sessions",
                          body, self.options.drain_timeout)
                 continue
+            if kind == wire.ONLINE_ANSWERS:
+                self._online_answers(body, now)
+                continue
             if kind != wire.PACKETS:
                 continue
             self.counters.batches += 1
             self._client_packets(body, now)
+
+    def _online_answers(self, batch: list, now: float) -> None:
+        """The online server's answers to compared sessions (never replayed). The table's
+        events of this turn go first: the sessions and requests they answer may have begun
+        in a batch taken just before."""
+        if self.comparing is None:
+            return
+        self._flush()
+        for _ts, ip in batch:
+            try:
+                packet = pk.decode(ip)
+            except pk.PacketError:
+                self.counters.malformed_client += 1
+                continue
+            self.comparing.online_answer(packet, now)
+
+    def _target_answers(self, now: float) -> None:
+        """Watched routes' answers from intercept, payload included."""
+        for record in self.links.take_answers():
+            try:
+                packet = pk.decode(record)
+            except pk.PacketError:
+                self.counters.malformed_responses += 1
+                continue
+            self.comparing.target_answer(packet, now)
 
     def _capture_hello(self, peer: bytes, hello: wire.Hello, now: float) -> None:
         """Capture workers repeat their HELLO every second; each process is logged once.
@@ -271,6 +309,7 @@ class Owner:
         self.counters.client_packets += len(batch)
         if self.shedder is not None and batch:
             self._observe_lag(batch[-1][0], now)
+        comparing = self.comparing
         for _ts, ip in batch:
             if skips(ip):
                 continue
@@ -279,7 +318,21 @@ class Owner:
             except pk.PacketError:
                 self.counters.malformed_client += 1
                 continue
+            if comparing is not None and packet.payload_len:
+                self._compared_client_packet(packet, now)
+                continue
             feed(packet, now)
+
+    def _compared_client_packet(self, packet: pk.Packet, now: float) -> None:
+        """A client segment with data while comparing: what the comparison needs is read
+        before the engine rewrites the packet, and a session it starts is known to the
+        comparison before its first request is."""
+        flow = (packet.src, packet.sport, packet.dst, packet.dport)
+        ack, head = packet.ack, bytes(packet.buf[packet.payload_off:packet.payload_off + REQUEST_HEAD])
+        self.table.client_packet(packet, now)
+        if self.table.has_events():
+            self._flush()   # a session this or an earlier packet of the batch started
+        self.comparing.client_segment(flow, ack, head, now)
 
     def _observe_lag(self, captured_at: float, now: float) -> None:
         """How far behind its input the owner is: the capture time of the newest packet of
@@ -306,6 +359,8 @@ class Owner:
                 orphans.answer(packet)
         if self.links.handed_over:
             self._adopt_orphans(now)
+        if self.comparing is not None:
+            self._target_answers(now)
 
     def _adopt_orphans(self, now: float) -> None:
         """intercept handed over the routes of this owner's dead predecessor: reset those
@@ -329,12 +384,18 @@ class Owner:
                 if type(ending) in _ENDINGS:
                     key = f"{_ENDINGS[type(ending)]}:{ending.reason}"
                     self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
+                elif type(ending) is RequestSent and self.comparing is not None:
+                    self.comparing.request_sent(item[0], ending)
             elif kind is SessionStarted:
                 self.links.register(_endpoint_tuple(item.endpoint))
                 if self.orphans:
                     self.orphans.taken_by_session(_endpoint_tuple(item.endpoint))
+                if self.comparing is not None and self.comparing.session_started(item.endpoint, item.flow):
+                    self.links.watch(_endpoint_tuple(item.endpoint))
             elif kind is SessionFreed:
                 self.links.unregister(_endpoint_tuple(item.endpoint))
+                if self.comparing is not None:
+                    self.comparing.session_ended(item.endpoint)
         for endpoint in self.orphans.take_done():
             self.links.unregister(endpoint)
         self.links.flush()
@@ -369,6 +430,9 @@ class Owner:
             idle = all(s.over for s in self.table.sessions())
             if idle or now - self.input_ended_at > self.options.drain_timeout:
                 self.stop("input ended")
+        if self.comparing is not None:
+            self.comparing.tick(now)
+            self._write_differences()
         if self.publisher is not None:
             self.publisher.maybe_publish(now, self.published_counters)
         if now - self._last_stats >= STATS_EVERY:
@@ -404,6 +468,22 @@ class Owner:
                 self.captures.send_multipart([peer, message], zmq.NOBLOCK)
             except zmq.ZMQError:   # the worker's queue is full (or it is gone): the next list heals
                 self.counters.kernel_skip_unsent += 1
+
+    def _write_differences(self) -> None:
+        """Differing requests to the --compare-log file, one JSON object a line. A write
+        that fails is counted and logged once; the copy goes on."""
+        records = self.comparing.take_records()
+        fd = self.options.compare_log_fd
+        if not records or fd is None:
+            return
+        text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
+        try:
+            os.write(fd, text.encode())
+        except OSError as exc:
+            self.comparing.counters.records_dropped += len(records)
+            if not self._compare_log_failed:
+                self._compare_log_failed = True
+                log.error("--compare-log: cannot write: %s; differences are still counted", exc.strerror or exc)
 
     def _check_memory(self) -> None:
         limit = self.options.memory_limit_mb
@@ -450,6 +530,7 @@ class Owner:
             "orphans": dataclasses.asdict(self.orphans.stats),
             "raw_sent": self.sender.sent,
             "raw_send_failures": self.sender.failed,
+            **({"compare": self.comparing.summary()} if self.comparing is not None else {}),
             "stop_reason": self.stop_reason,
         }
 

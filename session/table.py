@@ -197,6 +197,9 @@ class SessionTable:
         self._touched.clear()
         return packets
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def take_events(self) -> list:
         events, self._events = self._events, []
         return events

@@ -9,7 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PURE_MODULES = [ROOT / "session" / "engine.py", ROOT / "session" / "seqnum.py",
                 ROOT / "capture" / "packet.py", ROOT / "session" / "compare.py",
                 ROOT / "session" / "shedding.py", ROOT / "session" / "table.py",
-                ROOT / "session" / "orphans.py"]
+                ROOT / "session" / "orphans.py", ROOT / "session" / "comparing.py",
+                ROOT / "session" / "kernelskip.py", ROOT / "cluster" / "shard.py",
+                ROOT / "cluster" / "progress.py"]
 BANNED = {"socket", "zmq", "pcap", "psutil", "time", "datetime", "select", "selectors",
           "asyncio", "threading", "multiprocessing", "subprocess", "os", "random", "scapy"}
 

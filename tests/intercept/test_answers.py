@@ -461,7 +461,7 @@ def test_a_real_intercept_sends_a_watched_routes_answers_whole_and_another_route
     server = lab.popen("target", [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
-        intercept = Intercept(lab, tmp_path, 36611, "--answer-bytes", "65536")
+        intercept = Intercept(lab, tmp_path, 26611, "--answer-bytes", "65536")
         got = lab.call("assistant", comparing_owner, intercept.port, 41000, 41001, timeout=30)
         stats = intercept.stop()
     finally:

@@ -374,7 +374,9 @@ def lab():
 
 
 class Intercept:
-    """``python -m tcpcopy.intercept.main`` inside the assistant, its log in a file."""
+    """``python -m tcpcopy.intercept.main`` inside the assistant, its log in a file. Tests
+    give it ports below Linux's ephemeral range (32768-60999), which a client socket of the
+    namespace may hold."""
 
     def __init__(self, lab: Lab, tmp_path: Path, port: int, *extra: str) -> None:
         self.lab = lab
@@ -517,7 +519,7 @@ def headers(raw: bytes) -> bytes:
 
 @pytest.mark.lab
 def test_answers_reach_the_registering_owner_as_their_exact_headers(lab, tmp_path):
-    intercept = Intercept(lab, tmp_path, 36601)
+    intercept = Intercept(lab, tmp_path, 26601)
     assert intercept.pid_file.read_text().strip() == str(intercept.proc.pid)
     stray = answer(40001)                                     # nobody registered 40001
     sent = [answer(40000, "SA", seq=7000, ack=1001),
@@ -551,7 +553,7 @@ def test_a_real_syn_ack_captured_before_the_register_is_delivered_after_it(lab, 
                          stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout.readline().strip() == "ready"
-        intercept = Intercept(lab, tmp_path, 36602)
+        intercept = Intercept(lab, tmp_path, 26602)
         client = endpoint(40003, "198.18.3.7")
         syn = bytes(IP(src="198.18.3.7", dst=TARGET_IP) / TCP(sport=40003, dport=TARGET_PORT, flags="S", seq=1000))
         _send1, _sleep, _hello1, _reg, records = run_owner(lab, intercept.port, [
@@ -570,7 +572,7 @@ def test_a_real_syn_ack_captured_before_the_register_is_delivered_after_it(lab, 
 
 @pytest.mark.lab
 def test_payload_option_sends_the_first_payload_bytes(lab, tmp_path):
-    intercept = Intercept(lab, tmp_path, 36603, "--payload", "16")
+    intercept = Intercept(lab, tmp_path, 26603, "--payload", "16")
     body = bytes(range(100))
     sent = [answer(40010, "PA", payload=body), answer(40010, "PA", seq=5100, payload=b"tiny!"),
             answer(40010, "A", seq=5105)]
@@ -584,7 +586,7 @@ def test_payload_option_sends_the_first_payload_bytes(lab, tmp_path):
 
 @pytest.mark.lab
 def test_garbage_from_peers_does_not_stop_intercept(lab, tmp_path):
-    intercept = Intercept(lab, tmp_path, 36604)
+    intercept = Intercept(lab, tmp_path, 26604)
     sent = [answer(40020, "A", payload=b"after the garbage")]
     *_, records = run_owner(lab, intercept.port, [
         ("raw", [[b"\xc1 garbage"], [b"\x93\x09\x01\xc0"], [b"a", b"b", b"c"]]),

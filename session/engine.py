@@ -67,8 +67,8 @@ from tcpcopy.session.seqnum import unwrap, wrap, seq_le
 from tcpcopy.session.states import (
     CLOSE_TIMER, CONNECTED, CONNECTION_TIMERS, DELACK_TIMER, END, ESTABLISHED, FINISHED,
     GAP_TIMER, IDLE, LINGER, LINGER_OVER, LINGER_TIMER, PERSIST_TIMER, QUIET_TIMER, RECONNECT,
-    RECONNECT_TIMER, RTO_TIMER, SEND_SYN, SYN_SENT, SYN_TIMER, SYNACK, TIMER_COUNT,
-    WATCHDOG_TIMER, next_state,
+    RECONNECT_TIMER, RTO_TIMER, SEND_SYN, SYN_SENT, SYN_TIMER, SYNACK, TIMER_COUNT, TRANSITIONS,
+    WATCHDOG_TIMER, no_transition,
 )
 from tcpcopy.session.stream import AHEAD, OLD, ClientStream, Segment
 
@@ -428,8 +428,12 @@ class Session:
             self._drop(now, reason)
 
     def _enter(self, trigger: str) -> None:
-        """The one place the state changes: by TRANSITIONS in session/states.py."""
-        self.state = next_state(self.state, trigger)
+        """The one place the state changes: by TRANSITIONS in session/states.py (next_state,
+        inlined: it runs a few times in every session)."""
+        new = TRANSITIONS.get((self.state, trigger))
+        if new is None:
+            no_transition(self.state, trigger)
+        self.state = new
 
     # ------------------------------------------------------------------ client side
 

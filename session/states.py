@@ -32,7 +32,7 @@ The rules
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NoReturn
 
 # ---------------------------------------------------------------------------------------
 # States
@@ -78,9 +78,13 @@ def next_state(state: str, trigger: str) -> str:
     """The state that ``trigger`` leads to from ``state`` (rule 2)."""
     new = TRANSITIONS.get((state, trigger))
     if new is None:
-        raise StateError(f"session state {state!r} has no transition on {trigger!r}: "
-                         "the engine broke the rules of session/states.py")
+        no_transition(state, trigger)
     return new
+
+
+def no_transition(state: str, trigger: str) -> NoReturn:
+    raise StateError(f"session state {state!r} has no transition on {trigger!r}: "
+                     "the engine broke the rules of session/states.py")
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,18 +5,21 @@ The online nginx and the target nginx serve the same site but for two paths: one
 changed (same status, same length) and one the target no longer has (404). Every request
 to those two paths, and only those, must be reported, each under its verdict; the JSON-lines
 file names them; and ``--fail-on`` turns a difference into exit status 3. With identical
-sites, thousands of keep-alive requests compare without a single difference.
+sites, thousands of keep-alive requests compare without a single difference. A Redis target
+with other values for some keys is caught by the byte comparison.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
 from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT
+from tcpcopy.deploy.kvstore import wait_until_quiet
+from tcpcopy.deploy.lab import CLIENT, ONLINE_ADDRESS
 from tcpcopy.deploy.servers import default_site
 
 pytestmark = pytest.mark.lab
@@ -27,6 +30,7 @@ ONLINE_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
 TARGET_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
                "changed.html": b"version two\n" * 40}
 INTERCEPT = ["--answer-bytes", "65536"]
+REDIS_PORT = 6379
 
 
 def compared_run(live_copy, tmp_path, online_site, target_site, loads, fail_on: str):
@@ -78,3 +82,28 @@ def test_identical_sites_compare_without_a_difference_and_pass_the_gate(live_cop
     assert compare["compared"] == online == 10_000
     assert compare["counts"]["same"] == online and records == []
     assert code == 0
+
+
+def test_a_redis_target_holding_other_values_is_caught_by_the_byte_comparison(live_copy, tmp_path):
+    """Not HTTP: the answers are compared as bytes. The target holds another value for ten
+    of a hundred keys; each GET of those ten, and only those, is reported."""
+    log = tmp_path / "differences.jsonl"
+    copy = live_copy(redis_port=REDIS_PORT, intercept_flags=INTERCEPT,
+                     tcpcopy_flags=["--compare", "100", "--compare-log", str(log)])
+    for redis in (copy.online_redis, copy.target_redis):
+        redis.flush()
+    for i in range(100):
+        copy.online_redis.cli("SET", f"k:{i}", "same!")
+        copy.target_redis.cli("SET", f"k:{i}", "diff!" if i < 10 else "same!")
+    for i in range(100):   # one connection a command, as a simple client does it
+        copy.lab.run(CLIENT, ["redis-cli", "-h", ONLINE_ADDRESS, "-p", str(REDIS_PORT), "GET", f"k:{i}"],
+                     timeout=10)
+    wait_until_quiet(lambda: copy.target_redis.command_stats().get("get", 0), 20, 2.0)
+    time.sleep(2)
+    copy.stop_tcpcopy()
+    compare = json.loads(copy.summary_path.read_text())["compare"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    print(f"\nredis: compared {compare['compared']}: {compare['counts']}")
+    assert compare["compared"] == 100 and compare["counts"]["same"] == 90
+    assert sorted(int(re.search(r"k:(\d+)", r["request"])[1]) for r in records) == list(range(10))
+    assert {r["verdict"] for r in records} == {"body_differs"}

@@ -48,8 +48,8 @@ def test_metrics_endpoint_serves_the_copy_in_prometheus_text(live_copy) -> None:
     lines = [line for line in page.splitlines() if line and not line.startswith("#")]
     established = [line for line in lines if line.startswith("tcpcopy_engine_established_total{")]
     assert established and float(established[0].rsplit(" ", 1)[1]) > 0, page[:2000]
-    assert any(line.startswith('tcpcopy_up{') and 'role="intercept"' in line and line.endswith(" 1")
-               for line in lines), page[:2000]
+    assert any(line.startswith('tcpcopy_up{') and 'role="intercept"' in line
+               and float(line.rsplit(" ", 1)[1]) == 1 for line in lines), page[:2000]
 
 
 def _scrape(url: str) -> str:

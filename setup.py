@@ -24,6 +24,9 @@ from setuptools import setup
 HOT_PATH = [
     "capture/packet.py",    # decode, checksums, the set_* rewrites, to_bytes
     "session/seqnum.py",
+    "session/states.py",    # the engine's state and timer tables
+    "session/stream.py",    # client stream order, the queued segment
+    "session/rtt.py",
     "session/engine.py",
     "session/table.py",
     "session/ports.py",     # a client port for every new session

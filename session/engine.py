@@ -45,6 +45,11 @@ With both halves, a ``Session`` behaves like a believable TCP client towards the
   (``-t``: the target silent while we wait on it) and the idle keep-alive timeout (``-k``:
   nothing to do for that long). Each end is reported once, with its reason.
 
+The states, the moves between them and the timers are tables in ``session/states.py``,
+with their rules at its top; the engine changes state only through them. The client
+stream's order (``session/stream.py``) and the RTT estimator (``session/rtt.py``) are small
+units of their own.
+
 The engine does no I/O and reads no clock: every input carries ``now`` (seconds, any
 monotonic origin), packets to send are collected for ``take_packets``, notable moments for
 ``take_events``, and ``next_deadline`` tells the owner when to call ``handle_timer``.
@@ -57,15 +62,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from tcpcopy.capture import packet as pk
+from tcpcopy.session.rtt import RttEstimator
 from tcpcopy.session.seqnum import unwrap, wrap, seq_le
-
-# Session states (the life of one replayed connection towards the target).
-IDLE: Final = "idle"                  # created, nothing sent yet
-SYN_SENT: Final = "syn-sent"          # our SYN is out, no SYN-ACK yet (RFC 9293 SYN-SENT)
-ESTABLISHED: Final = "established"    # data may flow; closing is tracked by flags
-RECONNECTING: Final = "reconnecting"  # the target closed with client data unsent; a new SYN is due
-LINGER: Final = "linger"              # over; answering late packets until the linger time ends
-FINISHED: Final = "finished"          # may be freed
+from tcpcopy.session.states import (
+    CLOSE_TIMER, CONNECTED, CONNECTION_TIMERS, DELACK_TIMER, END, ESTABLISHED, FINISHED,
+    GAP_TIMER, IDLE, LINGER, LINGER_OVER, LINGER_TIMER, PERSIST_TIMER, QUIET_TIMER, RECONNECT,
+    RECONNECT_TIMER, RTO_TIMER, SEND_SYN, SYN_SENT, SYN_TIMER, SYNACK, TIMER_COUNT, TRANSITIONS,
+    WATCHDOG_TIMER, no_transition,
+)
+from tcpcopy.session.stream import AHEAD, OLD, ClientStream, Segment
 
 MAX_WINDOW_UNSCALED: Final = 65535
 # What a buffered segment costs beyond its payload (packet object, buffer, queue entry),
@@ -242,27 +247,6 @@ def should_start_session(pkt: pk.Packet, config: SessionConfig) -> bool:
     return pkt.payload_len > 0 and not config.only_full_sessions
 
 
-class _Segment:
-    """One captured client segment, queued for the target (and kept until acknowledged)."""
-
-    __slots__ = ("pkt", "start", "end", "data_len", "fin", "captured_ack", "sent_at",
-                 "retransmitted")
-
-    def __init__(self, pkt: pk.Packet, start: int):
-        self.pkt = pkt
-        self.start = start
-        self.data_len = pkt.payload_len
-        self.fin = bool(pkt.flags & pk.FIN)
-        self.end = start + self.data_len + self.fin
-        self.captured_ack = pkt.ack
-        self.sent_at: float | None = None
-        self.retransmitted = False
-
-    def request_head(self) -> bytes:
-        pkt = self.pkt
-        return bytes(pkt.buf[pkt.payload_off:pkt.payload_off + min(pkt.payload_len, REQUEST_HEAD)])
-
-
 class Session:
     """One replayed connection. See the module docstring for how it works."""
 
@@ -273,7 +257,7 @@ class Session:
         self.stats = stats
         self.budget = budget if budget is not None else BufferBudget(1 << 62)
         self.drop_reason: str | None = None        # why the session ended abnormally
-        self.state = IDLE
+        self.state = IDLE                          # changed only by _enter (session/states.py)
         self.outbox: list[bytes] = []             # packets to send, oldest first (take_packets)
         self._events: list = []
         self._ip_id = 0
@@ -282,10 +266,9 @@ class Session:
         self._client_isn: int | None = None      # raw 32-bit ISN of a captured SYN
         self._syn: pk.Packet | None = None       # the captured SYN, kept for retransmission
         self._fabricated = False                 # our SYN is fabricated
-        self._next_expected: int | None = None   # next client byte we accept in order
-        self._unsent: deque[_Segment] = deque()
-        self._unacked: deque[_Segment] = deque()
-        self._held: dict[int, _Segment] = {}     # out-of-order segments behind a capture gap
+        self._stream = ClientStream()            # the client's bytes in order, gaps held
+        self._unsent: deque[Segment] = deque()
+        self._unacked: deque[Segment] = deque()
         self._buffered_bytes = 0
         self._handshake_ack: int | None = None   # captured ACK of the client's third packet
         self._client_window = MAX_WINDOW_UNSCALED
@@ -315,10 +298,7 @@ class Session:
         self._request_ack: int | None = None     # captured ACK of the last request sent
         self._response_mark = 0                  # rcv_nxt when that request went out
         self._content_sent = False               # on the current connection
-        # RTT (RFC 6298).
-        self._srtt: float | None = None
-        self._rttvar = 0.0
-        self._rto = config.syn_rto
+        self._rtt = RttEstimator(config.syn_rto, config.min_rto, config.max_rto)
         self._syn_sent_at = 0.0
         self._synchronized = False               # the current connection's SYN-ACK came
         self._ack_packet: pk.Packet | None = None  # the last pure ACK, patched for the next
@@ -329,17 +309,8 @@ class Session:
         self._last_response_at: float | None = None
         self._last_activity_at = 0.0
         self._late_packets = 0
-        # Deadlines (absolute, None when unarmed).
-        self._syn_deadline: float | None = None
-        self._rto_deadline: float | None = None
-        self._delack_deadline: float | None = None
-        self._quiet_deadline: float | None = None
-        self._gap_deadline: float | None = None
-        self._persist_deadline: float | None = None
-        self._reconnect_deadline: float | None = None
-        self._close_deadline: float | None = None
-        self._watchdog_deadline: float | None = None
-        self._linger_deadline: float | None = None
+        # One deadline per timer of session/states.py (absolute, None when unarmed).
+        self._deadlines: list[float | None] = [None] * TIMER_COUNT
 
     # ------------------------------------------------------------------ public interface
 
@@ -376,13 +347,14 @@ class Session:
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next (None: nothing pending)."""
         earliest = None
-        for deadline in (self._syn_deadline, self._rto_deadline, self._delack_deadline,
-                         self._quiet_deadline, self._gap_deadline, self._persist_deadline,
-                         self._reconnect_deadline, self._close_deadline, self._watchdog_deadline,
-                         self._linger_deadline):
+        for deadline in self._deadlines:
             if deadline is not None and (earliest is None or deadline < earliest):
                 earliest = deadline
         return earliest
+
+    def deadline(self, timer: int) -> float | None:
+        """The deadline of one timer of session/states.py (None: not armed)."""
+        return self._deadlines[timer]
 
     def superseded_by(self, pkt: pk.Packet) -> bool:
         """Whether a captured client packet belongs to a new connection on this 4-tuple.
@@ -395,13 +367,14 @@ class Session:
             if self.over:
                 return True
             if self._client_isn is None:
-                return self._next_expected is not None  # a SYN for a session joined mid-stream
+                return self._stream.next_expected is not None  # a SYN for a session joined mid-stream
             return pkt.seq != self._client_isn
-        if self._next_expected is None or pkt.payload_len == 0:
+        expected = self._stream.next_expected
+        if expected is None or pkt.payload_len == 0:
             return False  # only data can show a new connection; a stray ACK or RST cannot
         if self.over:
-            return unwrap(pkt.seq, self._next_expected) >= self._next_expected
-        distance = abs(unwrap(pkt.seq, self._next_expected) - self._next_expected)
+            return unwrap(pkt.seq, expected) >= expected
+        distance = abs(unwrap(pkt.seq, expected) - expected)
         return distance > self.config.conflict_jump
 
     def handle_client(self, pkt: pk.Packet, now: float) -> None:
@@ -434,22 +407,33 @@ class Session:
 
     def handle_timer(self, now: float) -> None:
         """Run every timer whose deadline has passed."""
-        if self._linger_deadline is not None and now >= self._linger_deadline:
-            self._linger_deadline = None
-            self.state = FINISHED
+        linger = self._deadlines[LINGER_TIMER]
+        if linger is not None and now >= linger:
+            self._deadlines[LINGER_TIMER] = None
+            self._enter(LINGER_OVER)
             return
         if self.over:
             return
         self._run_timers(now)
         if not self.over:
             self._arm_watchdog()
-            if self._watchdog_deadline is not None and now >= self._watchdog_deadline:
+            watchdog = self._deadlines[WATCHDOG_TIMER]
+            if watchdog is not None and now >= watchdog:
+                self._deadlines[WATCHDOG_TIMER] = None
                 self._watchdog(now)  # a wait that just ended left -k already expired
 
     def abort(self, now: float, reason: str) -> None:
         """End the session from outside (shutdown, 4-tuple reuse, table eviction)."""
         if not self.over:
             self._drop(now, reason)
+
+    def _enter(self, trigger: str) -> None:
+        """The one place the state changes: by TRANSITIONS in session/states.py (next_state,
+        inlined: it runs a few times in every session)."""
+        new = TRANSITIONS.get((self.state, trigger))
+        if new is None:
+            no_transition(self.state, trigger)
+        self.state = new
 
     # ------------------------------------------------------------------ client side
 
@@ -464,7 +448,7 @@ class Session:
         if flags & pk.SYN:
             self._client_syn(pkt, now)
             return
-        if self._next_expected is None:
+        if self._stream.next_expected is None:
             if pkt.payload_len > 0 and not flags & pk.RST and not self.config.only_full_sessions:
                 self._start_mid_stream(pkt, now)
             else:
@@ -489,36 +473,42 @@ class Session:
         self._pump(now)
 
     def _run_timers(self, now: float) -> None:
-        if self._syn_deadline is not None and now >= self._syn_deadline:
+        """Every expired timer but the linger timer, in the order of session/states.py;
+        each is disarmed before its handler runs (which re-arms it if it must)."""
+        deadlines = self._deadlines
+        for timer in range(LINGER_TIMER):
+            deadline = deadlines[timer]
+            if deadline is not None and now >= deadline:
+                deadlines[timer] = None
+                self._fire(timer, now)
+
+    def _fire(self, timer: int, now: float) -> None:
+        """What each timer does when it expires (TIMERS in session/states.py)."""
+        if timer == SYN_TIMER:
             self._syn_timer(now)
-        if self._reconnect_deadline is not None and now >= self._reconnect_deadline:
-            self._reconnect_deadline = None
+        elif timer == RECONNECT_TIMER:
             self._send_fabricated_syn(now)
-        if self._rto_deadline is not None and now >= self._rto_deadline:
+        elif timer == RTO_TIMER:
             self._rto_timer(now)
-        if self._quiet_deadline is not None and now >= self._quiet_deadline:
-            self._quiet_deadline = None
+        elif timer == QUIET_TIMER:
             self._response_complete(now)
             self._pump(now)  # a request sent now carries the ACK the delayed ACK would
-        if self._delack_deadline is not None and now >= self._delack_deadline:
-            self._delack_deadline = None
+        elif timer == DELACK_TIMER:
             self._send_ack()
-        if self._persist_deadline is not None and now >= self._persist_deadline:
+        elif timer == PERSIST_TIMER:
             self._persist_timer(now)
-        if self._gap_deadline is not None and now >= self._gap_deadline:
-            self._gap_deadline = None
-            if self._held:
+        elif timer == GAP_TIMER:
+            if self._stream.held:
                 self._drop(now, CAPTURE_GAP)
-        if self._close_deadline is not None and now >= self._close_deadline:
-            self._close_deadline = None
+        elif timer == CLOSE_TIMER:
             self._send_rst()
             self._close(now, COMPLETED)
-        if self._watchdog_deadline is not None and now >= self._watchdog_deadline:
+        elif timer == WATCHDOG_TIMER:
             self._watchdog(now)
 
     def _client_syn(self, pkt: pk.Packet, now: float) -> None:
         self.stats.client_syns += 1
-        if self._client_isn is not None or self._next_expected is not None:
+        if self._client_isn is not None or self._stream.next_expected is not None:
             if pkt.seq == self._client_isn:
                 self.stats.client_retransmits_skipped += 1  # we retransmit SYNs ourselves
             return
@@ -526,7 +516,7 @@ class Session:
         self._client_wscale = pkt.wscale
         self._client_window = pkt.window
         self._iss = pkt.seq
-        self._next_expected = pkt.seq + 1
+        self._stream.next_expected = pkt.seq + 1
         self._rewrite_addresses(pkt)
         self._syn = pkt
         self._fabricated = False
@@ -534,7 +524,7 @@ class Session:
 
     def _start_mid_stream(self, pkt: pk.Packet, now: float) -> None:
         """Join a connection whose SYN we never saw (RFC 9293 needs one: we fabricate it)."""
-        self._next_expected = pkt.seq
+        self._stream.next_expected = pkt.seq
         self._iss = pkt.seq - 1
         self._fabricated = True
         self._send_fabricated_syn(now)
@@ -549,24 +539,24 @@ class Session:
         self._client_window = pkt.window
 
     def _accept_client_segment(self, pkt: pk.Packet, now: float) -> None:
-        expected = self._next_expected
-        assert expected is not None   # set by the SYN or the mid-stream start
-        start = unwrap(pkt.seq, expected)
-        if start > expected:
-            self._hold_behind_gap(pkt, start, now)
+        stream = self._stream
+        seg = Segment(pkt, stream.unwrap(pkt.seq))
+        place = stream.place(seg)
+        if place == AHEAD:
+            self._hold_behind_gap(seg, now)
             return
-        seg = _Segment(pkt, start)
-        if seg.end <= expected:
+        if place == OLD:
             self.stats.client_retransmits_skipped += 1
             self._take_fresh_copy(seg)
             return
         # A partial overlap is queued whole: the target trims what it already has
         # (RFC 9293 §3.10.7.4), so the new bytes need no copy.
         self._queue(seg)
-        self._release_held()
+        if stream.held:
+            self._release_held()
         self._check_bounds(now)
 
-    def _take_fresh_copy(self, fresh: _Segment) -> None:
+    def _take_fresh_copy(self, fresh: Segment) -> None:
         """A client retransmission of a segment still waiting for the target's ACK replaces
         the queued copy. The client retransmits when the online server did not take the
         segment, so the first capture may have been damaged on the wire (its checksum is
@@ -580,42 +570,41 @@ class Session:
                     seg.pkt = fresh.pkt
                     return
 
-    def _queue(self, seg: _Segment) -> None:
+    def _queue(self, seg: Segment) -> None:
         pkt = seg.pkt
         self._rewrite_addresses(pkt)
         if pkt.sack_blocks:
             pkt.blank_sack()  # they describe the online server's sequence space
         self._client_window = pkt.window
         self._unsent.append(seg)
-        self._next_expected = seg.end
+        self._stream.next_expected = seg.end
         self._charge(seg.data_len)
         self._client_fin = self._client_fin or seg.fin
 
-    def _hold_behind_gap(self, pkt: pk.Packet, start: int, now: float) -> None:
-        if start not in self._held:
-            self._held[start] = _Segment(pkt, start)
-            self._charge(pkt.payload_len)
-        if self._gap_deadline is None:
-            self._gap_deadline = now + self.config.gap_timeout
+    def _hold_behind_gap(self, seg: Segment, now: float) -> None:
+        if self._stream.hold(seg):
+            self._charge(seg.data_len)
+        if self._deadlines[GAP_TIMER] is None:
+            self._deadlines[GAP_TIMER] = now + self.config.gap_timeout
         self._check_bounds(now)
 
     def _release_held(self) -> None:
         """Move held segments that the stream has now reached into the queue."""
-        while self._held:
-            expected = self._next_expected
+        stream = self._stream
+        while True:
+            expected = stream.next_expected
             assert expected is not None   # segments are held only behind a known position
-            ready = [s for s in self._held if s <= expected]
-            if not ready:
+            reached = stream.take_reached()
+            if not reached:
                 return
-            for start in sorted(ready):
-                seg = self._held.pop(start)
+            for seg in reached:
                 self._release(seg.data_len)
                 if seg.end > expected:
                     self._queue(seg)
                 else:
                     self.stats.client_retransmits_skipped += 1
-            if not self._held:
-                self._gap_deadline = None
+            if not stream.held:
+                self._deadlines[GAP_TIMER] = None
 
     def _charge(self, data_len: int) -> None:
         cost = data_len + SEGMENT_OVERHEAD
@@ -633,7 +622,7 @@ class Session:
     def _check_bounds(self, now: float) -> bool:
         """Drop the session when its buffers pass their bounds, its own or the owner's
         memory budget; True if it was dropped."""
-        segments = len(self._unsent) + len(self._unacked) + len(self._held)
+        segments = len(self._unsent) + len(self._unacked) + len(self._stream.held)
         if segments > self.config.max_segments or self._buffered_bytes > self.config.max_bytes:
             self.abort(now, BUFFER_FULL)
             return True
@@ -657,10 +646,10 @@ class Session:
     # ------------------------------------------------------------------ handshake
 
     def _send_syn(self, now: float) -> None:
-        self.state = SYN_SENT
+        self._enter(SEND_SYN)
         self._synchronized = False
         self._syn_attempts = 0
-        self._rto = self.config.syn_rto
+        self._rtt.restart()
         self._snd_una = self._snd_nxt = self._iss
         self._emit_syn(now)
 
@@ -678,7 +667,7 @@ class Session:
         self.stats.packets_sent += 1
         self._syn_sent_at = now
         self._snd_nxt = self._iss + 1
-        self._syn_deadline = now + self._rto
+        self._deadlines[SYN_TIMER] = now + self._rtt.rto
 
     def _send_fabricated_syn(self, now: float) -> None:
         self.stats.fabricated_syns += 1
@@ -687,11 +676,11 @@ class Session:
 
     def _syn_timer(self, now: float) -> None:
         if self._syn_attempts >= self.config.syn_retries:
-            self._syn_deadline = None
+            self._deadlines[SYN_TIMER] = None
             self._drop(now, SYN_TIMEOUT)  # its RST covers a SYN-ACK lost before intercept
             return
         self._syn_attempts += 1
-        self._rto = min(self._rto * 2, self.config.max_rto)
+        self._rtt.back_off()
         self.stats.syn_retransmits += 1
         self._emit_syn(now)
 
@@ -702,7 +691,7 @@ class Session:
         if flags & pk.RST:
             if acceptable:
                 self.stats.response_resets += 1
-                self._syn_deadline = None
+                self._deadlines[SYN_TIMER] = None
                 self._drop(now, TARGET_REFUSED, reset=False)
             return
         if flags & pk.ACK and not acceptable:
@@ -710,16 +699,16 @@ class Session:
             # challenge ACK: reset it with the sequence number it expects, then retry.
             self.stats.challenge_acks += 1
             self._send_rst(seq=pkt.ack)
-            self._syn_deadline = now + self.config.reconnect_delay
+            self._deadlines[SYN_TIMER] = now + self.config.reconnect_delay
             return
         if flags & pk.SYN and acceptable:
             self._established(pkt, now)
 
     def _established(self, synack: pk.Packet, now: float) -> None:
-        self._syn_deadline = None
+        self._deadlines[SYN_TIMER] = None
         if self._syn_attempts == 0:
-            self._rtt_sample(now - self._syn_sent_at)
-        self._rto = self._current_rto()
+            self._rtt.sample(now - self._syn_sent_at)
+        self._rtt.update_rto()
         self._snd_una = self._snd_nxt = self._iss + 1
         self._rcv_nxt = synack.seq + 1
         # Window scaling and timestamps hold when both SYNs carried them (a fabricated SYN
@@ -737,7 +726,7 @@ class Session:
         self._snd_wnd = synack.window  # never scaled in a SYN (RFC 7323 §2.2)
         self._dupacks = 0
         self._target_fin = False
-        self.state = ESTABLISHED
+        self._enter(SYNACK)
         self._synchronized = True
         self._ack_packet = None                  # this connection's options may differ
         self.stats.established += 1
@@ -803,22 +792,22 @@ class Session:
             self._snd_wnd = window
             if duplicate:
                 self._duplicate_ack(now)
-            elif window and self._persist_deadline is not None:
-                self._persist_deadline = None
+            elif window and self._deadlines[PERSIST_TIMER] is not None:
+                self._deadlines[PERSIST_TIMER] = None
 
     def _ack_advanced(self, ack: int, now: float) -> None:
         self._snd_una = ack
         self._dupacks = 0
         self._fast_retransmitted = False
         self._retransmit_count = 0
-        self._persist_deadline = None
+        self._deadlines[PERSIST_TIMER] = None
         while self._unacked and self._unacked[0].end <= ack:
             seg = self._unacked.popleft()
             self._release(seg.data_len)
             if not seg.retransmitted and seg.sent_at is not None and seg.end == ack:
-                self._rtt_sample(now - seg.sent_at)
-        self._rto = self._current_rto()
-        self._rto_deadline = now + self._rto if self._unacked else None
+                self._rtt.sample(now - seg.sent_at)  # Karn: never from a retransmission
+        self._rtt.update_rto()
+        self._deadlines[RTO_TIMER] = now + self._rtt.rto if self._unacked else None
 
     def _duplicate_ack(self, now: float) -> None:
         """Three duplicate ACKs: the segment at snd_una was lost (RFC 5681 §3.2)."""
@@ -837,10 +826,10 @@ class Session:
         # not see: the replay needs the target's answer to move on, not its bytes.
         self._rcv_nxt = end
         if self._awaiting_response:
-            self._quiet_deadline = now + self._quiet_period()
+            self._deadlines[QUIET_TIMER] = now + self._quiet_period()
         self._unacked_responses += 1
-        if self._delack_deadline is None:
-            self._delack_deadline = now + self.config.delayed_ack
+        if self._deadlines[DELACK_TIMER] is None:
+            self._deadlines[DELACK_TIMER] = now + self.config.delayed_ack
 
     def _process_target_fin(self, pkt: pk.Packet, now: float) -> None:
         self.stats.response_fins += 1
@@ -862,7 +851,7 @@ class Session:
             return
         # The target closed first and the client has nothing more to say yet: wait for the
         # client's own FIN (or more data, which reconnects), but not forever.
-        self._close_deadline = now + self.config.close_wait
+        self._deadlines[CLOSE_TIMER] = now + self.config.close_wait
         self._pump(now)
 
     def _target_reset(self, now: float) -> None:
@@ -909,11 +898,10 @@ class Session:
         self._iss = self._snd_una - 1
         self._fin_sent = False
         self._awaiting_response = False
-        for name in ("_rto_deadline", "_delack_deadline", "_quiet_deadline",
-                     "_persist_deadline", "_close_deadline", "_syn_deadline"):
-            setattr(self, name, None)
-        self.state = RECONNECTING
-        self._reconnect_deadline = now + self.config.reconnect_delay
+        for timer in CONNECTION_TIMERS:
+            self._deadlines[timer] = None
+        self._enter(RECONNECT)
+        self._deadlines[RECONNECT_TIMER] = now + self.config.reconnect_delay
 
     # ------------------------------------------------------------------ sending
 
@@ -936,13 +924,13 @@ class Session:
             self._send_rst()
             self._close(now, CLIENT_RESET)
 
-    def _starts_new_request(self, seg: _Segment) -> bool:
+    def _starts_new_request(self, seg: Segment) -> bool:
         """A content segment whose captured ACK moved: the client had seen a response."""
         if seg.data_len == 0 and not seg.fin:
             return False
         return self._request_ack is not None and seg.captured_ack != self._request_ack
 
-    def _response_reached(self, seg: _Segment) -> bool:
+    def _response_reached(self, seg: Segment) -> bool:
         """The target has sent at least as much as the online server had when the client
         sent ``seg``: the response is complete, no need to wait for the quiet period."""
         request_ack = self._request_ack
@@ -950,17 +938,17 @@ class Session:
         expected = (seg.captured_ack - request_ack) & 0xFFFFFFFF
         return expected < (1 << 31) and self._rcv_nxt - self._response_mark >= expected
 
-    def _window_allows(self, seg: _Segment, now: float) -> bool:
+    def _window_allows(self, seg: Segment, now: float) -> bool:
         in_flight = self._snd_nxt - self._snd_una
         if self._snd_wnd == 0:
-            if self._persist_deadline is None:
-                self._persist_deadline = now + self._rto
+            if self._deadlines[PERSIST_TIMER] is None:
+                self._deadlines[PERSIST_TIMER] = now + self._rtt.rto
             return False
         if in_flight and seg.end - self._snd_una > self._snd_wnd:
             return False
         return True
 
-    def _send_segment(self, seg: _Segment, now: float) -> None:
+    def _send_segment(self, seg: Segment, now: float) -> None:
         new_request = bool(seg.data_len) and (not self._content_sent or self._starts_new_request(seg))
         self._transmit(seg, now)
         self._snd_nxt = max(self._snd_nxt, seg.end)
@@ -970,20 +958,20 @@ class Session:
             self.stats.content_packets_sent += 1
         if seg.fin:
             self._fin_sent = True
-            self._close_deadline = None
+            self._deadlines[CLOSE_TIMER] = None
             self.stats.fins_sent += 1
         if seg.data_len or seg.fin:
             if new_request:
                 self._content_sent = True
                 self.stats.requests_sent += 1
-                self._events.append(RequestSent(now, seg.captured_ack, self._rcv_nxt, seg.request_head()))
+                self._events.append(RequestSent(now, seg.captured_ack, self._rcv_nxt, seg.head(REQUEST_HEAD)))
                 self._awaiting_response = True
                 self._response_mark = self._rcv_nxt
             self._request_ack = seg.captured_ack
-        if self._rto_deadline is None:
-            self._rto_deadline = now + self._rto
+        if self._deadlines[RTO_TIMER] is None:
+            self._deadlines[RTO_TIMER] = now + self._rtt.rto
 
-    def _transmit(self, seg: _Segment, now: float) -> None:
+    def _transmit(self, seg: Segment, now: float) -> None:
         """Stamp our view of the connection into a client segment and send it."""
         pkt = seg.pkt
         pkt.set_ack(wrap(self._rcv_nxt))
@@ -994,7 +982,7 @@ class Session:
         if self._ts_ok and pkt.ts_off is not None:
             pkt.set_timestamps(self._monotonic_tsval(pkt.tsval), self._ts_recent)
         self._unacked_responses = 0
-        self._delack_deadline = None
+        self._deadlines[DELACK_TIMER] = None
         seg.sent_at = now
         self.outbox.append(pkt.to_bytes())
 
@@ -1009,32 +997,32 @@ class Session:
     def _rto_timer(self, now: float) -> None:
         """RFC 6298 §5: retransmit the oldest unacknowledged segment and back off."""
         if not self._unacked:
-            self._rto_deadline = None
+            self._deadlines[RTO_TIMER] = None
             return
         if self._retransmit_count >= self.config.max_retransmits:
-            self._rto_deadline = None
+            self._deadlines[RTO_TIMER] = None
             self._drop(now, RETRANSMIT_LIMIT)
             return
         self._retransmit_count += 1
-        self._rto = min(self._rto * 2, self.config.max_rto)
+        self._rtt.back_off()
         self._retransmit_first(now)
-        self._rto_deadline = now + self._rto
+        self._deadlines[RTO_TIMER] = now + self._rtt.rto
 
     def _persist_timer(self, now: float) -> None:
         """Zero window: probe with an out-of-window ACK so the target reports its window
         (RFC 9293 §3.8.6.1), backing off like the RTO."""
         if self._snd_wnd:
-            self._persist_deadline = None
+            self._deadlines[PERSIST_TIMER] = None
             self._pump(now)
             return
         self.stats.window_probes += 1
         self._send_ack(seq=self._snd_una - 1)
-        self._rto = min(self._rto * 2, self.config.max_rto)  # reset when an ACK advances
-        self._persist_deadline = now + self._rto
+        self._rtt.back_off()  # undone when an ACK advances
+        self._deadlines[PERSIST_TIMER] = now + self._rtt.rto
 
     def _send_ack(self, seq: int | None = None) -> None:
         self._unacked_responses = 0
-        self._delack_deadline = None
+        self._deadlines[DELACK_TIMER] = None
         if self._synchronized:
             self._emit_ack(self._snd_nxt if seq is None else seq)
         else:
@@ -1097,10 +1085,10 @@ class Session:
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         return self._ip_id
 
-    # ------------------------------------------------------------------ pacing and RTT
+    # ------------------------------------------------------------------ pacing
 
     def _response_complete(self, now: float) -> None:
-        self._quiet_deadline = None
+        self._deadlines[QUIET_TIMER] = None
         if not self._awaiting_response:
             return
         self._awaiting_response = False
@@ -1109,25 +1097,8 @@ class Session:
 
     def _quiet_period(self) -> float:
         cfg = self.config
-        srtt = self._srtt if self._srtt is not None else cfg.quiet_min
+        srtt = self._rtt.smoothed_or(cfg.quiet_min)
         return min(max(cfg.quiet_rtt_factor * srtt, cfg.quiet_min), cfg.quiet_max)
-
-    def _rtt_sample(self, rtt: float) -> None:
-        """RFC 6298 §2: smoothed RTT and its variation (Karn: never from retransmissions)."""
-        if rtt < 0:
-            return
-        if self._srtt is None:
-            self._srtt = rtt
-            self._rttvar = rtt / 2
-        else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
-            self._srtt = 0.875 * self._srtt + 0.125 * rtt
-
-    def _current_rto(self) -> float:
-        if self._srtt is None:
-            return self.config.syn_rto
-        rto = self._srtt + max(0.001, 4 * self._rttvar)
-        return min(max(rto, self.config.min_rto), self.config.max_rto)
 
     # ------------------------------------------------------------------ endings
 
@@ -1135,8 +1106,8 @@ class Session:
         """Both FINs sent and acknowledged: a clean close."""
         if self._fin_sent and self._target_fin and self._snd_una >= self._snd_nxt:
             self._close(now, COMPLETED)
-        elif self._fin_sent and self._snd_una >= self._snd_nxt and self._close_deadline is None:
-            self._close_deadline = now + self.config.close_wait
+        elif self._fin_sent and self._snd_una >= self._snd_nxt and self._deadlines[CLOSE_TIMER] is None:
+            self._deadlines[CLOSE_TIMER] = now + self.config.close_wait
 
     def _watchdog(self, now: float) -> None:
         """-t: the target has been silent too long while we wait on it.
@@ -1160,7 +1131,7 @@ class Session:
     def _waiting_on_target(self) -> bool:
         """Client data is queued, unacknowledged or held, a request awaits its response,
         or the connection is not up yet."""
-        return bool(self._unsent or self._unacked or self._held or self._request_outstanding()
+        return bool(self._unsent or self._unacked or self._stream.held or self._request_outstanding()
                     or self.state != ESTABLISHED)
 
     def _request_outstanding(self) -> bool:
@@ -1170,12 +1141,12 @@ class Session:
         """-t counts from the target's last packet while we wait on it, -k from the last
         packet of either side otherwise."""
         if self.state == IDLE:
-            self._watchdog_deadline = None  # nothing started, nothing to time out
+            self._deadlines[WATCHDOG_TIMER] = None  # nothing started, nothing to time out
         elif self._waiting_on_target():
             assert self._last_response_at is not None   # the first client packet set it
-            self._watchdog_deadline = self._last_response_at + self.config.session_timeout
+            self._deadlines[WATCHDOG_TIMER] = self._last_response_at + self.config.session_timeout
         else:
-            self._watchdog_deadline = self._last_activity_at + self.config.keepalive_timeout
+            self._deadlines[WATCHDOG_TIMER] = self._last_activity_at + self.config.keepalive_timeout
 
     def _close(self, now: float, reason: str) -> None:
         self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
@@ -1185,7 +1156,7 @@ class Session:
     def _drop(self, now: float, reason: str, reset: bool = True) -> None:
         """An abnormal end. The RST frees the target's socket (TCPCopy leaves half-open
         connections behind when it forgets it)."""
-        if reset and self.state in (SYN_SENT, ESTABLISHED):
+        if reset and self.state in CONNECTED:
             self._send_rst()
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
         self.drop_reason = reason
@@ -1193,14 +1164,13 @@ class Session:
         self._linger(now)
 
     def _linger(self, now: float) -> None:
-        for name in ("_syn_deadline", "_rto_deadline", "_delack_deadline", "_quiet_deadline",
-                     "_gap_deadline", "_persist_deadline", "_reconnect_deadline",
-                     "_close_deadline", "_watchdog_deadline"):
-            setattr(self, name, None)
+        deadlines = self._deadlines
+        for timer in range(TIMER_COUNT):
+            deadlines[timer] = None
         self._unsent.clear()
         self._unacked.clear()
-        self._held.clear()
+        self._stream.held.clear()
         self.budget.used -= self._buffered_bytes
         self._buffered_bytes = 0
-        self.state = LINGER
-        self._linger_deadline = now + self.config.linger
+        self._enter(END)
+        self._deadlines[LINGER_TIMER] = now + self.config.linger

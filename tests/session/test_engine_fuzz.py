@@ -111,7 +111,7 @@ class Trace:
 
         def watched(now):
             peak[0] = max(peak[0], len(session._unsent) + len(session._unacked)
-                          + len(session._held))
+                          + len(session._stream.held))
             return check_bounds(now)
 
         try:
@@ -189,7 +189,7 @@ class Trace:
                 assert any(p.flags & pk.RST for p in packets), (ends, packets)
 
         # Buffers: at most one segment past the bound, and then the session is gone.
-        segments = len(session._unsent) + len(session._unacked) + len(session._held)
+        segments = len(session._unsent) + len(session._unacked) + len(session._stream.held)
         assert segments <= cfg.max_segments, segments
         if peak is None:   # not observed (compiled): the bound after the step still holds
             peak = segments

@@ -15,6 +15,7 @@ from tcpcopy.session.engine import (
     Closed, Dropped, Endpoint, Established, Reconnecting, RequestSent, ResponseCompleted,
     should_start_session, SessionConfig,
 )
+from tcpcopy.session.states import GAP_TIMER, RTO_TIMER
 from tests.session.replay import (
     A, C_ISN, FA, O_ISN, ONLINE, PA, RA, REAL_CLIENT, REAL_CLIENT_PORT, SA, T_ISN, TARGET_PORT, Replay,
     seg,
@@ -217,7 +218,7 @@ def test_data_is_retransmitted_on_rto_with_exponential_backoff():
     assert [seg(p) for p in r.timer(0.62)] == [seg(sent[0])]
     assert r.deadline == pytest.approx(1.42)   # 0.8 s
     r.target(1.0, A, T_ISN + 1, C_ISN + 1 + len(GET))
-    assert r.session._rto_deadline is None
+    assert r.session.deadline(RTO_TIMER) is None
     assert r.stats.retransmits == 2
 
 
@@ -329,7 +330,7 @@ def test_reordered_capture_is_sent_in_order():
     assert r.client(0.02, PA, C_ISN + 101, O_ISN + 1, chunk) == []  # the gap holds it
     out = r.client(0.021, PA, C_ISN + 1, O_ISN + 1, chunk)
     assert [p.seq for p in out] == [C_ISN + 1, C_ISN + 101]
-    assert r.session._gap_deadline is None
+    assert r.session.deadline(GAP_TIMER) is None
 
 
 def test_a_capture_gap_waits_a_bounded_time_then_drops_the_session():

@@ -11,7 +11,8 @@ PURE_MODULES = [ROOT / "session" / "engine.py", ROOT / "session" / "seqnum.py",
                 ROOT / "session" / "shedding.py", ROOT / "session" / "table.py",
                 ROOT / "session" / "orphans.py", ROOT / "session" / "comparing.py",
                 ROOT / "session" / "kernelskip.py", ROOT / "cluster" / "shard.py",
-                ROOT / "cluster" / "progress.py"]
+                ROOT / "cluster" / "progress.py", ROOT / "session" / "states.py",
+                ROOT / "session" / "stream.py", ROOT / "session" / "rtt.py"]
 BANNED = {"socket", "zmq", "pcap", "psutil", "time", "datetime", "select", "selectors",
           "asyncio", "threading", "multiprocessing", "subprocess", "os", "random", "scapy"}
 

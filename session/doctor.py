@@ -41,7 +41,6 @@ import json
 import secrets
 import select
 import socket
-import struct
 import sys
 import time
 import uuid
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 import zmq
 
 from tcpcopy.capture import packet as pk
+from tcpcopy.capture.icmp import IcmpError, parse_icmp_error
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, dispatch, open_live
 from tcpcopy.cluster import wire
@@ -104,35 +104,6 @@ class _Probe:
     answer: pk.Packet | None = None
     answered_by: str = ""
     elapsed: float = 0.0
-
-
-@dataclass
-class _Icmp:
-    sender: str
-    type: int
-    code: int
-    version: int
-    src: bytes       # the quoted packet's addresses and ports
-    dst: bytes
-    sport: int
-    dport: int
-
-    def describe(self) -> str:
-        names = _ICMP4_NAMES if self.version == 4 else _ICMP6_NAMES
-        name = names.get((self.type, self.code)) or names.get((self.type, None)) or "error"
-        kind = "ICMP" if self.version == 4 else "ICMPv6"
-        return f"{kind} {name} (type {self.type} code {self.code}) from {self.sender}"
-
-
-_ICMP4_NAMES = {(3, 0): "net unreachable", (3, 1): "host unreachable", (3, 2): "protocol unreachable",
-                (3, 3): "port unreachable", (3, 4): "fragmentation needed",
-                (3, 9): "network administratively prohibited", (3, 10): "host administratively prohibited",
-                (3, 13): "communication administratively prohibited", (3, None): "destination unreachable",
-                (11, 0): "time exceeded in transit", (11, None): "time exceeded", (12, None): "parameter problem"}
-_ICMP6_NAMES = {(1, 0): "no route to destination", (1, 1): "administratively prohibited",
-                (1, 3): "address unreachable", (1, 4): "port unreachable", (1, None): "destination unreachable",
-                (2, None): "packet too big", (3, 0): "hop limit exceeded in transit", (3, None): "time exceeded",
-                (4, None): "parameter problem"}
 
 
 class Doctor:
@@ -529,7 +500,7 @@ class _Observer:
         self.handle = handle
         self.linktype = handle.datalink()
         self.tcp: list[pk.Packet] = []
-        self.icmp: list[_Icmp] = []
+        self.icmp: list[IcmpError] = []
 
     @classmethod
     def open(cls, device: str, bpf: str) -> "_Observer | None":
@@ -547,7 +518,7 @@ class _Observer:
                 ip = bytes(frame[pk.ip_offset(frame, self.linktype):])
             except pk.PacketError:
                 return
-            icmp = _parse_icmp(ip)
+            icmp = parse_icmp_error(ip)
             if icmp is not None:
                 self.icmp.append(icmp)
                 return
@@ -575,44 +546,12 @@ class _Observer:
                 return p
         return None
 
-    def icmp_about(self, ep: Endpoint) -> _Icmp | None:
+    def icmp_about(self, ep: Endpoint) -> IcmpError | None:
         for icmp in self.icmp:
             if (icmp.src == ep.client_ip and icmp.dst == ep.target_ip and icmp.sport == ep.client_port
                     and icmp.dport == ep.target_port):
                 return icmp
         return None
-
-
-def _parse_icmp(ip: bytes) -> _Icmp | None:
-    """An ICMP(v6) error quoting a TCP packet, or None."""
-    try:
-        if ip[0] >> 4 == 4:
-            ihl = (ip[0] & 0x0F) * 4
-            if ip[9] != 1:
-                return None
-            icmp = ip[ihl:]
-            if icmp[0] not in (3, 11, 12):
-                return None
-            inner = icmp[8:]
-            inner_ihl = (inner[0] & 0x0F) * 4
-            if inner[0] >> 4 != 4 or inner[9] != 6:
-                return None
-            sport, dport = struct.unpack_from("!HH", inner, inner_ihl)
-            return _Icmp(_addr(ip[12:16]), icmp[0], icmp[1], 4, inner[12:16], inner[16:20], sport, dport)
-        if ip[0] >> 4 == 6:
-            if ip[6] != 58:
-                return None
-            icmp = ip[40:]
-            if icmp[0] not in (1, 2, 3, 4):
-                return None
-            inner = icmp[8:]
-            if inner[0] >> 4 != 6 or inner[6] != 6:
-                return None
-            sport, dport = struct.unpack_from("!HH", inner, 40)
-            return _Icmp(_addr(ip[8:24]), icmp[0], icmp[1], 6, inner[8:24], inner[24:40], sport, dport)
-    except (IndexError, struct.error):
-        return None
-    return None
 
 
 def _first_packet(handle, wait: float) -> pk.Packet | None:
@@ -764,7 +703,7 @@ def _send_failure(failed: dict, target: str, port: int) -> str:
     return f"the raw send failed ({names})"
 
 
-def _icmp_fix(icmp: _Icmp, target_text: str) -> str:
+def _icmp_fix(icmp: IcmpError, target_text: str) -> str:
     if (icmp.version, icmp.type) in ((4, 3), (6, 1)) and icmp.code in ((9, 10, 13) if icmp.version == 4 else (1,)):
         return f"a firewall at {icmp.sender} rejects the replayed packets: allow them to {target_text}"
     if (icmp.version, icmp.type) in ((4, 11), (6, 3)):

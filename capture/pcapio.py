@@ -70,15 +70,3 @@ def dispatch(handle, linktype: int, on_packet, *, headers_only: bool = False) ->
 
     handle.dispatch(-1, each)
     return delivered, malformed
-
-
-def filter_compiles(bpf: str) -> bool:
-    """A syntax check before any device is opened (or a process daemonized): the filter must
-    compile for at least one link type a capture device can have."""
-    for linktype in (pcap.DLT_EN10MB, pcap.DLT_LINUX_SLL, pcap.DLT_RAW):
-        try:
-            pcap.bpf(bpf.encode(), linktype)
-            return True
-        except OSError:
-            continue
-    return False

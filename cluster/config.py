@@ -479,7 +479,7 @@ def _check_filters(source: str, config: ClusterConfig) -> None:
 
 def _compiles(bpf: str) -> bool:
     """The filter compiles for a link type a capture device can have (no device opened)."""
-    from tcpcopy.capture.pcapio import filter_compiles   # needs libpcap: imported when used
+    from tcpcopy.cluster.bpfcheck import filter_compiles   # needs libpcap: imported when used
 
     return filter_compiles(bpf)
 

@@ -26,7 +26,8 @@ import sys
 
 import zmq
 
-from tcpcopy.capture.pcapio import CaptureError, filter_compiles
+from tcpcopy.capture.pcapio import CaptureError
+from tcpcopy.cluster.bpfcheck import filter_compiles
 from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
 from tcpcopy.cluster.curve import (KeyFileError, KeyLayout, add_server_key_flags, client_keys_from_flags,
                                    plain_warning, server_keys_from_flags)

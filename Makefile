@@ -58,17 +58,17 @@ fuzz: venv
 	done
 
 demo: deps venv
-	$(BIN)/python -m tcpcopy.deploy.demo
+	$(BIN)/python -m tcpcopy.lab.demo
 
 bench: deps venv
-	$(BIN)/python -m tcpcopy.deploy.benchmark $(BENCH_ARGS)
+	$(BIN)/python -m tcpcopy.lab.benchmark $(BENCH_ARGS)
 
 soak: deps venv
-	$(BIN)/python -m tcpcopy.deploy.benchmark --soak 600 --json bench/soak.json
+	$(BIN)/python -m tcpcopy.lab.benchmark --soak 600 --json bench/soak.json
 
 profile: deps venv
 	$(BIN)/pip install -q py-spy
-	$(BIN)/python -m tcpcopy.deploy.profile $(PROFILE_ARGS)
+	$(BIN)/python -m tcpcopy.lab.profile $(PROFILE_ARGS)
 
 # The hot path compiled with mypyc (setup.py), in a venv of its own and as a regular
 # install: compiled modules beside the sources would hide later edits of the .py files.
@@ -84,10 +84,10 @@ test-compiled: compiled
 	$(COMPILED)/bin/pytest -q -p no:cacheprovider -m "not lab" tests/capture tests/session
 
 replay-demo: deps venv
-	$(BIN)/python -m tcpcopy.deploy.replay_demo
+	$(BIN)/python -m tcpcopy.lab.replay_demo
 
 lab-down: venv
-	$(BIN)/python -m tcpcopy.deploy.lab down
+	$(BIN)/python -m tcpcopy.lab.netns down
 
 clean:
 	rm -rf $(VENV) $(COMPILED) .pytest_cache .hypothesis

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.editable_wheel import editable_wheel
 
 HOT_PATH = [
     "capture/packet.py",    # decode, checksums, the set_* rewrites, to_bytes
@@ -75,13 +76,28 @@ def hot_path_extensions() -> list:
     return mypycify(["--explicit-package-bases", *hot], opt_level="3", group_name=GROUP)
 
 
-def forget_stale_extensions() -> None:
-    """setuptools packs whatever build/lib* holds: a module compiled by an earlier build
-    (since dropped from HOT_PATH, or a pure build after a compiled one) must not come along."""
+def forget_earlier_builds() -> None:
+    """setuptools packs whatever build/lib* holds: a module an earlier build copied there (a
+    module since moved or removed, one compiled by a build since dropped from HOT_PATH, or a
+    pure build after a compiled one) must not come along, so every build starts empty."""
     for lib in Path("build").glob("lib*"):
-        for path in [*lib.glob(f"{GROUP}__mypyc*"), *lib.glob("tcpcopy/**/*.so")]:
+        shutil.rmtree(lib / "tcpcopy", ignore_errors=True)
+        for path in lib.glob(f"{GROUP}__mypyc*"):
             path.unlink()
 
 
-forget_stale_extensions()
-setup(ext_modules=hot_path_extensions())
+class editable_with_lab(editable_wheel):
+    """An editable install (``pip install -e .``, what a checkout uses) also maps the lab
+    (lab/) as tcpcopy.lab, so `python -m tcpcopy.lab.demo`, the benchmark and the tests find
+    it. A wheel is built from pyproject.toml's package list alone, which leaves it out: no
+    online host installs the namespace lab, the test servers or the benchmark."""
+
+    def run(self):
+        dist = self.distribution
+        dist.packages = [*dist.packages, "tcpcopy.lab"]
+        dist.package_dir = {**(dist.package_dir or {}), "tcpcopy.lab": "lab"}
+        super().run()
+
+
+forget_earlier_builds()
+setup(ext_modules=hot_path_extensions(), cmdclass={"editable_wheel": editable_with_lab})

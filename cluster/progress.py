@@ -5,7 +5,7 @@ Pure: the caller passes the time and the stream's ``write``. Who prints where:
 - ``tcpcopy --offline`` (its capture worker): :class:`ReplayProgress`, a line every few
   seconds on stderr while stderr is a terminal; quiet otherwise (a script, a test or a log
   file gets only the lines that matter, and a daemon has no terminal).
-- the benchmark and the soak (``deploy/benchmark.py``): a line per run, and one every 30 s
+- the benchmark and the soak (``lab/benchmark.py``): a line per run, and one every 30 s
   of the soak, on stderr whatever it is: they are long lab jobs whose logs are read
   afterwards, and a line that seldom is no noise there.
 """

@@ -57,7 +57,7 @@ KIND_NAMES = {HELLO: "HELLO", PACKETS: "PACKETS", REGISTER: "REGISTER",
               STATS: "STATS", BYE: "BYE", SKIP: "SKIP", HANDOVER: "HANDOVER",
               WATCH: "WATCH", ANSWERS: "ANSWERS", ONLINE_ANSWERS: "ONLINE_ANSWERS"}
 
-ROLES = ("capture", "owner", "intercept", "cluster", "hub")   # hub: the stats hub (cluster/hub.py)
+ROLES = ("capture", "owner", "intercept", "cluster", "hub")   # hub: the stats hub (cluster/ops/hub.py)
 
 # The largest legitimate values, each with a margin.
 TEXT_MAX = 4096             # identity, instance, BYE reason (a capture identity holds a path)

@@ -1,1 +1,1 @@
-"""tcpcopy.deploy"""
+"""tcpcopy.deploy: what an operator deploys (sample config, units, dashboards); no code."""

@@ -5,10 +5,10 @@
 #   nginx-light  the real HTTP server of the lab
 #   ethtool      turns off segmentation offloads on lab veths
 #   curl         a real HTTP client for lab checks
-#   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (deploy/load.py)
+#   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (lab/load.py)
 #   socat        runs the lab's server-first greeter, one handler per connection
 #   supervisor   supervisord, which tcpcopy-cluster renders a config for and launches
-#   redis-server the lab's Redis, a small-message protocol on persistent connections (deploy/kvstore.py)
+#   redis-server the lab's Redis, a small-message protocol on persistent connections (lab/kvstore.py)
 #   redis-tools  redis-benchmark and redis-cli, its bounded load and its counters
 set -euo pipefail
 wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor

@@ -12,63 +12,21 @@ Fields used: ``request_method``, ``uri``, ``request_uri``, ``status``, ``time``,
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tcpcopy.cluster.ops.accesscounts import by_connection, by_request, by_second, by_status, loss_ratio
+
 Entry = Mapping[str, Any]
 Request = tuple[str, str]  # (method, request_uri)
 Peer = tuple[str, int]  # (remote_addr, remote_port)
 
-
-# --------------------------------------------------------------------------- counts
-
-
-def by_request(entries: Iterable[Entry]) -> Counter[tuple[str, str]]:
-    """Requests per ``(method, uri)``."""
-    return Counter((e["request_method"], e["uri"]) for e in entries)
-
-
-def by_status(entries: Iterable[Entry]) -> Counter[int]:
-    """Requests per HTTP status."""
-    return Counter(e["status"] for e in entries)
-
-
-def by_connection(entries: Iterable[Entry]) -> Counter[int]:
-    """Requests per connection (nginx's connection serial)."""
-    return Counter(e["connection"] for e in entries)
-
-
-def by_second(entries: Iterable[Entry], origin: float | None = None) -> dict[int, int]:
-    """Requests per whole second since ``origin`` (default: the first request's time).
-
-    Every second from the first to the last is present, with 0 where nothing was logged, so
-    a gap in the load shows.
-    """
-    times = [e["time"] for e in entries]
-    if not times:
-        return {}
-    start = min(times) if origin is None else origin
-    counts = Counter(math.floor(t - start) for t in times)
-    return {second: counts.get(second, 0) for second in range(min(counts), max(counts) + 1)}
-
-
-def loss_ratio(online_requests: int, target_requests: int, copies: int = 1) -> float:
-    """The share of expected target requests that did not arrive.
-
-    Expected = ``online_requests * copies``; the ratio is (expected - target) / expected, 0
-    when nothing was expected, negative when the target saw more than expected.
-    """
-    if online_requests < 0 or target_requests < 0:
-        raise ValueError(f"request counts cannot be negative: online {online_requests}, target {target_requests}")
-    if copies < 1:
-        raise ValueError(f"copies must be at least 1, got {copies}")
-    expected = online_requests * copies
-    if expected == 0:
-        return 0.0
-    return (expected - target_requests) / expected
+# The counts are the run report's too, so they live beside it; the lab names them here.
+__all__ = ["by_request", "by_status", "by_connection", "by_second", "loss_ratio", "OrderFault",
+           "order_faults", "ClientConnection", "client_connections", "SequenceMatch",
+           "match_by_peer", "match_by_sequence"]
 
 
 # --------------------------------------------------------------------------- order on a connection

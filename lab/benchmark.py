@@ -3,13 +3,13 @@ TCPCopy and by this project on the same topology in the same run, judged against
 project's targets (ratios to the C tool where CPU is concerned), written as tables and a
 JSON file.
 
-    python -m tcpcopy.deploy.benchmark [--repeat 3] [--seconds 10] [--only short-2500,redis]
+    python -m tcpcopy.lab.benchmark [--repeat 3] [--seconds 10] [--only short-2500,redis]
                                        [--no-c] [--c-dir /tmp/c-tcpcopy] [--shape 1,1,1]
                                        [--json bench/results.json]
-    python -m tcpcopy.deploy.benchmark --soak 600      # RSS over a long copy
+    python -m tcpcopy.lab.benchmark --soak 600      # RSS over a long copy
 
 The C tool (tcpcopy 1.3.0 + intercept 1.0.0) is built once from the source archives beside
-the project (``deploy/ctool.py``); without a compiler, or with ``--no-c``, the suite measures
+the project (``lab/ctool.py``); without a compiler, or with ``--no-c``, the suite measures
 this project alone and says so. For every scenario and every repeat both tools run, one
 after the other (C first on odd repeats, this project first on even ones), each in a fresh
 lab (so no TIME_WAIT of an earlier run narrows the client's ports) with fresh servers:
@@ -61,15 +61,15 @@ from typing import Any
 import psutil
 
 from tcpcopy.cluster.progress import about_left, duration
-from tcpcopy.deploy import accesslog, ctool, load
-from tcpcopy.deploy.clustercopy import ClusterCopy, ClusterCopyError
-from tcpcopy.deploy.ctool import CCopy, CTool, CToolError
-from tcpcopy.deploy.kvstore import MAX_SECONDS as KV_MAX_SECONDS
-from tcpcopy.deploy.kvstore import KvLoadError, Redis, redis_benchmark, wait_until_quiet
-from tcpcopy.deploy.lab import (CLIENT, ONLINE, ONLINE_ADDRESS, TARGET, TARGET_ADDRESS, LabError,
+from tcpcopy.lab import accesslog, ctool, load
+from tcpcopy.lab.clustercopy import ClusterCopy, ClusterCopyError
+from tcpcopy.lab.ctool import CCopy, CTool, CToolError
+from tcpcopy.lab.kvstore import MAX_SECONDS as KV_MAX_SECONDS
+from tcpcopy.lab.kvstore import KvLoadError, Redis, redis_benchmark, wait_until_quiet
+from tcpcopy.lab.netns import (CLIENT, ONLINE, ONLINE_ADDRESS, TARGET, TARGET_ADDRESS, LabError,
                                 four_host)
-from tcpcopy.deploy.livecopy import ONLINE_PORT, TARGET_PORT
-from tcpcopy.deploy.servers import Nginx, ServerError
+from tcpcopy.lab.livecopy import ONLINE_PORT, TARGET_PORT
+from tcpcopy.lab.servers import Nginx, ServerError
 
 # What a run can fail with: the suite names it, goes on with the next run and keeps the rest.
 RUN_ERRORS = (load.LoadError, KvLoadError, ClusterCopyError, CToolError, LabError, ServerError)
@@ -763,7 +763,7 @@ def _scenarios(text: str) -> list[Scenario]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.benchmark",
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.benchmark",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", type=_scenarios, default=list(SCENARIOS), metavar="NAMES",
                         help=f"comma-separated scenarios (default: {', '.join(s.name for s in SCENARIOS)}; "

@@ -2,11 +2,11 @@
 
 ``ClusterCopy`` writes one cluster TOML (``deploy/cluster-sample.toml`` explains every key)
 into a temporary directory of its own, starts the assistant role (the intercepts) with
-``python -m tcpcopy.cluster.main start CONFIG --role assistant`` inside the assistant host
+``python -m tcpcopy.cluster.ops.main start CONFIG --role assistant`` inside the assistant host
 and then the online role (session owners and capture workers) inside the online host, and
 waits until the capture is live: every process RUNNING and every owner told by each capture
 worker that it is feeding it. Beside nginx online (port 80) and at the target (port 8080),
-like :class:`~tcpcopy.deploy.livecopy.LiveCopy`.
+like :class:`~tcpcopy.lab.livecopy.LiveCopy`.
 
 Afterwards it reads what a user reads: ``status`` of each role, the programs' logs under
 ``<supervisor.dir>/<role>/`` (the owners' final stats line and outcomes, the intercepts' and
@@ -41,15 +41,15 @@ from typing import Any
 
 import psutil
 
-from tcpcopy.cluster import supervisor
+from tcpcopy.cluster.ops import supervisor
 from tcpcopy.cluster.config import load_config
-from tcpcopy.deploy import accesslog
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
+from tcpcopy.lab import accesslog
+from tcpcopy.lab.netns import (ASSISTANT, ASSISTANT_ADDRESS, CLIENT, ONLINE, ONLINE_ADDRESS, TARGET,
                                 TARGET_ADDRESS, Lab, LabError)
-from tcpcopy.deploy.livecopy import (ONLINE_PORT, TARGET_PORT, CopyFigures, ProcessFigures, _peak_rss_mb,
+from tcpcopy.lab.livecopy import (ONLINE_PORT, TARGET_PORT, CopyFigures, ProcessFigures, _peak_rss_mb,
                                      process_lines)
-from tcpcopy.deploy.rundirs import remove_run_dir
-from tcpcopy.deploy.servers import Nginx
+from tcpcopy.lab.rundirs import remove_run_dir
+from tcpcopy.lab.servers import Nginx
 
 BASE_PORT = 36524
 READY_TIMEOUT = 20.0
@@ -170,7 +170,7 @@ class ClusterCopy:
         }
         if self.keys_dir:
             sections["security"] = {"keys_dir": self.keys_dir}
-        lines = [f"# written by tcpcopy.deploy.clustercopy for cluster {self.name!r} in lab {self.lab.tag}"]
+        lines = [f"# written by tcpcopy.lab.clustercopy for cluster {self.name!r} in lab {self.lab.tag}"]
         for section, keys in sections.items():
             lines.append(f"\n[{section}]")
             lines.extend(f"{key} = {_toml(value)}" for key, value in keys.items())
@@ -210,8 +210,8 @@ class ClusterCopy:
         return ONLINE if role == "online" else ASSISTANT
 
     def cli(self, action: str, role: str, *extra: str, check: bool = True, timeout: float = 30.0):
-        """``python -m tcpcopy.cluster.main ACTION CONFIG --role ROLE`` inside the role's host."""
-        argv = [sys.executable, "-m", "tcpcopy.cluster.main", action, str(self.config_path), "--role", role, *extra]
+        """``python -m tcpcopy.cluster.ops.main ACTION CONFIG --role ROLE`` inside the role's host."""
+        argv = [sys.executable, "-m", "tcpcopy.cluster.ops.main", action, str(self.config_path), "--role", role, *extra]
         return self.lab.run(self._host(role), argv, check=check, timeout=timeout)
 
     def _start_role(self, role: str) -> None:

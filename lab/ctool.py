@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
-from tcpcopy.deploy.lab import ASSISTANT, ASSISTANT_ADDRESS, ONLINE, TARGET, TARGET_ADDRESS, Lab
-from tcpcopy.deploy.livecopy import ProcessFigures, _peak_rss_mb
-from tcpcopy.deploy.rundirs import remove_run_dir
+from tcpcopy.lab.netns import ASSISTANT, ASSISTANT_ADDRESS, ONLINE, TARGET, TARGET_ADDRESS, Lab
+from tcpcopy.lab.livecopy import ProcessFigures, _peak_rss_mb
+from tcpcopy.lab.rundirs import remove_run_dir
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "build-c-tcpcopy.sh"
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "c-tcpcopy"

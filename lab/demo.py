@@ -17,7 +17,7 @@ demo at once (the lab is still torn down). The run's own folder (the commands' l
 stats samples, the servers' access logs) is removed once the report is written; with
 ``TCPCOPY_KEEP_RUNS=1`` it is kept and named on stderr.
 
-    python -m tcpcopy.deploy.demo [--rate 500] [--seconds 5] [--keepalive 20x50] [-n 1] [--json]
+    python -m tcpcopy.lab.demo [--rate 500] [--seconds 5] [--keepalive 20x50] [-n 1] [--json]
                                   [--report-dir DIR]
 """
 
@@ -32,11 +32,11 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tcpcopy.cluster.report import PICTURE_HINT, ReportPaths, build_report
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, LabError, four_host
-from tcpcopy.deploy.livecopy import STATS_ENDPOINT, CopyReport, LiveCopy, LiveCopyError
-from tcpcopy.deploy.servers import ServerError
+from tcpcopy.cluster.ops.report import PICTURE_HINT, ReportPaths, build_report
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, LabError, four_host
+from tcpcopy.lab.livecopy import STATS_ENDPOINT, CopyReport, LiveCopy, LiveCopyError
+from tcpcopy.lab.servers import ServerError
 
 DEFAULT_REPORT_DIR = "tcpcopy-report"
 
@@ -161,7 +161,7 @@ def _drive(lab, copy: LiveCopy, rate: int, seconds: float, keepalive: tuple[int,
 def write_report(copy: LiveCopy | None, result: DemoRun, rate: int, seconds: float,
                  keepalive: tuple[int, int], copies: int, report_dir: str | Path) -> ReportPaths:
     """The report files from what ``copy`` collected (nothing, if it never started)."""
-    meta = {"command": "python -m tcpcopy.deploy.demo",
+    meta = {"command": "python -m tcpcopy.lab.demo",
             "load": f"{rate} short connections/s for {seconds:g} s, then keep-alive "
                     f"{keepalive[0]}x{keepalive[1]}",
             "copies (-n)": copies}
@@ -195,7 +195,7 @@ def _keepalive(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.demo", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.demo", description=__doc__.split("\n\n")[0],
                                      epilog="The run folder (logs, stats samples, access logs) is removed at the end; "
                                             "TCPCOPY_KEEP_RUNS=1 keeps it and names it on stderr.")
     parser.add_argument("--rate", type=int, default=500, help="short connections per second (500)")

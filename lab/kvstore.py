@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .lab import Lab, LabError, check_lab_address
+from .netns import Lab, LabError, check_lab_address
 from .load import MAX_REQUESTS
 from .rundirs import remove_run_dir
 from .servers import ServerError, _can_connect, _LabServer
@@ -180,7 +180,7 @@ class Redis(_LabServer):
         """The redis.conf text for this server (log and working directory inside its directory)."""
         if self.dir is None:
             raise ServerError("redis has not been started")
-        return f"""# rendered by tcpcopy.deploy.kvstore
+        return f"""# rendered by tcpcopy.lab.kvstore
 bind {self.address}
 port {self.port}
 protected-mode no

@@ -6,9 +6,9 @@ entry points, their flags), measures each process with psutil, and collects the 
 access logs; ``CopyReport`` turns all of it into the figures of a run report: requests seen
 online and at the target, the loss ratio, session outcomes, CPU and memory per process.
 With ``stats_endpoint`` both commands also publish their counters there (``--stats``) and a
-recorder (``python -m tcpcopy.cluster.report record``) bound in the online host keeps one
+recorder (``python -m tcpcopy.cluster.ops.report record``) bound in the online host keeps one
 snapshot of them per second, for the run report's time series (:meth:`LiveCopy.samples`).
-Used by the demo (``python -m tcpcopy.deploy.demo``) and the end-to-end tests.
+Used by the demo (``python -m tcpcopy.lab.demo``) and the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import psutil
 
-from tcpcopy.deploy import accesslog
-from tcpcopy.cluster.report import load_samples
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_V6, CLIENT, ONLINE, ONLINE_ADDRESS,
+from tcpcopy.lab import accesslog
+from tcpcopy.cluster.ops.report import load_samples
+from tcpcopy.lab.netns import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_V6, CLIENT, ONLINE, ONLINE_ADDRESS,
                                 ONLINE_CONTROL_SIDE, ONLINE_V6, TARGET, TARGET_ADDRESS, TARGET_V6, Lab)
-from tcpcopy.deploy.kvstore import Redis
-from tcpcopy.deploy.rundirs import remove_run_dir
-from tcpcopy.deploy.servers import Greeter, Nginx
+from tcpcopy.lab.kvstore import Redis
+from tcpcopy.lab.rundirs import remove_run_dir
+from tcpcopy.lab.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
 TARGET_PORT = 8080
@@ -111,8 +111,8 @@ class LiveCopy:
     ``online_files`` and ``target_files`` replace the site each nginx serves (the default
     site when None), e.g. to have the target answer some paths differently.
     ``target_upstream`` makes the target's nginx proxy its pages to that server (e.g. a
-    :class:`~tcpcopy.deploy.slowbackend.SlowBackend`) instead of serving them itself.
-    ``ipv6`` (in a :func:`~tcpcopy.deploy.lab.four_host_v6` lab) copies over IPv6: the
+    :class:`~tcpcopy.lab.slowbackend.SlowBackend`) instead of serving them itself.
+    ``ipv6`` (in a :func:`~tcpcopy.lab.netns.four_host_v6` lab) copies over IPv6: the
     servers listen on the hosts' IPv6 addresses, intercept listens on all addresses
     (dual-stack) and tcpcopy names it by its IPv6 one (``-s [2001:2:0:2::1]``).
     """
@@ -224,7 +224,7 @@ class LiveCopy:
     def start_recorder(self) -> None:
         """Bind the stats endpoint in the online host and write one snapshot per second to
         :attr:`samples_path` (appending: a restart adds to what was recorded)."""
-        argv = [sys.executable, "-m", "tcpcopy.cluster.report", "record", "--stats", self.stats_endpoint,
+        argv = [sys.executable, "-m", "tcpcopy.cluster.ops.report", "record", "--stats", self.stats_endpoint,
                 "--out", str(self.samples_path)]
         self.recorder = self._start(ONLINE, argv, "recorder", "recording")
 
@@ -266,7 +266,7 @@ class LiveCopy:
 
     def remove_dir(self) -> None:
         """Remove the run's directory (logs, summary, samples) once they have been read
-        (kept with ``TCPCOPY_KEEP_RUNS=1``: :mod:`tcpcopy.deploy.rundirs`)."""
+        (kept with ``TCPCOPY_KEEP_RUNS=1``: :mod:`tcpcopy.lab.rundirs`)."""
         remove_run_dir(self.dir)
 
     def log(self, name: str) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from .lab import Lab, LabError, check_lab_address
+from .netns import Lab, LabError, check_lab_address
 
 H2LOAD = "h2load"
 INACTIVITY_TIMEOUT_S = 5  # a connection silent this long is given up (h2load -N)

@@ -2,7 +2,7 @@
 
 A lab is a declared :class:`Topology` (hosts, veth links, routes, sysctls) built into network
 namespaces named ``<prefix><tag>-<host>``, e.g. ``tcl-3fa2-target``. The prefix marks every
-namespace as the lab's, the tag marks one run, so ``python -m tcpcopy.deploy.lab down`` can
+namespace as the lab's, the tag marks one run, so ``python -m tcpcopy.lab.netns down`` can
 find and remove what a crashed run left behind without touching anything else.
 
 Safety rules the code enforces:
@@ -532,7 +532,7 @@ class Lab:
             if not leftovers:
                 _unregister_cleanup(self)
         if leftovers:
-            raise LabError(f"could not delete namespaces {leftovers}: run `python -m tcpcopy.deploy.lab down`")
+            raise LabError(f"could not delete namespaces {leftovers}: run `python -m tcpcopy.lab.netns down`")
 
     def add_cleanup(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` at ``down()``, after the lab's processes stopped (last added, first run)."""
@@ -632,7 +632,7 @@ class Lab:
         taken = [ns for ns in self.namespaces if ns in list_namespaces()]
         if taken:
             raise LabError(f"namespaces {taken} already exist: pick another tag, or remove them with "
-                           f"`python -m tcpcopy.deploy.lab down --tag {self.tag}`")
+                           f"`python -m tcpcopy.lab.netns down --tag {self.tag}`")
 
     def _add_host(self, host: Host) -> None:
         ns = self.netns(host.name)
@@ -996,7 +996,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(_status_of(lab))
     if args.detach:
         lab.detach()
-        print(f"left up; remove with: python -m tcpcopy.deploy.lab down --tag {lab.tag}")
+        print(f"left up; remove with: python -m tcpcopy.lab.netns down --tag {lab.tag}")
         return 0
     print("Ctrl-C or SIGTERM tears it down")
     try:
@@ -1029,7 +1029,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.lab",
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.netns",
                                      description="Network-namespace lab for tcpcopy (namespaces named tcl-*).")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build a lab; stays up until Ctrl-C unless --detach")

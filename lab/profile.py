@@ -8,7 +8,7 @@ samples, by own time and by time below), written into ``--out``. Only samples ta
 the process holds the GIL count (``py-spy --gil``), so waiting in poll or in libpcap does
 not show as work:
 
-    python -m tcpcopy.deploy.profile [--load keepalive|short|redis] [--rate 5000]
+    python -m tcpcopy.lab.profile [--load keepalive|short|redis] [--rate 5000]
                                      [--seconds 10] [--out bench/profile]
 
 py-spy is a PyPI package (``pip install py-spy``; ``make profile`` installs it into the
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import psutil
 
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, LabError, four_host
-from tcpcopy.deploy.livecopy import LiveCopy, LiveCopyError
-from tcpcopy.deploy.servers import ServerError
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, LabError, four_host
+from tcpcopy.lab.livecopy import LiveCopy, LiveCopyError
+from tcpcopy.lab.servers import ServerError
 
 LOADS = ("keepalive", "short", "redis")
 REDIS_PORT = 6379
@@ -130,7 +130,7 @@ def offer_load(copy: LiveCopy, kind: str, rate: int, seconds: float) -> str:
     if kind == "keepalive":
         result = load.keepalive_for(copy.lab, CLIENT, f"{copy.url}/index.html", 100, seconds, rate=rate)
         return f"keep-alive: {result.summary.done} requests at {rate}/s on 100 connections"
-    from tcpcopy.deploy.kvstore import redis_benchmark
+    from tcpcopy.lab.kvstore import redis_benchmark
     requests = max(1000, int(rate * seconds))
     redis_benchmark(copy.lab, CLIENT, copy.online_address, REDIS_PORT, clients=100,
                     requests=requests, timeout_s=seconds + 60)
@@ -154,7 +154,7 @@ def profile(kind: str, rate: int, seconds: float, out: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.profile",
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.profile",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--load", choices=LOADS, default="keepalive", help="the load to profile under (keepalive)")
     parser.add_argument("--rate", type=int, default=5000, help="requests per second offered (5000)")

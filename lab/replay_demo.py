@@ -8,7 +8,7 @@ copier replaying the client side of the recording through the session engine. Th
 sets what nginx logged beside what the engine did; the lab is torn down afterwards, also on
 failure.
 
-    python -m tcpcopy.deploy.replay_demo [--pcap FILE] [--client-ip 198.18.3.5] [--json]
+    python -m tcpcopy.lab.replay_demo [--pcap FILE] [--client-ip 198.18.3.5] [--json]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from tcpcopy.deploy.lab import LabError, two_host
-from tcpcopy.deploy.servers import Nginx, ServerError
+from tcpcopy.lab.netns import LabError, two_host
+from tcpcopy.lab.servers import Nginx, ServerError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_PCAP = CHECKOUT / "tests" / "fixtures" / "http_keepalive.pcap"
@@ -67,7 +67,7 @@ def render(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.replay_demo",
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.replay_demo",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--pcap", type=Path, default=DEFAULT_PCAP, help="recording to replay")
     parser.add_argument("--client-ip", default="198.18.3.5",

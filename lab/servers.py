@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from .lab import Lab, LabError, check_lab_address
+from .netns import Lab, LabError, check_lab_address
 from .rundirs import remove_run_dir
 
 INDEX_HTML = b"<!doctype html>\n<title>tcpcopy lab</title>\n<p>tcpcopy lab index</p>\n"
@@ -322,7 +322,7 @@ class Nginx(_LabServer):
         temp_paths = "\n".join(f"    {m}_temp_path {d}/tmp/{m};" for m in TEMP_PATH_MODULES
                                if m in _nginx_http_modules_with_temp_paths())
         listen = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
-        return f"""# rendered by tcpcopy.deploy.servers
+        return f"""# rendered by tcpcopy.lab.servers
 daemon off;
 master_process on;
 worker_processes 1;
@@ -495,7 +495,7 @@ GREETER_MAX_CHILDREN = 2000
 # concurrent connections never interleave: time, connection id, peer address, peer port,
 # event (open, line, close), text (the line received, or who closed).
 GREETER_SCRIPT = r"""#!/bin/bash
-# rendered by tcpcopy.deploy.servers: one connection of the lab greeter
+# rendered by tcpcopy.lab.servers: one connection of the lab greeter
 conn="$$-${EPOCHREALTIME/./}"
 note() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$EPOCHREALTIME" "$conn" "$SOCAT_PEERADDR" "$SOCAT_PEERPORT" "$1" "$2" \

@@ -1,6 +1,6 @@
 """A slow HTTP backend for a lab nginx: a target that answers after a random delay.
 
-The program (``python -m tcpcopy.deploy.slowbackend``) serves the files of a directory on a
+The program (``python -m tcpcopy.lab.slowbackend``) serves the files of a directory on a
 Unix socket, one request per connection (HTTP/1.0 style, what nginx's ``proxy_pass`` speaks
 by default), each after a delay drawn uniformly from ``--min-delay``..``--max-delay``. An
 nginx proxying to it (``Nginx(..., upstream=backend.upstream)``) answers like the online
@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .lab import Lab
+from .netns import Lab
 from .rundirs import remove_run_dir
 from .servers import ServerError, _LabServer, default_site
 
@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcopy.deploy.slowbackend",
+    parser = argparse.ArgumentParser(prog="python -m tcpcopy.lab.slowbackend",
                                      description="Serve a directory on a Unix socket, each answer after a random delay.")
     parser.add_argument("--unix", type=Path, required=True, help="socket path to listen on")
     parser.add_argument("--root", type=lambda p: Path(p).resolve(), required=True, help="directory to serve")
@@ -138,7 +138,7 @@ class SlowBackend(_LabServer):
         for name, content in self.files.items():
             (site / name.lstrip("/")).write_bytes(content)
         self.lab.add_cleanup(self.stop)
-        argv = [sys.executable, "-m", "tcpcopy.deploy.slowbackend", "--unix", str(self._path("backend.sock")),
+        argv = [sys.executable, "-m", "tcpcopy.lab.slowbackend", "--unix", str(self._path("backend.sock")),
                 "--root", str(site), "--min-delay", str(self.delay[0]), "--max-delay", str(self.delay[1]),
                 "--log", str(self._path("answers.log"))]
         with self._path("backend.out").open("wb") as output:

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--version", action="version", version=version_text("tcpcopy"), help="print the version and exit")
     p.add_argument("--stats", metavar="ENDPOINT", default="",
                    help="publish counters every second to the ZeroMQ ENDPOINT where "
-                        "`python -m tcpcopy.cluster.top --stats ENDPOINT` (or /metrics) listens")
+                        "`python -m tcpcopy.cluster.ops.top --stats ENDPOINT` (or /metrics) listens")
     p.add_argument("--server-key", metavar="FILE",
                    help="CurveZMQ: the intercepts' public key (intercept.key from `tcpcopy-cluster keygen "
                         "DIR`); with --key the control channel is encrypted and only an intercept that holds "

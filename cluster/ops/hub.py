@@ -1,7 +1,7 @@
 """The stats hub: every process publishes to one endpoint, any number of consumers read it.
 
-    python -m tcpcopy.cluster.hub --stats ENDPOINT --feed ENDPOINT [--key FILE --allow-keys DIR]
-    python -m tcpcopy.cluster.hub --config CONFIG          (a cluster's: its [stats] section)
+    python -m tcpcopy.cluster.ops.hub --stats ENDPOINT --feed ENDPOINT [--key FILE --allow-keys DIR]
+    python -m tcpcopy.cluster.ops.hub --config CONFIG          (a cluster's: its [stats] section)
 
 A bound SUB socket admits one consumer of the stats channel; ``top``, the Prometheus exporter
 and the report recorder each want one. The hub is a ZeroMQ XSUB/XPUB forwarder: its XSUB
@@ -40,9 +40,10 @@ from tcpcopy.cluster.curve import (STATS_DOMAIN, ClientKeys, KeyFileError, KeyGa
                                    add_server_key_flags, listen_with_keys, load_secret, plain_warning,
                                    server_keys_from_flags)
 from tcpcopy.cluster.process import CommandParser, version_text
-from tcpcopy.cluster.stats import PUBLISH_EVERY, SUB_HWM, Aggregator, process_figures
+from tcpcopy.cluster.ops.aggregator import SUB_HWM, Aggregator
+from tcpcopy.cluster.stats import PUBLISH_EVERY, process_figures
 
-PROG = "python -m tcpcopy.cluster.hub"
+PROG = "python -m tcpcopy.cluster.ops.hub"
 FEED_DOMAIN = b"tcpcopy-stats-feed"
 FEED_HWM = 10000          # messages queued per consumer: minutes of a large cluster's stats
 POLL_MS = 200

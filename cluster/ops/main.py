@@ -21,13 +21,13 @@ import json
 import os
 import sys
 
-from tcpcopy.cluster import supervisor
+from tcpcopy.cluster.ops import supervisor
 from tcpcopy.cluster.config import HOST_ROLES, ClusterConfig, ConfigError, load_config
 from tcpcopy.cluster.curve import DEFAULT_CLIENT, KeyFileError, KeyLayout, keygen
-from tcpcopy.cluster.hub import consumer_keys
+from tcpcopy.cluster.ops.hub import consumer_keys
 from tcpcopy.cluster.process import CommandParser, version_text
-from tcpcopy.cluster.stats import Aggregator
-from tcpcopy.cluster.top import run_top
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.ops.top import run_top
 
 EXAMPLE = "tcpcopy-cluster start /etc/tcpcopy/cluster.toml --role online"
 

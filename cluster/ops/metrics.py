@@ -1,6 +1,6 @@
 """The cluster's stats for Prometheus: GET /metrics, through ``prometheus_client``.
 
-    tcpcopy-metrics --hub ENDPOINT --listen HOST:PORT      (beside a stats hub, cluster/hub.py)
+    tcpcopy-metrics --hub ENDPOINT --listen HOST:PORT      (beside a stats hub, cluster/ops/hub.py)
     tcpcopy-metrics --stats ENDPOINT --listen HOST:PORT    (the only consumer: binds the endpoint)
     tcpcopy-metrics --config CONFIG                        (a cluster's: its [stats] feed and metrics)
 
@@ -16,11 +16,11 @@ ending in ``_total``, and what varies within one family in labels, never in the 
 - CPU: ``tcpcopy_process_cpu_seconds_total{mode="user|system"}``; memory, threads and file
   descriptors as ``tcpcopy_process_*`` gauges; a figure in milliseconds is exported in seconds;
 - any other figure ``tcpcopy_<group>_<name>`` (a counter with ``_total``, or a gauge for
-  current sizes: ``stats.is_gauge``).
+  current sizes: ``aggregator.is_gauge``).
 
 ``tcpcopy_up`` is 1 while a process publishes and 0 once it is stale; a stale process keeps
 its last values, so counters never go backwards. The copier's own loss estimate
-(cluster.stats.loss_estimate) is exported as two ratios. A series whose name another figure
+(cluster.ops.aggregator.loss_estimate) is exported as two ratios. A series whose name another figure
 already took with other labels or another type is left out of the page and counted in
 ``tcpcopy_metrics_series_left_out`` (the page always parses).
 
@@ -49,10 +49,10 @@ except ImportError:          # the metrics extra is missing: main() says how to 
 import zmq
 
 from tcpcopy.cluster.curve import KeyLayout, plain_warning
-from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
+from tcpcopy.cluster.ops.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser, version_text
-from tcpcopy.cluster.stats import Aggregator, is_gauge
-from tcpcopy.cluster.top import LISTENER_FIX
+from tcpcopy.cluster.ops.aggregator import Aggregator, is_gauge
+from tcpcopy.cluster.ops.top import LISTENER_FIX
 
 PROG = "tcpcopy-metrics"
 INSTALL_HINT = "prometheus_client is not installed: pip install 'tcpcopy[metrics]'"
@@ -334,7 +334,7 @@ def build_parser() -> CommandParser:
 def _from_config(args):
     """(aggregator, listen address) of a cluster config's exporter."""
     from tcpcopy.cluster.config import load_config
-    from tcpcopy.cluster.hub import consumer_keys
+    from tcpcopy.cluster.ops.hub import consumer_keys
     config = load_config(args.config)
     if not (config.stats.endpoint and config.stats.metrics):
         raise ValueError(f"{args.config}: [stats] endpoint and metrics must both be set for the exporter")

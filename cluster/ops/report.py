@@ -1,10 +1,10 @@
 """The run report of a live copy: its numbers (report.json), a picture (report.png) and one
 page with both (report.html).
 
-    python -m tcpcopy.cluster.report record --hub|--stats ENDPOINT --out FILE [--seconds N] [--interval S]
+    python -m tcpcopy.cluster.ops.report record --hub|--stats ENDPOINT --out FILE [--seconds N] [--interval S]
 
 ``record`` reads a stats hub's feed (``--hub``, beside top and the exporter) or binds the stats
-endpoint (``--stats``; an :class:`~tcpcopy.cluster.stats.Aggregator`: every process started
+endpoint (``--stats``; an :class:`~tcpcopy.cluster.ops.aggregator.Aggregator`: every process started
 with ``--stats ENDPOINT`` publishes there) and appends one
 ``snapshot_json()`` per interval to FILE as one JSON line, flushed at once, until N seconds
 have passed or SIGINT/SIGTERM arrives; a last snapshot is written when it stops. A process
@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
+from tcpcopy.cluster.ops.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser
-from tcpcopy.deploy import accesslog
+from tcpcopy.cluster.ops import accesscounts
 
-PROG = "python -m tcpcopy.cluster.report"
+PROG = "python -m tcpcopy.cluster.ops.report"
 REPORT_VERSION = 1
 ROLE_ORDER = ("capture", "owner", "intercept", "cluster")
 NO_TRAFFIC = "no traffic was recorded: no request in either access log and no stats sample"
@@ -180,8 +180,8 @@ def series_origin(samples: Sequence[Mapping], online_log: Iterable[Mapping],
 
 def per_second(entries: Iterable[Mapping], origin: float, length: int) -> list[int]:
     """Requests logged in each whole second ``0..length-1`` since ``origin``
-    (:func:`accesslog.by_second` with the gaps and both ends filled)."""
-    counts = accesslog.by_second([e for e in entries if isinstance(e.get("time"), (int, float))], origin)
+    (:func:`accesscounts.by_second` with the gaps and both ends filled)."""
+    counts = accesscounts.by_second([e for e in entries if isinstance(e.get("time"), (int, float))], origin)
     return [counts.get(second, 0) for second in range(length)]
 
 
@@ -202,7 +202,7 @@ def build_series(samples: Sequence[Mapping], online_log: Sequence[Mapping], targ
     for e, t in zip(expected, target):
         sum_expected += e
         sum_target += t
-        cumulative.append(accesslog.loss_ratio(sum_expected // copies, sum_target, copies))
+        cumulative.append(accesscounts.loss_ratio(sum_expected // copies, sum_target, copies))
     roles = sorted({r.get("role", "?") for s in samples for r in _rows(s)}, key=role_order)
     cpu = {role: [_cpu(s, role) for s in samples] for role in roles}
     copier_times, copier_requests = copier_rate(samples, origin)
@@ -467,7 +467,7 @@ def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[M
             "peak_target_rps": max(series.target, default=0),
         },
         "loss": {
-            "from_access_logs": accesslog.loss_ratio(online_n, target_n, copies),
+            "from_access_logs": accesscounts.loss_ratio(online_n, target_n, copies),
             "from_copier": dict(last["loss"]) if last and isinstance(last.get("loss"), dict) else None,
         },
         "sessions": {
@@ -527,7 +527,7 @@ def _percent(ratio: float) -> str:
 
 
 def _status_counts(entries: Iterable[Mapping]) -> dict[str, int]:
-    counts = accesslog.by_status(e for e in entries if "status" in e)
+    counts = accesscounts.by_status(e for e in entries if "status" in e)
     return {str(k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
 
 
@@ -770,7 +770,7 @@ def record(endpoint: str, out: str | Path, seconds: float | None = None, interva
     """Bind ``endpoint`` (or read ``aggregator``, e.g. one on a stats hub's feed) and append
     one snapshot per ``interval`` to ``out`` until ``seconds`` have passed or SIGINT/SIGTERM
     (from the main thread); how many snapshots were written."""
-    from tcpcopy.cluster.stats import Aggregator
+    from tcpcopy.cluster.ops.aggregator import Aggregator
 
     stop = []
 

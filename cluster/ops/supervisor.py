@@ -4,7 +4,7 @@
 
 - ``online``: ``owner`` (``owners.count`` session owners, priority 100) and ``capture``
   (``capture.workers`` capture workers, priority 200); with ``[stats] endpoint`` also
-  ``stats-hub`` (cluster/hub.py, priority 50) and, with ``[stats] metrics``, ``metrics``
+  ``stats-hub`` (cluster/ops/hub.py, priority 50) and, with ``[stats] metrics``, ``metrics``
   (the Prometheus exporter, priority 300), one process each, started as supervisor.user;
 - ``assistant``: ``intercept`` (``intercept.count`` intercepts).
 
@@ -93,8 +93,8 @@ def _stats_programs(config: ClusterConfig) -> tuple[Program, ...]:
     process publishes into nothing) and, with [stats] metrics, the Prometheus exporter."""
     if not config.stats.endpoint:
         return ()
-    hub = Program("stats-hub", 1, 50, "tcpcopy.cluster.hub", needs_root=False, sharded=False)
-    exporter = Program("metrics", 1, 300, "tcpcopy.cluster.metrics", needs_root=False, sharded=False)
+    hub = Program("stats-hub", 1, 50, "tcpcopy.cluster.ops.hub", needs_root=False, sharded=False)
+    exporter = Program("metrics", 1, 300, "tcpcopy.cluster.ops.metrics", needs_root=False, sharded=False)
     return (hub, exporter) if config.stats.metrics else (hub,)
 
 
@@ -187,7 +187,7 @@ def sample_text() -> str:
     config = load_config(SAMPLE_TOML)
     heading = ("; What `tcpcopy-cluster start` writes for deploy/cluster-sample.toml installed as\n"
                f"; {SAMPLE_CONFIG_PATH}, one file per host role (python3 stands for the interpreter\n"
-               "; that ran tcpcopy-cluster). Regenerate: python -m tcpcopy.cluster.supervisor\n")
+               "; that ran tcpcopy-cluster). Regenerate: python -m tcpcopy.cluster.ops.supervisor\n")
     roles = [f";;;;;;;;;; {role} host: {conf_path(config, role)}\n\n"
              + render(config, role, SAMPLE_CONFIG_PATH, python="python3") for role in HOST_ROLES]
     return heading + "\n" + "\n".join(roles)

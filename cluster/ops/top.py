@@ -1,9 +1,9 @@
 """The live dashboard: one row per process of the cluster, refreshed every second.
 
-    python -m tcpcopy.cluster.top --hub ENDPOINT [--once] [--json] [--interval S]
-    python -m tcpcopy.cluster.top --stats ENDPOINT ...
+    python -m tcpcopy.cluster.ops.top --hub ENDPOINT [--once] [--json] [--interval S]
+    python -m tcpcopy.cluster.ops.top --stats ENDPOINT ...
 
-It reads a stats hub's feed (cluster/hub.py: beside the exporter and the report recorder), or
+It reads a stats hub's feed (cluster/ops/hub.py: beside the exporter and the report recorder), or
 binds the stats endpoint itself (every process's StatsPublisher connects to it), and redraws a
 plain-text frame with ANSI clear-screen codes, so it works over SSH and in any terminal;
 q or Ctrl-C quits. ``--once`` collects for a few seconds and prints one frame; with
@@ -31,11 +31,11 @@ import zmq
 
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.curve import ServerKeys, plain_warning
-from tcpcopy.cluster.hub import add_source_flags, aggregator_from_flags
+from tcpcopy.cluster.ops.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser
-from tcpcopy.cluster.stats import Aggregator, figure, outcomes
+from tcpcopy.cluster.ops.aggregator import Aggregator, figure, outcomes
 
-PROG = "python -m tcpcopy.cluster.top"
+PROG = "python -m tcpcopy.cluster.ops.top"
 ONCE_WAIT = 2.5          # seconds --once listens: two snapshots of every process, so rates
 SLICE = 0.1              # seconds between key checks while waiting for the next frame
 CLEAR = "\x1b[H\x1b[2J"
@@ -49,8 +49,8 @@ class Column:
 
     title: str
     per_second: bool
-    names: dict                                   # role -> names (stats.figure)
-    outcome: dict = field(default_factory=dict)   # role -> outcome kind added (stats.outcomes)
+    names: dict                                   # role -> names (aggregator.figure)
+    outcome: dict = field(default_factory=dict)   # role -> outcome kind added (aggregator.outcomes)
 
     def value(self, role: str, counters: dict, rates: dict) -> float | None:
         if role not in self.names:
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     except zmq.ZMQError as exc:
         print(f"{PROG}: error: --stats {args.stats}: cannot bind: {exc} "
-              "(is another consumer bound there? run a stats hub, python -m tcpcopy.cluster.hub, "
+              "(is another consumer bound there? run a stats hub, python -m tcpcopy.cluster.ops.hub, "
               "and read it with --hub; is the path's directory there?)", file=sys.stderr)
         return 2
     return run_top(args.hub or args.stats, once=args.once, json_out=args.json, interval=args.interval,

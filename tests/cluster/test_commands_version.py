@@ -6,7 +6,7 @@ import sys
 import pytest
 
 COMMANDS = {"tcpcopy": "tcpcopy.session.main", "intercept": "tcpcopy.intercept.main",
-            "tcpcopy-cluster": "tcpcopy.cluster.main"}
+            "tcpcopy-cluster": "tcpcopy.cluster.ops.main"}
 
 
 @pytest.mark.parametrize("flag", ["--version", "-v"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpcopy.cluster import main as cli
+from tcpcopy.cluster.ops import main as cli
 from tcpcopy.cluster.config import (INTERCEPT_MAX_ANSWER_BYTES, INTERCEPT_MAX_PAYLOAD, INTERCEPT_WATCH_MAX,
                                     ConfigError, InterceptAddress, Mapping, load_config)
 

@@ -21,9 +21,10 @@ import pytest
 
 from tcpcopy.capture.worker import CaptureStats
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.hub import StatsHub
-from tcpcopy.cluster.metrics import render_metrics
-from tcpcopy.cluster.stats import Aggregator, process_figures
+from tcpcopy.cluster.ops.hub import StatsHub
+from tcpcopy.cluster.ops.metrics import render_metrics
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import process_figures
 from tcpcopy.intercept.routes import RouteTable
 from tcpcopy.intercept.worker import COUNTERS as INTERCEPT_COUNTERS, Worker
 from tcpcopy.session.engine import BufferBudget, SessionStats

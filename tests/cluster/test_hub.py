@@ -100,18 +100,18 @@ def test_top_exporter_and_recorder_read_one_stream_at_once(tmp_path, keys):
 
     owner = None
     try:
-        hub = start("tcpcopy.cluster.hub", "--stats", stats, "--feed", feed, "--key", secret,
+        hub = start("tcpcopy.cluster.ops.hub", "--stats", stats, "--feed", feed, "--key", secret,
                     "--allow-keys", keys.allowed_publishers)
-        exporter = start("tcpcopy.cluster.metrics", "--hub", feed, "--key", secret, "--listen", listen)
-        recorder = start("tcpcopy.cluster.report", "record", "--hub", feed, "--key", secret,
+        exporter = start("tcpcopy.cluster.ops.metrics", "--hub", feed, "--key", secret, "--listen", listen)
+        recorder = start("tcpcopy.cluster.ops.report", "record", "--hub", feed, "--key", secret,
                          "--out", str(samples), "--seconds", "6")
         owner = Publishing(stats, keys)
         page = wait_for(lambda: (text := scrape(f"http://{listen}/metrics")) and
                         'tcpcopy_engine_requests_sent_total{host="online1"' in text and text, 15,
                         "the exporter never showed the owner")
-        top = subprocess.run([PY, "-m", "tcpcopy.cluster.top", "--hub", feed, "--key", secret, "--once", "--json"],
+        top = subprocess.run([PY, "-m", "tcpcopy.cluster.ops.top", "--hub", feed, "--key", secret, "--once", "--json"],
                              capture_output=True, text=True, timeout=30)
-        keyless = subprocess.run([PY, "-m", "tcpcopy.cluster.top", "--hub", feed, "--once", "--json"],
+        keyless = subprocess.run([PY, "-m", "tcpcopy.cluster.ops.top", "--hub", feed, "--once", "--json"],
                                  capture_output=True, text=True, timeout=30)
         assert recorder.wait(timeout=20) == 0, recorder.stderr.read()
     finally:
@@ -132,11 +132,11 @@ def test_top_exporter_and_recorder_read_one_stream_at_once(tmp_path, keys):
 
 def test_a_second_consumer_binding_the_endpoint_is_told_to_use_the_hub(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"   # ipc:// would let the second bind take the path over
-    first = subprocess.Popen([PY, "-m", "tcpcopy.cluster.hub", "--stats", endpoint,
+    first = subprocess.Popen([PY, "-m", "tcpcopy.cluster.ops.hub", "--stats", endpoint,
                               "--feed", f"ipc://{tmp_path}/feed.sock"], stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (tmp_path / "feed.sock").exists(), 10, "the hub never bound its feed")
-        second = subprocess.run([PY, "-m", "tcpcopy.cluster.top", "--stats", endpoint, "--once"],
+        second = subprocess.run([PY, "-m", "tcpcopy.cluster.ops.top", "--stats", endpoint, "--once"],
                                 capture_output=True, text=True, timeout=30)
     finally:
         stop(first)

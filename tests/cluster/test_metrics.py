@@ -22,8 +22,9 @@ import pytest
 from tcpcopy.cluster import wire
 from prometheus_client.parser import text_string_to_metric_families
 
-from tcpcopy.cluster.metrics import listen_address, main, render_metrics, sanitize, series_for, serve_metrics
-from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+from tcpcopy.cluster.ops.metrics import listen_address, main, render_metrics, sanitize, series_for, serve_metrics
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import StatsPublisher
 
 METRIC = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\["\\n])*)"'
@@ -213,7 +214,7 @@ def free_port() -> int:
 
 def test_the_command_serves_until_terminated(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.metrics", "--stats",
+    proc = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.ops.metrics", "--stats",
                              f"ipc://{tmp_path}/stats", "--listen", f"127.0.0.1:{port}"],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -256,7 +257,7 @@ def closed_by_server(conn: socket.socket, timeout: float) -> bool:
 
 
 def test_idle_connections_time_out_so_threads_do_not_pile_up(tmp_path, monkeypatch):
-    from tcpcopy.cluster import metrics
+    from tcpcopy.cluster.ops import metrics
     monkeypatch.setattr(metrics._Handler, "timeout", 0.5)
     aggregator = Aggregator(f"ipc://{tmp_path}/stats")
     server = serve_metrics(aggregator, "127.0.0.1", 0)
@@ -280,7 +281,7 @@ def test_idle_connections_time_out_so_threads_do_not_pile_up(tmp_path, monkeypat
 
 
 def test_connections_beyond_the_cap_are_closed_at_once(tmp_path, monkeypatch):
-    from tcpcopy.cluster import metrics
+    from tcpcopy.cluster.ops import metrics
     monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 3)
     aggregator = Aggregator(f"ipc://{tmp_path}/stats")
     server = serve_metrics(aggregator, "127.0.0.1", 0)

@@ -245,7 +245,7 @@ def test_the_cluster_config_names_a_bad_user_name_with_its_key(tmp_path) -> None
 
 
 def test_rendered_programs_drop_to_the_configured_user_themselves(tmp_path) -> None:
-    from tcpcopy.cluster import supervisor
+    from tcpcopy.cluster.ops import supervisor
     from tcpcopy.cluster.config import load_config
     config = load_config(cluster_config(tmp_path, "tcpcopy"))
     for role in ("online", "assistant"):
@@ -259,7 +259,7 @@ def test_rendered_programs_drop_to_the_configured_user_themselves(tmp_path) -> N
 
 def test_cluster_start_with_a_user_that_does_not_exist_stops_before_supervisord(tmp_path) -> None:
     path = cluster_config(tmp_path, "tcpcopy-no-such-user")
-    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.main", "start", str(path), "--role", "online"],
+    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.ops.main", "start", str(path), "--role", "online"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert "supervisor.user tcpcopy-no-such-user: no such user on this host" in done.stderr

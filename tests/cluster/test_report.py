@@ -16,10 +16,12 @@ import time
 
 import pytest
 
-from tcpcopy.cluster import report, wire
-from tcpcopy.cluster.report import (NO_REQUESTS, NO_TRAFFIC, ReportPaths, build_report, build_series,
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.ops import report
+from tcpcopy.cluster.ops.report import (NO_REQUESTS, NO_TRAFFIC, ReportPaths, build_report, build_series,
                                     load_samples, render_html, summarize)
-from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import StatsPublisher
 
 T0 = 1_700_000_000.0
 MB = 2**20
@@ -257,7 +259,7 @@ def test_report_json_has_totals_both_losses_sessions_and_processes(tmp_path):
 
 
 def report_process(name: str, cpu: float, rss: float):
-    from tcpcopy.deploy.livecopy import ProcessFigures
+    from tcpcopy.lab.livecopy import ProcessFigures
     return ProcessFigures(name, cpu, rss)
 
 
@@ -433,7 +435,7 @@ def test_load_samples_skips_a_torn_last_line_and_a_missing_file(tmp_path):
 
 def test_the_recorder_writes_a_snapshot_a_second_and_a_last_one_on_sigterm(tmp_path):
     endpoint, out = f"ipc://{tmp_path}/stats", tmp_path / "samples.jsonl"
-    recorder = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.report", "record", "--stats", endpoint,
+    recorder = subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.ops.report", "record", "--stats", endpoint,
                                  "--out", str(out), "--interval", "0.5"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     publisher = StatsPublisher(endpoint, "owner", "owner-0@test", every=0.2)
@@ -470,7 +472,7 @@ def test_the_build_command_makes_a_report_from_files(tmp_path):
     online.write_text("".join(json.dumps({**e, "time": f"{e['time']:.3f}", "status": str(e["status"])}) + "\n"
                               for e in log([5, 5])))
     target.write_text("".join(json.dumps(e) + "\n" for e in log([5, 4])))
-    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.report", "build", "--online-log", str(online),
+    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.ops.report", "build", "--online-log", str(online),
                            "--target-log", str(target), "--out-dir", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -16,8 +16,10 @@ import pytest
 import zmq
 
 from tcpcopy.cluster import stats, wire
-from tcpcopy.cluster.stats import (Aggregator, Snapshot, StatsPublisher, figure, flatten,
-                                   loss_estimate, outcomes, rates_between, split_identity)
+from tcpcopy.cluster.ops import aggregator as aggregator_module
+from tcpcopy.cluster.ops.aggregator import (Aggregator, Snapshot, figure, loss_estimate, outcomes,
+                                            rates_between, split_identity)
+from tcpcopy.cluster.stats import StatsPublisher, flatten
 
 
 class Clock:
@@ -158,7 +160,7 @@ def test_a_silent_process_goes_stale_after_three_seconds_and_stays_listed(aggreg
     aggregator.ingest(frame("owner", "owner-0@h", 1.0, requests_sent=10))
     clock.now += 1
     aggregator.ingest(frame("owner", "owner-0@h", 2.0, requests_sent=20))
-    clock.now += stats.STALE_AFTER
+    clock.now += aggregator_module.STALE_AFTER
     row, = aggregator.snapshot_json()["processes"]
     assert not row["stale"] and row["rates"]["requests_sent"] == 10.0
     clock.now += 1.5
@@ -195,7 +197,7 @@ def test_anything_but_stats_is_counted_never_raised(aggregator):
 
 
 def test_the_number_of_processes_kept_is_bounded(aggregator, clock, monkeypatch):
-    monkeypatch.setattr(stats, "MAX_PROCESSES", 3)
+    monkeypatch.setattr(aggregator_module, "MAX_PROCESSES", 3)
     for i in range(5):
         clock.now += 1
         aggregator.ingest(frame("owner", f"owner-{i}", 1.0))
@@ -371,8 +373,8 @@ def test_flatten_keeps_depth_first_order():
 
 def test_a_stats_message_nested_600_deep_is_counted_and_everything_still_renders(endpoint, aggregator):
     """The reported 1.8 KB message that killed the metrics server and top."""
-    from tcpcopy.cluster.metrics import render_metrics
-    from tcpcopy.cluster.top import render
+    from tcpcopy.cluster.ops.metrics import render_metrics
+    from tcpcopy.cluster.ops.top import render
     frame = wire.encode_stats("owner", "owner-0@h", {**nested(600), "ok": 7})
     assert len(frame) < 2000
     publish_until_taken(endpoint, aggregator, frame)
@@ -408,7 +410,7 @@ def test_a_stats_frame_over_the_size_limit_never_reaches_the_aggregator(endpoint
 
 
 def test_an_identity_with_control_characters_reaches_top_escaped(aggregator):
-    from tcpcopy.cluster.top import render
+    from tcpcopy.cluster.ops.top import render
     aggregator.ingest(frame("owner", "evil\x1b[2J\x1b]0;title\x07\nforged-row", 1.0, requests_sent=1))
     text = render(aggregator.snapshot_json(), width=160)
     assert "\x1b" not in text and "\x07" not in text

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tcpcopy.cluster import supervisor
+from tcpcopy.cluster.ops import supervisor
 from tcpcopy.cluster.config import load_config
-from tcpcopy.cluster.supervisor import ClusterError, pid_alive
+from tcpcopy.cluster.ops.supervisor import ClusterError, pid_alive
 
 SAMPLE_CONF = Path(__file__).resolve().parents[2] / "deploy" / "cluster-sample.supervisord.conf"
 
@@ -141,7 +141,7 @@ def test_with_stats_the_online_host_runs_the_hub_first_and_the_exporter_last(tmp
     assert programs == ["program:stats-hub", "program:owner", "program:capture", "program:metrics"]
     priorities = [int(conf[p]["priority"]) for p in programs]
     assert priorities == sorted(priorities)          # up first, down last: nothing publishes into nothing
-    for program, module in (("stats-hub", "tcpcopy.cluster.hub"), ("metrics", "tcpcopy.cluster.metrics")):
+    for program, module in (("stats-hub", "tcpcopy.cluster.ops.hub"), ("metrics", "tcpcopy.cluster.ops.metrics")):
         section = conf[f"program:{program}"]
         assert section["numprocs"] == "1"
         assert shlex.split(section["command"]) == [sys.executable, "-m", module, "--config", str(path)]
@@ -152,7 +152,7 @@ def test_with_stats_the_online_host_runs_the_hub_first_and_the_exporter_last(tmp
 def test_committed_example_is_a_fresh_render():
     assert SAMPLE_CONF.read_text() == supervisor.sample_text(), (
         "deploy/cluster-sample.supervisord.conf is stale: regenerate it with "
-        "`.venv/bin/python -m tcpcopy.cluster.supervisor > deploy/cluster-sample.supervisord.conf`")
+        "`.venv/bin/python -m tcpcopy.cluster.ops.supervisor > deploy/cluster-sample.supervisord.conf`")
 
 
 # ----------------------------------------------------------------- a real supervisord

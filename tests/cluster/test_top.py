@@ -21,9 +21,11 @@ import time
 import pytest
 import zmq
 
-from tcpcopy.cluster import top, wire
-from tcpcopy.cluster.stats import Aggregator, StatsPublisher
-from tcpcopy.cluster.top import CLEAR, _wait, main, number_text, render, run_top
+from tcpcopy.cluster import wire
+from tcpcopy.cluster.ops import top
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import StatsPublisher
+from tcpcopy.cluster.ops.top import CLEAR, _wait, main, number_text, render, run_top
 
 MB = 2**20
 
@@ -253,7 +255,7 @@ def publishers(tmp_path):
 
 
 def command(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.top", *args], text=True,
+    return subprocess.Popen([sys.executable, "-m", "tcpcopy.cluster.ops.top", *args], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcpcopy.cluster import wire
-from tcpcopy.cluster.stats import Aggregator, flatten_counted
-from tcpcopy.cluster.top import render
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import flatten_counted
+from tcpcopy.cluster.ops.top import render
 from tcpcopy.cluster.wire import WireError
 
 EXAMPLES = int(os.environ.get("TCPCOPY_FUZZ_EXAMPLES", "800"))

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tcpcopy.deploy.clustercopy import ClusterCopy
-from tcpcopy.deploy.lab import Lab, four_host, list_namespaces
-from tcpcopy.deploy.livecopy import LiveCopy
+from tcpcopy.lab.clustercopy import ClusterCopy
+from tcpcopy.lab.netns import Lab, four_host, list_namespaces
+from tcpcopy.lab.livecopy import LiveCopy
 from tests.lab.conftest import lab_unavailable_reason
 
 LOG_TAIL = 4000

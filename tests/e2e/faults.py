@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from tcpcopy.deploy.lab import TARGET, Lab
+from tcpcopy.lab.netns import TARGET, Lab
 
 TIMEOUT_S = 10.0
 HALF_OPEN_STATES = ("ESTAB", "CLOSE-WAIT")

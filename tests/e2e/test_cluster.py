@@ -19,9 +19,9 @@ from collections import defaultdict
 import psutil
 import pytest
 
-from tcpcopy.deploy import accesslog, load
-from tcpcopy.deploy.clustercopy import ClusterCopy
-from tcpcopy.deploy.lab import CLIENT, CLIENT_ADDRESS, Lab
+from tcpcopy.lab import accesslog, load
+from tcpcopy.lab.clustercopy import ClusterCopy
+from tcpcopy.lab.netns import CLIENT, CLIENT_ADDRESS, Lab
 from tcpcopy.session.fanout import sampled_in
 
 pytestmark = pytest.mark.lab

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from tcpcopy.deploy import load
-from tcpcopy.deploy.kvstore import wait_until_quiet
-from tcpcopy.deploy.lab import CLIENT, ONLINE_ADDRESS
-from tcpcopy.deploy.servers import default_site
+from tcpcopy.lab import load
+from tcpcopy.lab.kvstore import wait_until_quiet
+from tcpcopy.lab.netns import CLIENT, ONLINE_ADDRESS
+from tcpcopy.lab.servers import default_site
 
 pytestmark = pytest.mark.lab
 

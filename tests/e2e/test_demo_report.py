@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tcpcopy.deploy import demo
-from tcpcopy.deploy.lab import LAB_PREFIX, list_namespaces, remove_stale
+from tcpcopy.lab import demo
+from tcpcopy.lab.netns import LAB_PREFIX, list_namespaces, remove_stale
 from tests.lab.conftest import lab_unavailable_reason
 
 pytestmark = pytest.mark.lab
@@ -63,7 +63,7 @@ def test_the_demo_writes_the_report_files(tmp_path) -> None:
 
 def test_sigterm_mid_copy_writes_what_was_collected_and_tears_the_lab_down(tmp_path) -> None:
     report_dir = tmp_path / "report"
-    argv = [sys.executable, "-m", "tcpcopy.deploy.demo", "--rate", "100", "--seconds", "20",
+    argv = [sys.executable, "-m", "tcpcopy.lab.demo", "--rate", "100", "--seconds", "20",
             "--keepalive", "0x0", "--report-dir", str(report_dir)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 import zmq
 
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_TARGET_SIDE, CLIENT, FAKE_CLIENT_NET,
+from tcpcopy.lab.netns import (ASSISTANT, ASSISTANT_ADDRESS, ASSISTANT_TARGET_SIDE, CLIENT, FAKE_CLIENT_NET,
                                 ONLINE, ONLINE_ADDRESS, TARGET, TARGET_ADDRESS, Lab)
-from tcpcopy.deploy.livecopy import ONLINE_PORT, TARGET_PORT, LiveCopy
+from tcpcopy.lab.livecopy import ONLINE_PORT, TARGET_PORT, LiveCopy
 
 pytestmark = pytest.mark.lab
 

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from tcpcopy.deploy.lab import CLIENT, ONLINE_ADDRESS
-from tcpcopy.deploy.livecopy import ONLINE_PORT, TARGET_PORT
+from tcpcopy.lab.netns import CLIENT, ONLINE_ADDRESS
+from tcpcopy.lab.livecopy import ONLINE_PORT, TARGET_PORT
 from tests.e2e import faults
 
 pytestmark = pytest.mark.lab

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tcpcopy.deploy import accesslog, load
-from tcpcopy.deploy.lab import CLIENT, TARGET
-from tcpcopy.deploy.livecopy import LiveCopy
-from tcpcopy.deploy.servers import UPLOAD_STATUS, ReceivedBody
-from tcpcopy.deploy.slowbackend import SlowBackend
+from tcpcopy.lab import accesslog, load
+from tcpcopy.lab.netns import CLIENT, TARGET
+from tcpcopy.lab.livecopy import LiveCopy
+from tcpcopy.lab.servers import UPLOAD_STATUS, ReceivedBody
+from tcpcopy.lab.slowbackend import SlowBackend
 
 pytestmark = pytest.mark.lab
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpcopy.deploy import accesslog, load
-from tcpcopy.deploy.lab import (ASSISTANT, ASSISTANT_TARGET_SIDE_V6, CLIENT, CLIENT_NET_V6, CLIENT_V6,
+from tcpcopy.lab import accesslog, load
+from tcpcopy.lab.netns import (ASSISTANT, ASSISTANT_TARGET_SIDE_V6, CLIENT, CLIENT_NET_V6, CLIENT_V6,
                                 FAKE_CLIENT_NET_V6, ONLINE, ONLINE_CONTROL_SIDE_V6, TARGET, TARGET_V6, Lab,
                                 four_host_v6)
-from tcpcopy.deploy.livecopy import LiveCopy
-from tcpcopy.deploy.servers import UPLOAD_STATUS
+from tcpcopy.lab.livecopy import LiveCopy
+from tcpcopy.lab.servers import UPLOAD_STATUS
 from tests.e2e.conftest import module_lab
 from tests.e2e.test_live_copy import assert_all_succeeded, finish
 

@@ -17,11 +17,11 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from tcpcopy.deploy import accesslog, load
-from tcpcopy.deploy.lab import (ASSISTANT_TARGET_SIDE, CLIENT, CLIENT_ADDRESS, FAKE_CLIENT_NET,
+from tcpcopy.lab import accesslog, load
+from tcpcopy.lab.netns import (ASSISTANT_TARGET_SIDE, CLIENT, CLIENT_ADDRESS, FAKE_CLIENT_NET,
                                 ONLINE_ADDRESS, TARGET)
-from tcpcopy.deploy.livecopy import ONLINE_PORT, LiveCopy
-from tcpcopy.deploy.servers import BIG_BIN_SIZE, UPLOAD_STATUS
+from tcpcopy.lab.livecopy import ONLINE_PORT, LiveCopy
+from tcpcopy.lab.servers import BIG_BIN_SIZE, UPLOAD_STATUS
 from tests.e2e import clients
 
 pytestmark = pytest.mark.lab

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, ONLINE, ONLINE_CONTROL_SIDE
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, ONLINE, ONLINE_CONTROL_SIDE
 
 pytestmark = pytest.mark.lab
 
@@ -20,7 +20,7 @@ STATS = f"tcp://{ONLINE_CONTROL_SIDE}:36600"   # the online host's control-side 
 
 def test_top_once_json_shows_every_process_of_a_running_copy(live_copy) -> None:
     copy = live_copy(tcpcopy_flags=["--stats", STATS], intercept_flags=["--stats", STATS])
-    top = copy.lab.popen(ONLINE, [sys.executable, "-m", "tcpcopy.cluster.top", "--stats", STATS,
+    top = copy.lab.popen(ONLINE, [sys.executable, "-m", "tcpcopy.cluster.ops.top", "--stats", STATS,
                                   "--once", "--json"], stdout=-1, stderr=-1)
     load.short_connections(copy.lab, CLIENT, f"{copy.url}/index.html", rate=200, seconds=2)
     out, err = top.communicate(timeout=30)
@@ -37,7 +37,7 @@ def test_top_once_json_shows_every_process_of_a_running_copy(live_copy) -> None:
 
 def test_metrics_endpoint_serves_the_copy_in_prometheus_text(live_copy) -> None:
     copy = live_copy(tcpcopy_flags=["--stats", STATS], intercept_flags=["--stats", STATS])
-    metrics = copy.lab.popen(ONLINE, [sys.executable, "-m", "tcpcopy.cluster.metrics", "--stats", STATS,
+    metrics = copy.lab.popen(ONLINE, [sys.executable, "-m", "tcpcopy.cluster.ops.metrics", "--stats", STATS,
                                       "--listen", "127.0.0.1:9464"], stdout=-1, stderr=-1)
     try:
         load.short_connections(copy.lab, CLIENT, f"{copy.url}/index.html", rate=200, seconds=2)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, Lab, four_host
-from tcpcopy.deploy.servers import bodies_of
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, Lab, four_host
+from tcpcopy.lab.servers import bodies_of
 from tests.e2e.conftest import module_lab
 
 pytestmark = pytest.mark.lab

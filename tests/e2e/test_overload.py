@@ -27,9 +27,9 @@ import time
 
 import pytest
 
-from tcpcopy.deploy import accesslog, load
-from tcpcopy.deploy.lab import CLIENT
-from tcpcopy.deploy.livecopy import LiveCopy
+from tcpcopy.lab import accesslog, load
+from tcpcopy.lab.netns import CLIENT
+from tcpcopy.lab.livecopy import LiveCopy
 
 pytestmark = pytest.mark.lab
 

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from tcpcopy.cluster.privileges import CAP_NET_RAW, read_credentials
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT
 from tests.e2e.test_live_copy import assert_all_succeeded, finish
 
 pytestmark = pytest.mark.lab

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tcpcopy.deploy.kvstore import Redis, redis_benchmark, wait_until_quiet
-from tcpcopy.deploy.lab import CLIENT, ONLINE_ADDRESS
-from tcpcopy.deploy.livecopy import LiveCopy
+from tcpcopy.lab.kvstore import Redis, redis_benchmark, wait_until_quiet
+from tcpcopy.lab.netns import CLIENT, ONLINE_ADDRESS
+from tcpcopy.lab.livecopy import LiveCopy
 
 pytestmark = pytest.mark.lab
 

@@ -24,7 +24,7 @@ from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.intercept.worker import ANSWER_BATCH_BYTES, HEADER_SNAPLEN, Worker, WorkerConfig
 from tcpcopy.session import intercepts as intercepts_module
 from tcpcopy.session.intercepts import InterceptLinks
-from tcpcopy.deploy.lab import Host, Lab, Route, Topology, link
+from tcpcopy.lab.netns import Host, Lab, Route, Topology, link
 from tests.intercept.test_worker import (ASSISTANT_IP, TARGET_IP, TARGET_PORT, Clock, Intercept, answer,
                                          endpoint, header_length, hello_from, pump, receive)
 from tests.lab.conftest import lab_unavailable_reason

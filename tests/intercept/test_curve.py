@@ -29,7 +29,8 @@ from tcpcopy.cluster import curve, wire
 from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.curve import KeyFileError, KeyLayout
 from tcpcopy.cluster.options import InterceptAddress
-from tcpcopy.cluster.stats import Aggregator, StatsPublisher
+from tcpcopy.cluster.ops.aggregator import Aggregator
+from tcpcopy.cluster.stats import StatsPublisher
 from tcpcopy.session.intercepts import InterceptLinks
 from tests.intercept.test_worker import endpoint, hello_from
 
@@ -229,13 +230,13 @@ def test_tcpcopy_key_faults_exit_2(keys, tmp_path):
 
 
 def test_cluster_keygen_command_refuses_a_second_run(tmp_path):
-    first = run("tcpcopy.cluster.main", "keygen", str(tmp_path / "k"))
+    first = run("tcpcopy.cluster.ops.main", "keygen", str(tmp_path / "k"))
     assert first.returncode == 0 and "made" in first.stdout and "allowed-owners" in first.stdout, first
-    one_line_error(run("tcpcopy.cluster.main", "keygen", str(tmp_path / "k")), "exists", "--force")
+    one_line_error(run("tcpcopy.cluster.ops.main", "keygen", str(tmp_path / "k")), "exists", "--force")
 
 
 def test_cluster_start_makes_keys_that_every_role_can_read(tmp_path):
-    from tcpcopy.cluster.main import prepare_keys
+    from tcpcopy.cluster.ops.main import prepare_keys
     config = load_config(write_config(tmp_path, '[stats]\nendpoint = "ipc:///tmp/x"\n'))
     said = prepare_keys(config, "assistant")
     assert len(said) == 1 and "made CurveZMQ keys in" in said[0] and "copy that directory" in said[0]

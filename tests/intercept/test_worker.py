@@ -33,7 +33,7 @@ from scapy.layers.inet import IP, TCP
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster import wire
-from tcpcopy.deploy.lab import Host, Lab, Route, Topology, enter_namespace, link
+from tcpcopy.lab.netns import Host, Lab, Route, Topology, enter_namespace, link
 from tcpcopy.intercept import worker as worker_module
 from tcpcopy.intercept.worker import BATCH_RECORDS, OWNER_SILENCE, Worker, WorkerConfig
 from tests.lab.conftest import lab_unavailable_reason

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpcopy.deploy.lab import ONLINE, ONLINE_ADDRESS, Lab, four_host, two_host
-from tcpcopy.deploy.servers import Nginx
+from tcpcopy.lab.netns import ONLINE, ONLINE_ADDRESS, Lab, four_host, two_host
+from tcpcopy.lab.servers import Nginx
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tcpcopy.deploy.lab import (
+from tcpcopy.lab.netns import (
     ASSISTANT,
     ASSISTANT_ADDRESS,
     ASSISTANT_TARGET_SIDE,
@@ -32,7 +32,7 @@ from tcpcopy.deploy.lab import (
     LabError,
     four_host_topology,
 )
-from tcpcopy.deploy.servers import INDEX_HTML, Greeter, Nginx
+from tcpcopy.lab.servers import INDEX_HTML, Greeter, Nginx
 
 TARGET_PORT = 8080
 CONTROL_PORT = 36524

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tcpcopy.capture import packet as pk
-from tcpcopy.deploy.replay_demo import DEFAULT_PCAP, replay
+from tcpcopy.lab.replay_demo import DEFAULT_PCAP, replay
 from tests.fixtures.pcapfile import load_fixture, write_pcap
 
 pytestmark = pytest.mark.lab

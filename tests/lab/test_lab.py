@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from tcpcopy.deploy.lab import (
+from tcpcopy.lab.netns import (
     COPIER,
     COPIER_ADDRESS,
     TARGET,
@@ -38,8 +38,8 @@ from tcpcopy.deploy.lab import (
     remove_stale,
     two_host,
 )
-from tcpcopy.deploy.lab import main as lab_main
-from tcpcopy.deploy.servers import INDEX_HTML, Nginx, big_bin
+from tcpcopy.lab.netns import main as lab_main
+from tcpcopy.lab.servers import INDEX_HTML, Nginx, big_bin
 
 pytestmark = pytest.mark.lab
 
@@ -144,8 +144,8 @@ def test_a_signalled_process_tears_its_lab_down(lab_required: None, sig: signal.
     tag = fresh_tag()
     code = (
         "import time\n"
-        "from tcpcopy.deploy.lab import two_host\n"
-        "from tcpcopy.deploy.servers import Nginx\n"
+        "from tcpcopy.lab.netns import two_host\n"
+        "from tcpcopy.lab.servers import Nginx\n"
         f"lab = two_host({tag!r}).up()\n"
         "web = Nginx(lab, 'target', '198.18.0.2', 8080).start()\n"
         "print(lab.popen('copier', ['sleep', '60']).pid, web.proc.pid, web.dir, flush=True)\n"
@@ -176,10 +176,10 @@ def test_cli_down_removes_a_detached_lab_by_tag(lab_required: None) -> None:
     stray = lab.popen(COPIER, ["sleep", "60"]).pid
     lab.detach()
     try:
-        status = subprocess.run([sys.executable, "-m", "tcpcopy.deploy.lab", "status"],
+        status = subprocess.run([sys.executable, "-m", "tcpcopy.lab.netns", "status"],
                                 capture_output=True, text=True, timeout=20)
         assert f"tcl-{tag}-copier" in status.stdout
-        down = subprocess.run([sys.executable, "-m", "tcpcopy.deploy.lab", "down", "--tag", tag],
+        down = subprocess.run([sys.executable, "-m", "tcpcopy.lab.netns", "down", "--tag", tag],
                               capture_output=True, text=True, timeout=20)
         assert down.returncode == 0, down.stderr
         assert f"tcl-{tag}-copier" in down.stdout

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from tcpcopy.deploy import accesslog as al
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, Lab
-from tcpcopy.deploy.servers import Nginx
+from tcpcopy.lab import accesslog as al
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, Lab
+from tcpcopy.lab.servers import Nginx
 
 H2LOAD_OUTPUT = """starting benchmark...
 spawning thread #0: 600 total client(s). Up to 1 client(s) will be created every 5ms 600 total requests

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpcopy.deploy.lab import COPIER, TARGET_ADDRESS
+from tcpcopy.lab.netns import COPIER, TARGET_ADDRESS
 
 pytestmark = pytest.mark.lab
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tcpcopy.deploy import load
-from tcpcopy.deploy.lab import CLIENT, CLIENT_ADDRESS, ONLINE, ONLINE_ADDRESS, Lab
-from tcpcopy.deploy.servers import (
+from tcpcopy.lab import load
+from tcpcopy.lab.netns import CLIENT, CLIENT_ADDRESS, ONLINE, ONLINE_ADDRESS, Lab
+from tcpcopy.lab.servers import (
     GREETING,
     UPLOAD_STATUS,
     Greeter,

@@ -1,15 +1,15 @@
 """How the benchmark suite judges its runs: medians per tool, the ratios of this project to the
 C tool, the verdict of every target, the order of the runs, the tables, the C tool's closing
 counters and the soak's RSS growth. The runs themselves need the lab and are the suite's own
-business (``python -m tcpcopy.deploy.benchmark``)."""
+business (``python -m tcpcopy.lab.benchmark``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tcpcopy.deploy import benchmark as bm
-from tcpcopy.deploy import ctool
-from tcpcopy.deploy.servers import ReceivedBody
+from tcpcopy.lab import benchmark as bm
+from tcpcopy.lab import ctool
+from tcpcopy.lab.servers import ReceivedBody
 
 
 def run(scenario: str = "short-2500", *, offered: float = 2500, online_rps: float = 2500,

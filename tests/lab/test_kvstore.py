@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tcpcopy.deploy import kvstore
+from tcpcopy.lab import kvstore
 
 COMMANDSTATS = (
     "# Commandstats\r\n"
@@ -68,6 +68,6 @@ def test_a_redis_server_listens_on_lab_addresses_only() -> None:
 
 
 def test_a_live_copy_refuses_a_redis_port_another_service_has() -> None:
-    from tcpcopy.deploy.livecopy import ONLINE_PORT, LiveCopy
+    from tcpcopy.lab.livecopy import ONLINE_PORT, LiveCopy
     with pytest.raises(ValueError, match="taken by another copied service"):
         LiveCopy(None, redis_port=ONLINE_PORT)

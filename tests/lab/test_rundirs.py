@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tcpcopy.deploy import rundirs
-from tcpcopy.deploy.livecopy import LiveCopy
+from tcpcopy.lab import rundirs
+from tcpcopy.lab.livecopy import LiveCopy
 
 
 @pytest.fixture

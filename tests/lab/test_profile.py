@@ -1,6 +1,6 @@
 """The profile harness's text summary of py-spy's collapsed stacks."""
 
-from tcpcopy.deploy.profile import summarize
+from tcpcopy.lab.profile import summarize
 
 
 def test_summary_adds_samples_per_function_own_and_below(tmp_path):

@@ -12,7 +12,11 @@ PURE_MODULES = [ROOT / "session" / "engine.py", ROOT / "session" / "seqnum.py",
                 ROOT / "session" / "orphans.py", ROOT / "session" / "comparing.py",
                 ROOT / "session" / "kernelskip.py", ROOT / "cluster" / "shard.py",
                 ROOT / "cluster" / "progress.py", ROOT / "session" / "states.py",
-                ROOT / "session" / "stream.py", ROOT / "session" / "rtt.py"]
+                ROOT / "session" / "stream.py", ROOT / "session" / "rtt.py",
+                ROOT / "capture" / "icmp.py", ROOT / "session" / "fanout.py",
+                ROOT / "session" / "ports.py", ROOT / "intercept" / "routes.py",
+                ROOT / "cluster" / "wire.py", ROOT / "cluster" / "options.py",
+                ROOT / "cluster" / "config.py", ROOT / "cluster" / "ops" / "accesscounts.py"]
 BANNED = {"socket", "zmq", "pcap", "psutil", "time", "datetime", "select", "selectors",
           "asyncio", "threading", "multiprocessing", "subprocess", "os", "random", "scapy"}
 

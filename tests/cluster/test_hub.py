@@ -106,9 +106,12 @@ def test_top_exporter_and_recorder_read_one_stream_at_once(tmp_path, keys):
         recorder = start("tcpcopy.cluster.ops.report", "record", "--hub", feed, "--key", secret,
                          "--out", str(samples), "--seconds", "6")
         owner = Publishing(stats, keys)
+        # The hub publishes its own figures once a second, so they may come a second after
+        # the owner's: wait for both, then judge the page.
         page = wait_for(lambda: (text := scrape(f"http://{listen}/metrics")) and
-                        'tcpcopy_engine_requests_sent_total{host="online1"' in text and text, 15,
-                        "the exporter never showed the owner")
+                        'tcpcopy_engine_requests_sent_total{host="online1"' in text and
+                        "tcpcopy_forwarded_total" in text and text, 15,
+                        "the exporter never showed both the owner and the hub")
         top = subprocess.run([PY, "-m", "tcpcopy.cluster.ops.top", "--hub", feed, "--key", secret, "--once", "--json"],
                              capture_output=True, text=True, timeout=30)
         keyless = subprocess.run([PY, "-m", "tcpcopy.cluster.ops.top", "--hub", feed, "--once", "--json"],

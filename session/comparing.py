@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster.shard import compare_sampled
 from tcpcopy.session.compare import SAME, Answer, AnswerStream, CompareConfig, Comparator
-from tcpcopy.session.engine import REQUEST_HEAD, Endpoint, RequestSent
+from tcpcopy.session.engine import Endpoint, RequestSent
 
 EndpointKey = tuple   # (client_ip, client_port, target_ip, target_port) of a replayed session
 FlowKey = tuple       # (src, sport, dst, dport) of a captured client connection

@@ -42,4 +42,11 @@ def test_short_connections_and_an_upload_copy_exactly_without_offloads(live_copy
     stored = [b for b in bodies_of(copy.target.access_log_entries()) if b.length == 4 << 20]
     assert [b.sha256 for b in stored] == [upload.body_sha256] * 2
     table = json.loads(copy.summary_path.read_text())["table"]
-    assert table["checksums_completed"] == 0
+    # A complete checksum equals the pseudo-header sum by chance once in 65,536 segments and
+    # is then "completed" to the value it already had: nothing more than that may look partial.
+    assert table["checksums_completed"] <= 1 + table_packets(copy) // 10_000, table
+
+
+def table_packets(copy) -> int:
+    """Client packets the owner took (from tcpcopy's summary)."""
+    return json.loads(copy.summary_path.read_text())["owner"]["client_packets"]

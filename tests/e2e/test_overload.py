@@ -14,10 +14,9 @@ before it was shed) shows as more CPU per copied request; shed connections are d
 the capture worker's kernel filter, so most of their packets cost nothing. The sustained run
 goes at the rate the overloaded copy reached.
 
-The figure is a ratio of two CPU measurements on a box the load tool shares: runs on two
-cores measured 83-106%, around a 90-100% middle. The test fails below 80%, a margin for that
-noise; a real regression (say the kernel skipping lost, which measured 76-85%) shows in the
-printed figure first.
+The figure is a ratio of two CPU measurements on a box the load tool shares, noisy by about
+ten points: runs on two cores measured 83-103%, so the 90% target is not met every run yet.
+The test fails below 80%, a floor under that noise; the printed figure is the measurement.
 """
 
 from __future__ import annotations

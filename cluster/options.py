@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from tcpcopy.cluster.shard import combine_filters, online_answers_filter
+
 DEFAULT_INTERCEPT_PORT = 36524
 MAX_CLIENT_POOL = 65536
 
@@ -154,13 +156,7 @@ def parse_client_pool(value: str, exclude: set[str] = frozenset()) -> tuple[str,
 def capture_filter(mappings: tuple[Mapping, ...], user_filter: str | None = None) -> str:
     """The BPF filter a capture worker compiles: client packets to any ``-x`` online
     address, AND the user's ``-F`` when given."""
-    terms = []
-    for m in mappings:
-        term = f"dst port {m.online_port}"
-        if m.online_ip is not None:
-            term += f" and dst host {m.online_ip}"
-        terms.append(f"({term})")
-    auto = "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
+    auto = _online_side_filter(mappings, "dst")
     return f"({auto}) and ({user_filter})" if user_filter else auto
 
 
@@ -168,12 +164,16 @@ def online_answers_capture_filter(mappings: tuple[Mapping, ...], percent: int) -
     """The BPF filter of the online server's answers to the compared clients: packets from
     any ``-x`` online address and port, sampled on their destination (the client) by
     ``cluster.shard.compare_sampled``'s twin."""
-    from tcpcopy.cluster.shard import combine_filters, online_answers_filter
+    return combine_filters(_online_side_filter(mappings, "src"), online_answers_filter(percent))
+
+
+def _online_side_filter(mappings: tuple[Mapping, ...], side: str) -> str:
+    """TCP with the online address and port of any ``-x`` as its ``side`` ("dst": what
+    clients send to the online server, "src": what it answers)."""
     terms = []
     for m in mappings:
-        term = f"src port {m.online_port}"
+        term = f"{side} port {m.online_port}"
         if m.online_ip is not None:
-            term += f" and src host {m.online_ip}"
+            term += f" and {side} host {m.online_ip}"
         terms.append(f"({term})")
-    auto = "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
-    return combine_filters(auto, online_answers_filter(percent))
+    return "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"

@@ -102,6 +102,7 @@ class _Compared:
 
 
 GRACE = 2.0          # seconds a boundary waits for the answer bytes before it
+TICK_EVERY = 0.25    # seconds between looks for boundaries past their grace
 EARLY_MAX = 1024     # connections whose online answers came before their session
 EARLY_FOR = 1.0      # seconds such answers are kept
 MAX_WAITING = 1024   # closed answers of one side waiting for the other side's
@@ -115,14 +116,22 @@ class Comparing:
         self._by_endpoint: dict[EndpointKey, _Compared] = {}
         self._by_flow: dict[FlowKey, list[_Compared]] = {}
         self._records: list[dict] = []
+        self._next_tick = 0.0
         # Online answers of connections whose session has not started yet (flow -> packets).
         self._early: dict[FlowKey, list[tuple[int, bytes, float]]] = {}
 
     # ------------------------------------------------------------------ sessions
 
+    def sampled(self, flow: FlowKey) -> bool:
+        """Whether sessions of this captured connection are in the compared sample."""
+        return compare_sampled(flow[0], flow[1], self.options.percent)
+
+    def knows(self, flow: FlowKey) -> bool:
+        return flow in self._by_flow
+
     def session_started(self, endpoint: Endpoint, flow: FlowKey) -> bool:
         """Whether the new session is compared (the owner then asks intercept to WATCH it)."""
-        if not flow or not compare_sampled(flow[0], flow[1], self.options.percent):
+        if not flow or not self.sampled(flow):
             return False
         if len(self._by_endpoint) >= self.options.max_sessions:
             self.counters.sessions_not_compared += 1
@@ -155,7 +164,11 @@ class Comparing:
             self._add_boundary(compared, side, _Boundary(side.count, event.target_seq, event.at))
 
     def tick(self, now: float) -> None:
-        """Apply boundaries whose bytes never came (their grace is over)."""
+        """Apply boundaries whose bytes never came (their grace is over). The owner calls it
+        every loop turn; it looks at the sessions every TICK_EVERY seconds."""
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK_EVERY
         for compared in self._by_endpoint.values():
             for side in (compared.online, compared.target):
                 if side.boundaries and now - side.boundaries[0].at > GRACE:

@@ -328,11 +328,15 @@ class Owner:
         before the engine rewrites the packet, and a session it starts is known to the
         comparison before its first request is."""
         flow = (packet.src, packet.sport, packet.dst, packet.dport)
+        comparing = self.comparing
+        if not comparing.sampled(flow):
+            self.table.client_packet(packet, now)
+            return
         ack, head = packet.ack, bytes(packet.buf[packet.payload_off:packet.payload_off + REQUEST_HEAD])
         self.table.client_packet(packet, now)
-        if self.table.has_events():
-            self._flush()   # a session this or an earlier packet of the batch started
-        self.comparing.client_segment(flow, ack, head, now)
+        if not comparing.knows(flow) and self.table.has_events():
+            self._flush()   # the session this or an earlier packet of the batch started
+        comparing.client_segment(flow, ack, head, now)
 
     def _observe_lag(self, captured_at: float, now: float) -> None:
         """How far behind its input the owner is: the capture time of the newest packet of

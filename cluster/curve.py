@@ -447,8 +447,8 @@ class KeyGate:
             return
         self.counts["refused_handshake"] += 1
         if self._may_log(b"handshake"):
-            log.warning("%s: a CURVE handshake failed (a peer with the wrong server key?); further "
-                        "ones are counted as refused_handshake", self.what)
+            log.warning("%s: a CURVE handshake failed (%s); further ones are counted as refused_handshake",
+                        self.what, _handshake_failure(event))
 
     def _log_refused(self, key: bytes, address: str) -> None:
         if self._may_log(key):
@@ -467,6 +467,18 @@ class KeyGate:
         self._logged.add(what)
         self._lines += 1
         return True
+
+
+def _handshake_failure(event: dict) -> str:
+    """What a failed handshake most likely was, for the log.
+
+    A peer without keys is usually seen as a mechanism mismatch, but both sides check the
+    greeting: when the peer notices first and hangs up, this side sees only a broken pipe or a
+    reset (ZeroMQ's "no detail" event with the errno), and the peer does not come back."""
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and event["value"] in (errno.EPIPE, errno.ECONNRESET):
+        return ("the peer hung up during it: a peer without CURVE keys, or with the wrong server key, "
+                "that noticed first")
+    return f"a peer with the wrong server key? ZeroMQ event {event['event']:#x}, value {event['value']:#x}"
 
 
 def _shown_address(address: str) -> str:

@@ -754,6 +754,7 @@ class Worker:
                   ("answer_bytes", s["answer_bytes"]), ("watch_refused", s["watch_refused"]),
                   ("answer_drops", s["answer_drops"]),
                   ("refused_key", s["curve_refused_key"]), ("refused_plain", s["curve_refused_plain"]),
+                  ("refused_handshake", s["curve_refused_handshake"]),
                   ("pcap_dropped", s["pcap_dropped"]))
         return "stats: " + " ".join(f"{name}={value}" for name, value in fields)
 

@@ -302,6 +302,16 @@ def stranger_keys(server_public: bytes) -> curve.ClientKeys:
     return curve.ClientKeys(curve.KeyPair(*zmq.curve_keypair()), server_public)
 
 
+WAITED_FOR = ("registered", "curve_refused_plain", "curve_refused_handshake", "curve_refused_key")
+
+
+def refused_strangers_counted(figures: dict) -> bool:
+    """The plain peer shows as refused_plain, or as refused_handshake when it saw the mismatch
+    first and hung up (then this side has only a broken pipe); the unlisted key as refused_key."""
+    plain = figures.get("curve_refused_plain", 0) + figures.get("curve_refused_handshake", 0)
+    return figures.get("registered") == 1 and plain >= 1 and figures.get("curve_refused_key", 0) >= 1
+
+
 @needs_root
 def test_curve_round_trip_between_real_processes_refuses_strangers(keys, tmp_path):
     context = zmq.Context()
@@ -330,10 +340,10 @@ def test_curve_round_trip_between_real_processes_refuses_strangers(keys, tmp_pat
         links.register(E)
         links.flush()
         figures = {}
-        deadline = time.monotonic() + 10
-        while figures.get("registered") != 1 or not figures.get("curve_refused_plain") \
-                or not figures.get("curve_refused_key"):
-            assert time.monotonic() < deadline, (figures, intercept.log())
+        deadline = time.monotonic() + 30
+        while not refused_strangers_counted(figures):
+            assert time.monotonic() < deadline, ({name: figures.get(name) for name in WAITED_FOR},
+                                                 [line for line in intercept.log().splitlines() if "WARN" in line])
             rogue.publish({"sessions_active": 666})
             aggregator.poll(0.2)
             rows = {row["identity"]: row for row in aggregator.snapshot_json()["processes"]}
@@ -352,7 +362,7 @@ def test_curve_round_trip_between_real_processes_refuses_strangers(keys, tmp_pat
         context.destroy(linger=0)
     log = intercept.log()
     assert counters["registers"] == 1 and counters["owners"] == 1, log
-    assert counters["refused_key"] >= 1 and counters["refused_plain"] >= 1, log
+    assert counters["refused_key"] >= 1 and counters["refused_plain"] + counters["refused_handshake"] >= 1, log
     refused = [line for line in log.splitlines() if "is not in the allowed keys" in line]
     assert len(refused) == 1 and "127.0.0.1" in refused[0], log
     assert "owner owner-0@online1 connected from 127.0.0.1, key online.key" in log

@@ -402,6 +402,9 @@ def main(argv=None) -> int:
         where = args.hub or args.stats or args.config
         return _fail(f"{where}: cannot bind or connect: {exc} (is another consumer bound there? "
                      "run a stats hub and read it with --hub)")
+    stop = threading.Event()
+    # Before the first scrape can be answered: a SIGTERM right after it still stops cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         host, port = listen_address(listen)
         server = serve_metrics(aggregator, host, port)
@@ -412,12 +415,10 @@ def main(argv=None) -> int:
         aggregator.close()
         return _fail(f"--listen {listen}: {exc.strerror}: pick a free port on an address of this host")
     print(f"{PROG}: serving {server.url} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    return _serve(aggregator, server)
+    return _serve(aggregator, server, stop)
 
 
-def _serve(aggregator: Aggregator, server: MetricsServer) -> int:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def _serve(aggregator: Aggregator, server: MetricsServer, stop: threading.Event) -> int:
     try:
         while not stop.is_set():
             aggregator.poll(POLL_SLICE)

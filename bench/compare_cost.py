@@ -49,9 +49,9 @@ def run(requests: int, body_bytes: int, differ: bool) -> float:
     for i in range(requests):
         at = i * 0.001
         (on, online_segments), (tg, target_segments) = online_packets[i], target_packets[i]
-        comparing.client_segment(FLOW, on, HEAD, at)
+        comparing.client_segment(FLOW, on, HEAD, at, at)
         for packet in online_segments:
-            comparing.online_answer(packet, at)
+            comparing.online_answer(packet, at, at)
         comparing.request_sent(ENDPOINT, RequestSent(at, on, tg, HEAD))
         for packet in target_segments:
             comparing.target_answer(packet, at)

@@ -112,7 +112,9 @@ class LiveCopy:
     ``online_files`` and ``target_files`` replace the site each nginx serves (the default
     site when None), e.g. to have the target answer some paths differently.
     ``target_upstream`` makes the target's nginx proxy its pages to that server (e.g. a
-    :class:`~tcpcopy.lab.slowbackend.SlowBackend`) instead of serving them itself.
+    :class:`~tcpcopy.lab.slowbackend.SlowBackend`) instead of serving them itself;
+    ``online_proxied`` makes the online nginx proxy those paths alone (path -> server), e.g.
+    for an online server that answers one path slowly.
     ``baseline_files`` adds a baseline nginx serving them on the target host at
     :data:`BASELINE_PORT`, and tcpcopy replays compared sessions to it too (``--baseline``;
     the test passes ``--compare``). ``token`` makes every nginx put a random token of its own
@@ -127,7 +129,7 @@ class LiveCopy:
                  greeter_port: int | None = None, stats_endpoint: str | None = None,
                  target_upstream: str | None = None, redis_port: int | None = None, ipv6: bool = False,
                  online_files: dict | None = None, baseline_files: dict | None = None,
-                 token: str | None = None):
+                 token: str | None = None, online_proxied: dict | None = None):
         if redis_port is not None and redis_port in (ONLINE_PORT, TARGET_PORT, greeter_port):
             raise ValueError(f"redis_port {redis_port} is taken by another copied service: pick another")
         self.lab = lab
@@ -140,7 +142,8 @@ class LiveCopy:
         self.ipv6 = ipv6
         self.online_address = ONLINE_V6 if ipv6 else ONLINE_ADDRESS
         self.target_address = TARGET_V6 if ipv6 else TARGET_ADDRESS
-        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT, files=online_files, token=token)
+        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT, files=online_files, token=token,
+                            proxied=online_proxied)
         self.target = Nginx(lab, TARGET, self.target_address, TARGET_PORT, files=target_files,
                             upstream=target_upstream, token=token)
         self.baseline = (None if baseline_files is None else

@@ -19,8 +19,8 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -136,23 +136,29 @@ class Nginx(_LabServer):
     It serves ``files`` (by default ``/index.html`` and the 1 MiB ``/big.bin``) and keeps the
     body of every request under ``UPLOAD_PREFIX`` (answered with ``UPLOAD_STATUS``). With
     ``upstream`` (an nginx server address, e.g. ``unix:/path:``) every other request is
-    proxied there instead of served from the files. With ``token`` every occurrence of that
-    text in a page is replaced by a random token of its own per answer (nginx's
-    ``$request_id``, 32 hex digits), as pages with session ids or CSRF tokens have.
+    proxied there instead of served from the files; ``proxied`` maps exact paths to such
+    addresses, for a server that answers only those paths through another (e.g. slowly).
+    With ``token`` every occurrence of that text in a page is replaced by a random token of
+    its own per answer (nginx's ``$request_id``, 32 hex digits), as pages with session ids or
+    CSRF tokens have.
     """
 
     def __init__(self, lab: Lab, host: str, address: str, port: int = 80, *,
                  files: Mapping[str, bytes] | None = None, keepalive_requests: int = 1_000_000,
                  keepalive_timeout_s: int = 65, keep_dir: bool = False, upstream: str | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, proxied: Mapping[str, str] | None = None) -> None:
         if token is not None and not re.fullmatch(r"[A-Za-z0-9_]{4,64}", token):
             raise ValueError(f"token {token!r}: use 4-64 letters, digits or '_' (it goes into nginx.conf)")
+        for path in proxied or {}:
+            if not re.fullmatch(r"/[A-Za-z0-9._/-]*", path):
+                raise ValueError(f"proxied path {path!r}: give an absolute path of letters, digits and ._/-")
         self._listen_on(lab, host, address, port, keep_dir)
         self.token = token
         self.files = dict(default_site() if files is None else files)
         self.keepalive_requests = keepalive_requests
         self.keepalive_timeout_s = keepalive_timeout_s
         self.upstream = upstream
+        self.proxied = dict(proxied or {})
         self._cached_log: list[dict[str, Any]] = []
         self._cached_bodies: list[ReceivedBody] = []
 
@@ -362,7 +368,7 @@ http {{
         server_name _;
         root {d}/site;
         location / {{{self._upstream_directives()}{self._token_directives()}
-        }}
+        }}{self._proxied_locations()}
         # nginx stores a request body only for a handler that reads it; the proxy module is
         # the core one that does. Each body stays in a file of its own (named in the access
         # log); the sink behind it gets only the headers and answers {UPLOAD_STATUS}.
@@ -392,6 +398,11 @@ http {{
             return ""
         return (f"\n            sub_filter '{self.token}' '$request_id';\n            sub_filter_once off;"
                 "\n            sub_filter_types *;")
+
+    def _proxied_locations(self) -> str:
+        """One exact-match location per ``proxied`` path, proxied to its server."""
+        return "".join(f"\n        location = {path} {{\n            proxy_pass http://{upstream};\n        }}"
+                       for path, upstream in self.proxied.items())
 
     def _upstream_directives(self) -> str:
         """With an ``upstream``, ``location /`` proxies to it instead of serving the site."""

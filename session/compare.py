@@ -129,7 +129,7 @@ class Answer:
     length: int                    # bytes the side sent for it (from sequence numbers)
     cut: int = 0                   # bytes past the stream's max_bytes, not kept
     missing: int = 0               # bytes within the kept range that never arrived
-    latency: float | None = None   # first answer byte minus the request's send time
+    latency: float | None = None   # first answer byte minus the request's send time (one clock)
 
     @classmethod
     def whole(cls, data: bytes, latency: float | None = None) -> "Answer":

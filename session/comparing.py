@@ -12,6 +12,23 @@ ACK is where the online server's answer starts), the target stream as the engine
 keeps it in step with the online answers however far the replay lags behind; the answers of
 request k on both sides are judged together. The last answers end when the session does.
 
+Each side's latency (first answer byte after the request) is measured on the clock of that
+side's own record of the exchange, so that neither includes how far the owner lags:
+
+* **Online:** the capture time of the first answer byte minus the capture time of the
+  client segment that started the request, both the capture worker's packet timestamps
+  on the online host: the online server's time to answer plus the wire between it and the
+  capture point (near nothing on the same host).
+* **Target:** the owner's clock from the replayed request (``RequestSent``, the loop turn
+  that sends it) to the loop turn that takes the ANSWERS message holding the first answer
+  byte: the target's time to answer plus the way there and back, intercept's capture
+  block (up to 1 ms) and batching, the control channel and the owner's turn. intercept's
+  records carry no capture time (and its clock is another host's), so this side includes
+  that return path: a few milliseconds on an idle owner, more on a busy one.
+
+The owner's clock still decides when a boundary gives up waiting for its bytes (``GRACE``):
+an owner seconds behind its input must not cut answers that are on their way.
+
 Every copy of a captured connection (``-n``) is compared with the same online answers, so each
 copy keeps its own online stream.
 
@@ -73,11 +90,14 @@ class CompareCounters:
 
 @dataclass(frozen=True, slots=True)
 class _Boundary:
-    """Where a side's answer to request ``index`` starts (a sequence number), and when."""
+    """Where a side's answer to request ``index`` starts (a sequence number); when the owner
+    learnt of it (``at``, its clock: the grace counts from there); when the request left on
+    the clock of the side's answer times (``sent``: the latency counts from there)."""
 
     index: int
     seq: int
     at: float
+    sent: float
 
 
 class _Side:
@@ -145,7 +165,7 @@ class Comparing:
         self._records: list[dict] = []
         self._next_tick = 0.0
         # Online answers of connections whose session has not started yet (flow -> packets).
-        self._early: dict[FlowKey, list[tuple[int, bytes, float]]] = {}
+        self._early: dict[FlowKey, list[tuple[int, bytes, float, float]]] = {}
 
     # ------------------------------------------------------------------ sessions
 
@@ -169,8 +189,8 @@ class Comparing:
         self._by_endpoint[compared.key] = compared
         self._by_flow.setdefault(flow, []).append(compared)
         self.counters.sessions_compared += 1
-        for seq, data, at in self._early.get(flow, ()):
-            compared.online.stream.add(seq, data, at)
+        for seq, data, _at, captured in self._early.get(flow, ()):
+            compared.online.stream.add(seq, data, captured)
         return True
 
     def _baseline_started(self, endpoint: Endpoint, flow: FlowKey) -> bool:
@@ -182,8 +202,9 @@ class Comparing:
         self.counters.baseline_sessions += 1
         return True
 
-    def client_segment(self, flow: FlowKey, ack: int, head: bytes, at: float) -> None:
-        """A captured client segment with data (``head``: its first bytes): one whose
+    def client_segment(self, flow: FlowKey, ack: int, head: bytes, at: float, captured: float) -> None:
+        """A captured client segment with data (``head``: its first bytes), taken by the
+        owner at ``at`` and captured at ``captured`` (its packet timestamp): one whose
         captured ACK moved (or the first) starts a new request, and the online server's
         answer to it starts at that ACK."""
         for compared in self._by_flow.get(flow, ()):
@@ -192,17 +213,17 @@ class Comparing:
                 continue
             side.last_ack = ack
             compared.heads[side.count] = head
-            self._add_boundary(compared, side, _Boundary(side.count, ack, at))
+            self._add_boundary(compared, side, _Boundary(side.count, ack, at, captured))
 
     def request_sent(self, endpoint: Endpoint, event: RequestSent) -> None:
         """The engine replayed a new request: the target's answer to it starts at rcv_nxt."""
         entry = self._by_endpoint.get(_key(endpoint))
         if type(entry) is _Compared:
             side = entry.target
-            self._add_boundary(entry, side, _Boundary(side.count, event.target_seq, event.at))
+            self._add_boundary(entry, side, _Boundary(side.count, event.target_seq, event.at, event.at))
         elif entry is not None:
             side = entry.side
-            side.boundaries.append(_Boundary(side.count, event.target_seq, event.at))
+            side.boundaries.append(_Boundary(side.count, event.target_seq, event.at, event.at))
             side.count += 1
             self._advance_baseline(entry, event.at)
 
@@ -248,8 +269,8 @@ class Comparing:
         if type(entry) is _Baseline:
             self._end_baseline(entry)
             return
-        self._end_side(entry.online, False)
-        self._end_side(entry.target, True)
+        self._end_side(entry.online)
+        self._end_side(entry.target)
         self._judge_closed(entry)
         if now is not None and entry.online.closed.keys() & entry.target.closed.keys():
             self._finishing[key] = (entry, now + GRACE)   # the baseline's answers may follow
@@ -257,10 +278,10 @@ class Comparing:
         else:
             self._finish(key, entry)
 
-    def _end_side(self, side: _Side, timed: bool) -> None:
+    def _end_side(self, side: _Side) -> None:
         """A side's session is over: apply every boundary, and its last answer ends with
         what it sent."""
-        self._apply_boundaries(side, None, timed)
+        self._apply_boundaries(side, None)
         answer = side.stream.finish()
         if answer is not None and side.count:
             self._close(side, side.count - 1, answer)
@@ -289,7 +310,7 @@ class Comparing:
         """The baseline's session is over: its last answers close, and the copies compared
         with it are judged with what it answered (and without it past that)."""
         self._by_endpoint.pop(baseline.key, None)
-        self._end_side(baseline.side, True)
+        self._end_side(baseline.side)
         baseline.ended = True
         for compared in list(self._by_flow.get(baseline.flow, ())):
             self._judge_closed(compared)
@@ -307,17 +328,15 @@ class Comparing:
     def _advance(self, compared: _Compared, side: _Side, now: float | None) -> None:
         """Apply the side's boundaries its bytes reached (all of them when ``now`` is None,
         or those past their grace), then judge the requests both sides closed."""
-        # The online side's latency is not measured: its packets' times here are the
-        # owner's, not the online host's.
-        self._apply_boundaries(side, now, side is compared.target)
+        self._apply_boundaries(side, now)
         self._judge_closed(compared)
 
     def _advance_baseline(self, baseline: _Baseline, now: float | None) -> None:
-        if self._apply_boundaries(baseline.side, now, True):
+        if self._apply_boundaries(baseline.side, now):
             for compared in list(self._by_flow.get(baseline.flow, ())):
                 self._judge_closed(compared)
 
-    def _apply_boundaries(self, side: _Side, now: float | None, timed: bool) -> bool:
+    def _apply_boundaries(self, side: _Side, now: float | None) -> bool:
         """Apply the boundaries the side's bytes reached (all when ``now`` is None, and those
         past their grace); whether an answer closed."""
         stream, closed = side.stream, False
@@ -327,7 +346,7 @@ class Comparing:
             if not (due or stream.reached(boundary.seq)):
                 break
             del side.boundaries[0]
-            answer = stream.begin(boundary.seq, boundary.at if timed else None)
+            answer = stream.begin(boundary.seq, boundary.sent)
             if answer is not None:
                 self._close(side, boundary.index - 1, answer)
                 closed = True
@@ -374,32 +393,33 @@ class Comparing:
 
     # ------------------------------------------------------------------ answers
 
-    def online_answer(self, pkt: pk.Packet, at: float) -> None:
-        """A packet the online server sent to a client (captured on the online host). One
-        for a connection whose session has not started yet is kept a moment: the capture
-        worker reads the answers from a ring of their own, which may hand over a packet
-        before the other ring hands over the client's SYN and request."""
+    def online_answer(self, pkt: pk.Packet, at: float, captured: float) -> None:
+        """A packet the online server sent to a client, taken by the owner at ``at`` and
+        captured on the online host at ``captured``. One for a connection whose session has
+        not started yet is kept a moment: the capture worker reads the answers from a ring
+        of their own, which may hand over a packet before the other ring hands over the
+        client's SYN and request."""
         if not pkt.payload_len:
             return
         flow = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
         sessions = self._by_flow.get(flow)
         if not sessions:
-            self._keep_early(flow, pkt.seq, _payload(pkt), at)
+            self._keep_early(flow, pkt.seq, _payload(pkt), at, captured)
             return
         for compared in sessions:
-            self._online_bytes(compared, pkt.seq, _payload(pkt), at)
+            self._online_bytes(compared, pkt.seq, _payload(pkt), at, captured)
 
-    def _online_bytes(self, compared: _Compared, seq: int, data: bytes, at: float) -> None:
-        compared.online.stream.add(seq, data, at)
+    def _online_bytes(self, compared: _Compared, seq: int, data: bytes, at: float, captured: float) -> None:
+        compared.online.stream.add(seq, data, captured)
         if compared.online.boundaries:
             self._advance(compared, compared.online, at)
 
-    def _keep_early(self, flow: FlowKey, seq: int, data: bytes, at: float) -> None:
+    def _keep_early(self, flow: FlowKey, seq: int, data: bytes, at: float, captured: float) -> None:
         early = self._early
         while early and (len(early) >= EARLY_MAX or at - early[next(iter(early))][0][2] > EARLY_FOR):
             del early[next(iter(early))]
             self.counters.early_answers_dropped += 1
-        early.setdefault(flow, []).append((seq, data, at))
+        early.setdefault(flow, []).append((seq, data, at, captured))
 
     def target_answer(self, pkt: pk.Packet, at: float) -> None:
         """A packet the target sent to a replayed client (from intercept's ANSWERS)."""
@@ -424,7 +444,23 @@ class Comparing:
         return records
 
     def summary(self) -> dict:
-        return {**self.comparator.summary(), **self.counters.__dict__}
+        """Everything at the end of a run (``--summary-json``, the run report): verdict
+        counts and shares, latency percentiles per side, cuts, counters, and the first
+        examples of each verdict."""
+        return {**self.comparator.summary(), **self.counters.__dict__,
+                "examples": self.comparator.examples()}
+
+    def stats_figures(self) -> dict:
+        """What the stats channel carries every second: counts that add up over owners
+        (requests by verdict, ``not_captured`` among the counters, cuts) and each side's
+        latency percentiles; shares are left out (a sum of shares means nothing: readers
+        divide the summed counts) and so are the examples."""
+        summary = self.comparator.summary()
+        latency = {side: {name: figures[name] for name in ("p50", "p90", "p99", "samples")}
+                   for side, figures in summary["latency"].items()}
+        return {"compared": summary["compared"], "counts": summary["counts"], "latency": latency,
+                "noise_ignored": summary["noise_ignored"], "cuts": summary["cuts"],
+                **self.counters.__dict__}
 
     def _judge(self, request: bytes, key: EndpointKey, online: Answer, target: Answer,
                baseline: Answer | None = None) -> None:

@@ -265,17 +265,18 @@ class Owner:
     def _online_answers(self, batch: list, now: float) -> None:
         """The online server's answers to compared sessions (never replayed). The table's
         events of this turn go first: the sessions and requests they answer may have begun
-        in a batch taken just before."""
+        in a batch taken just before. Each packet's capture time goes with it: the online
+        side's latency is measured between capture times, not at the owner."""
         if self.comparing is None:
             return
         self._flush()
-        for _ts, ip in batch:
+        for captured, ip in batch:
             try:
                 packet = pk.decode(ip)
             except pk.PacketError:
                 self.counters.malformed_client += 1
                 continue
-            self.comparing.online_answer(packet, now)
+            self.comparing.online_answer(packet, now, captured)
 
     def _target_answers(self, now: float) -> None:
         """Watched routes' answers from intercept, payload included."""
@@ -310,7 +311,7 @@ class Owner:
         if self.shedder is not None and batch:
             self._observe_lag(batch[-1][0], now)
         comparing = self.comparing
-        for _ts, ip in batch:
+        for captured, ip in batch:
             if skips(ip):
                 continue
             try:
@@ -319,14 +320,14 @@ class Owner:
                 self.counters.malformed_client += 1
                 continue
             if comparing is not None and packet.payload_len:
-                self._compared_client_packet(packet, now)
+                self._compared_client_packet(packet, now, captured)
                 continue
             feed(packet, now)
 
-    def _compared_client_packet(self, packet: pk.Packet, now: float) -> None:
-        """A client segment with data while comparing: what the comparison needs is read
-        before the engine rewrites the packet, and a session it starts is known to the
-        comparison before its first request is."""
+    def _compared_client_packet(self, packet: pk.Packet, now: float, captured: float) -> None:
+        """A client segment with data while comparing (``captured``: its capture time): what
+        the comparison needs is read before the engine rewrites the packet, and a session it
+        starts is known to the comparison before its first request is."""
         flow = (packet.src, packet.sport, packet.dst, packet.dport)
         comparing = self.comparing
         if not comparing.sampled(flow):
@@ -336,7 +337,7 @@ class Owner:
         self.table.client_packet(packet, now)
         if not comparing.knows(flow) and self.table.has_events():
             self._flush()   # the session this or an earlier packet of the batch started
-        comparing.client_segment(flow, ack, head, now)
+        comparing.client_segment(flow, ack, head, now, captured)
 
     def _observe_lag(self, captured_at: float, now: float) -> None:
         """How far behind its input the owner is: the capture time of the newest packet of
@@ -519,10 +520,14 @@ class Owner:
                 f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed}")
 
     def published_counters(self) -> dict:
-        """What the stats channel carries: the summary's numbers and the live session count."""
-        return {**flatten(self.summary()), "sessions_active": len(self.table)}
+        """What the stats channel carries: the summary's numbers (the comparison's as
+        ``Comparing.stats_figures`` gives them) and the live session count."""
+        compare = {"compare": self.comparing.stats_figures()} if self.comparing is not None else {}
+        return {**flatten({**self.summary(compare=False), **compare}), "sessions_active": len(self.table)}
 
-    def summary(self) -> dict:
+    def summary(self, compare: bool = True) -> dict:
+        """Every counter, JSON-ready (``--summary-json``); with ``compare`` the comparison's
+        summary too, examples included."""
         return {
             "owner": dataclasses.asdict(self.counters),
             "table": dataclasses.asdict(self.table.table_stats),
@@ -534,7 +539,7 @@ class Owner:
             "orphans": dataclasses.asdict(self.orphans.stats),
             "raw_sent": self.sender.sent,
             "raw_send_failures": self.sender.failed,
-            **({"compare": self.comparing.summary()} if self.comparing is not None else {}),
+            **({"compare": self.comparing.summary()} if compare and self.comparing is not None else {}),
             "stop_reason": self.stop_reason,
         }
 

@@ -20,7 +20,10 @@ Names the aggregator reads (a figure may also sit under one group, "engine.reque
   ``content_packets_sent``, ``requests_sent``, ``responses_completed``, ``sessions_active``,
   session outcomes as ``outcomes.closed:REASON`` / ``outcomes.dropped:REASON`` (or the
   engine's ``closed.REASON`` / ``dropped.REASON``);
-- capture workers: ``packets_dropped_full``, ``kernel_dropped``.
+- capture workers: ``packets_dropped_full``, ``kernel_dropped``;
+- owners that compare answers (``tcpcopy --compare``): ``compare.counts.VERDICT``,
+  ``compare.not_captured``, ``compare.latency.SIDE.p50`` / ``p90`` / ``p99`` (seconds, gauges)
+  and ``compare.latency.SIDE.samples`` (``compare_totals``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import zmq
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.curve import STATS_DOMAIN, ClientKeys, KeyGate, ServerKeys, connect_with_keys, listen_with_keys
 from tcpcopy.cluster.stats import flatten_counted
+from tcpcopy.session.compare import VERDICTS
 
 STALE_AFTER = 3.0        # seconds without a STATS message before a process is stale
 SUB_HWM = 1000
@@ -46,7 +50,8 @@ MAX_FIGURES = wire.STATS_MAX_FIGURES   # figures kept from one message; the rest
 GAUGES = frozenset({"pid", "published_at", "rss_bytes", "num_threads", "num_fds",
                     "sessions_active", "routes", "owners",
                     "input_lag_ms", "input_lag_max_ms", "shedding",          # an owner's load
-                    "budget_bytes", "used_bytes", "peak_bytes"})             # its buffer budget
+                    "budget_bytes", "used_bytes", "peak_bytes",              # its buffer budget
+                    "p50", "p90", "p99"})      # latency percentiles (compare.latency.SIDE.pNN)
 NOT_SUMMED = frozenset({"pid", "published_at"})
 
 
@@ -259,7 +264,9 @@ class Aggregator:
                     "aggregator": {**self.counts, "refused_peers": self.refused()},
                     "last_error": self.last_error,
                     "processes": rows, "totals": self._totals(now),
-                    "rates": _rates_by_role(rows), "loss": self._loss()}
+                    "rates": _rates_by_role(rows), "loss": self._loss(),
+                    "compare": compare_totals([p.latest.figures for p in self.processes.values()
+                                               if p.role == "owner"])}
 
     def _row(self, process: ProcessStats, window: float | None, now: float) -> dict:
         figures = process.latest.figures
@@ -385,3 +392,34 @@ def loss_estimate(owners: list[dict], captures: list[dict] = ()) -> dict:
                                for f in captures),
         "owners": len(owners),
     }
+
+
+# ---------------------------------------------------------------------- the comparison
+
+SIDES = ("online", "target")
+PERCENTILES = ("p50", "p90", "p99")
+
+
+def compare_totals(owners: list[dict]) -> dict | None:
+    """The answer comparison over the owners that compare (None when none does).
+
+    ``counts``: requests by verdict summed over owners, ``not_captured`` beside them (never
+    judged); ``compared``: the judged ones, and ``shares`` of it per verdict, from the sums.
+    ``latency``: per side, the samples summed and each percentile the highest among the
+    owners (percentiles of separate owners do not add up: the slowest owner's stands for
+    the copy, an upper bound of the whole's)."""
+    comparing = [f for f in owners if any(name.startswith("compare.") for name in f)]
+    if not comparing:
+        return None
+    counts = {v: sum(f.get(f"compare.counts.{v}", 0) for f in comparing) for v in VERDICTS}
+    compared = sum(counts.values())
+    latency = {}
+    for side in SIDES:
+        figures = {p: max((f[f"compare.latency.{side}.{p}"] for f in comparing
+                           if f"compare.latency.{side}.{p}" in f), default=None) for p in PERCENTILES}
+        figures["samples"] = sum(f.get(f"compare.latency.{side}.samples", 0) for f in comparing)
+        latency[side] = figures
+    return {"owners": len(comparing), "compared": compared, "counts": counts,
+            "shares": {v: ratio(n, compared) for v, n in counts.items()},
+            "not_captured": sum(f.get("compare.not_captured", 0) for f in comparing),
+            "latency": latency}

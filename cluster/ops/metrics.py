@@ -13,6 +13,11 @@ ending in ``_total``, and what varies within one family in labels, never in the 
 - session outcomes: ``tcpcopy_session_outcomes_total{outcome="closed|dropped", reason}`` (the
   owner's count) and ``tcpcopy_engine_session_outcomes_total`` (its engine's);
 - raw socket send failures: ``tcpcopy_raw_send_failures_total{errno}``;
+- answer comparison (owners with ``--compare``): requests by verdict,
+  ``tcpcopy_compare_requests_total{verdict="same|status_differs|headers_differ|body_differs|
+  length_differs|no_answer|not_captured"}``; each side's latency to the first answer byte,
+  ``tcpcopy_compare_latency_seconds{side="online|target", quantile="0.5|0.9|0.99"}`` (gauges,
+  over the owner's latency sample) and ``tcpcopy_compare_latency_samples_total{side}``;
 - CPU: ``tcpcopy_process_cpu_seconds_total{mode="user|system"}``; memory, threads and file
   descriptors as ``tcpcopy_process_*`` gauges; a figure in milliseconds is exported in seconds;
 - any other figure ``tcpcopy_<group>_<name>`` (a counter with ``_total``, or a gauge for
@@ -60,6 +65,8 @@ POLL_SLICE = 0.5
 IDLE_TIMEOUT = 10.0      # seconds a scrape connection may idle before it is closed
 MAX_CONNECTIONS = 32     # connections served at once; more are closed at once
 PROCESS_LABELS = ("role", "identity", "host", "shard")
+COMPARE_HELP = ("requests whose answers were compared, by verdict (not_captured: one side's answer "
+                "bytes never reached the owner, not judged)")
 
 # Resource figures of every process: figure -> (metric, type, help, labels of its own).
 PROCESS_METRICS = {
@@ -72,15 +79,27 @@ PROCESS_METRICS = {
 NOT_EXPORTED = frozenset({"pid", "published_at"})
 
 
+def _quantile(percentile: str) -> str:
+    """"p99"'s number as Prometheus writes a quantile: "99" -> "0.99"."""
+    return f"{int(percentile) / 100:g}"
+
+
 @dataclass(frozen=True)
 class Labelled:
     """Figures whose name carries values that belong in labels: ``pattern``'s groups, in
-    order, become the ``labels``."""
+    order (each through its ``convert``, when given), become the ``labels``."""
 
     pattern: re.Pattern
     metric: str
     help: str
     labels: tuple[str, ...]
+    kind: str = "counter"
+    convert: tuple = ()
+
+    def values(self, match: re.Match) -> dict:
+        groups = match.groups()
+        converts = self.convert or (str,) * len(groups)
+        return {label: convert(value) for label, convert, value in zip(self.labels, converts, groups)}
 
 
 LABELLED = (
@@ -90,6 +109,16 @@ LABELLED = (
              "sessions ended, by outcome and reason (the engine's count)", ("outcome", "reason")),
     Labelled(re.compile(r"(?:^|\.)raw_send_failures\.([^.]+)$"), "tcpcopy_raw_send_failures",
              "raw socket sends that failed, by errno", ("errno",)),
+    Labelled(re.compile(r"(?:^|\.)compare\.counts\.([a-z_]+)$"), "tcpcopy_compare_requests",
+             COMPARE_HELP, ("verdict",)),
+    Labelled(re.compile(r"(?:^|\.)compare\.(not_captured)$"), "tcpcopy_compare_requests",
+             COMPARE_HELP, ("verdict",)),
+    Labelled(re.compile(r"(?:^|\.)compare\.latency\.([a-z]+)\.p(\d+)$"), "tcpcopy_compare_latency_seconds",
+             "first answer byte after the request, per side (online: between capture times; target: "
+             "on the owner's clock, intercept's return path included), a percentile of the owner's sample",
+             ("side", "quantile"), kind="gauge", convert=(str, _quantile)),
+    Labelled(re.compile(r"(?:^|\.)compare\.latency\.([a-z]+)\.samples$"), "tcpcopy_compare_latency_samples",
+             "answers whose latency was measured, per side", ("side",)),
 )
 
 
@@ -118,7 +147,7 @@ def series_for(name: str) -> Series:
     for rule in LABELLED:
         match = rule.pattern.search(name)
         if match:
-            return Series(rule.metric, "counter", rule.help, dict(zip(rule.labels, match.groups())))
+            return Series(rule.metric, rule.kind, rule.help, rule.values(match))
     kind = "gauge" if is_gauge(name) else "counter"
     base, scale = "tcpcopy_" + sanitize(name), 1.0
     if base.endswith("_ms"):
@@ -373,6 +402,9 @@ def main(argv=None) -> int:
         where = args.hub or args.stats or args.config
         return _fail(f"{where}: cannot bind or connect: {exc} (is another consumer bound there? "
                      "run a stats hub and read it with --hub)")
+    stop = threading.Event()
+    # Before the first scrape can be answered: a SIGTERM right after it still stops cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         host, port = listen_address(listen)
         server = serve_metrics(aggregator, host, port)
@@ -383,12 +415,10 @@ def main(argv=None) -> int:
         aggregator.close()
         return _fail(f"--listen {listen}: {exc.strerror}: pick a free port on an address of this host")
     print(f"{PROG}: serving {server.url} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    return _serve(aggregator, server)
+    return _serve(aggregator, server, stop)
 
 
-def _serve(aggregator: Aggregator, server: MetricsServer) -> int:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def _serve(aggregator: Aggregator, server: MetricsServer, stop: threading.Event) -> int:
     try:
         while not stop.is_set():
             aggregator.poll(POLL_SLICE)

@@ -2,6 +2,8 @@
 page with both (report.html).
 
     python -m tcpcopy.cluster.ops.report record --hub|--stats ENDPOINT --out FILE [--seconds N] [--interval S]
+    python -m tcpcopy.cluster.ops.report build [--samples FILE] [--online-log FILE] [--target-log FILE]
+                                               [--tcpcopy-summary FILE] [-n COPIES] [--out-dir DIR]
 
 ``record`` reads a stats hub's feed (``--hub``, beside top and the exporter) or binds the stats
 endpoint (``--stats``; an :class:`~tcpcopy.cluster.ops.aggregator.Aggregator`: every process started
@@ -28,6 +30,15 @@ arrived at the target, from the access logs' timestamps, with the copier's own r
 per second from the stats; the loss in percent over a sliding window (:func:`window_loss`),
 from the access logs and from the copier's own counters (content segments not replayed);
 and the CPU% of each role (capture, owner, intercept) from the stats.
+
+When the run compared answers (``tcpcopy --compare``), the report has a *comparison*
+section (:func:`comparison_section`), built from a comparison summary given as data: the
+``compare`` object of tcpcopy's ``--summary-json`` (``Comparing.summary()``), or a cluster's
+when one is given to :func:`build_report` as ``comparison``. It holds the requests compared
+and the share of each verdict, those not captured, the first examples of each kind (the
+request's first bytes, both answers' first bytes, the differences) and the latency
+percentiles of both sides; the picture gets a row below the time panels: p50/p90/p99 of
+each side side by side, and the share of each verdict.
 
 Why not second by second: the copy reaches the target a little after the online server
 logged the request, so comparing the two logs per second shows loss in the second a request
@@ -56,9 +67,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tcpcopy.cluster.ops.aggregator import PERCENTILES, ratio
 from tcpcopy.cluster.ops.hub import add_source_flags, aggregator_from_flags
 from tcpcopy.cluster.process import CommandParser
 from tcpcopy.cluster.ops import accesscounts
+from tcpcopy.session.compare import VERDICTS
 
 PROG = "python -m tcpcopy.cluster.ops.report"
 REPORT_VERSION = 1
@@ -69,6 +82,15 @@ RATE_SHIFT = 0.5          # seconds a sample's rates are drawn before its time (
 LOSS_WINDOW_S = 5         # seconds of online requests each point of the loss line judges
 LAG_QUANTILE = 0.25       # which of the per-second lags stands for the copy's (see copy_lag)
 SLICE = 0.1               # seconds the recorder waits for stats between checks of the clock
+EXAMPLES_SHOWN = 3        # examples of each verdict in the comparison section
+EXAMPLE_CHARS = 400       # characters of an example's request or answer shown
+LATENCY_MEASURES = {
+    "online": "between capture times on the online host: the client segment that started the request "
+              "and the online server's first answer byte",
+    "target": "on the copier's clock: from sending the replayed request to taking intercept's message with "
+              "the first answer byte, so intercept's return path (a few ms) is included; intercept's records "
+              "carry no capture time",
+}
 PICTURE_HINT = ("no picture: matplotlib is not installed; for report.png: "
                 "pip install 'tcpcopy[report]'")
 
@@ -416,7 +438,8 @@ def sample_outcomes(samples: Sequence[Mapping]) -> dict[str, int]:
 
 def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[Mapping],
               target_log: Sequence[Mapping], processes: Iterable[Any] = (),
-              tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None) -> dict:
+              tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None,
+              comparison: Mapping | None = None) -> dict:
     """The contents of report.json.
 
     ``totals``: requests online, expected and arrived at the target, status codes, the peak
@@ -426,6 +449,8 @@ def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[M
     established, ended by outcome, from tcpcopy's summary when given, else from the last
     sample. ``processes``: CPU-seconds and peak RSS as the harness measured them;
     ``published``: the same from the processes' own stats, with their CPU%.
+    ``comparison``: :func:`comparison_section` of ``comparison`` (a comparison summary),
+    else of tcpcopy's summary's ``compare``; None when the run compared nothing.
     """
     copies = series.copies
     online_n, target_n = len(online_log), len(target_log)
@@ -480,6 +505,7 @@ def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[M
         },
         "processes": process_figures(processes),
         "published": published_processes(samples),
+        "comparison": comparison_section(comparison if comparison is not None else summary.get("compare")),
         "series": {
             "seconds": series.seconds, "online": series.online, "target": series.target,
             "expected": series.expected, "shortfall": series.shortfall,
@@ -492,6 +518,72 @@ def summarize(series: Series, samples: Sequence[Mapping], online_log: Sequence[M
         },
     }
     return report
+
+
+def comparison_section(compare: Mapping | None) -> dict | None:
+    """The report's comparison from a comparison summary (``Comparing.summary()``: counts by
+    verdict, latency per side, examples), or None without one.
+
+    ``verdicts``: per verdict its count and share of the requests compared (the shares come
+    from the counts); ``not_captured``: requests one side's answer bytes never reached (not
+    judged); ``latency``: p50, p90 and p99 in seconds and the samples, per side, with what
+    each side's figure measures (``LATENCY_MEASURES``); ``examples``: the first
+    ``EXAMPLES_SHOWN`` of each verdict that has some, in the summary's order."""
+    if not isinstance(compare, Mapping):
+        return None
+    counts = compare.get("counts") if isinstance(compare.get("counts"), Mapping) else {}
+    counts = {verdict: _whole(counts.get(verdict)) for verdict in VERDICTS}
+    compared = sum(counts.values())
+    latency = compare.get("latency") if isinstance(compare.get("latency"), Mapping) else {}
+    return {
+        "compared": compared,
+        "sessions_compared": _whole(compare.get("sessions_compared")),
+        "not_captured": _whole(compare.get("not_captured")),
+        "verdicts": [{"verdict": verdict, "count": count, "share": ratio(count, compared)}
+                     for verdict, count in counts.items()],
+        "latency": {side: _latency_figures(latency.get(side)) for side in LATENCY_MEASURES},
+        "latency_measures": dict(LATENCY_MEASURES),
+        "examples": _examples(compare.get("examples")),
+    }
+
+
+def _whole(value) -> int:
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else 0
+
+
+def _seconds(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else None
+
+
+def _latency_figures(figures) -> dict:
+    figures = figures if isinstance(figures, Mapping) else {}
+    return {**{p: _seconds(figures.get(p)) for p in PERCENTILES}, "samples": _whole(figures.get("samples"))}
+
+
+def _examples(examples) -> dict[str, list[dict]]:
+    """The first EXAMPLES_SHOWN examples of each verdict, each cut to EXAMPLE_CHARS."""
+    shown: dict[str, list[dict]] = {}
+    for example in examples if isinstance(examples, list) else ():
+        if not isinstance(example, Mapping) or example.get("verdict") not in VERDICTS:
+            continue
+        kept = shown.setdefault(example["verdict"], [])
+        if len(kept) < EXAMPLES_SHOWN:
+            kept.append(_example(example))
+    return {verdict: shown[verdict] for verdict in VERDICTS if verdict in shown}
+
+
+def _example(example: Mapping) -> dict:
+    def side(name: str) -> dict:
+        answer = example.get(name) if isinstance(example.get(name), Mapping) else {}
+        return {"first_bytes": _cut(answer.get("first_bytes")), "length": _whole(answer.get("length")),
+                "latency": _seconds(answer.get("latency"))}
+    differences = example.get("differences") if isinstance(example.get("differences"), list) else []
+    return {"request": _cut(example.get("request")), "online": side("online"), "target": side("target"),
+            "differences": [_cut(d) for d in differences[:16]]}
+
+
+def _cut(text) -> str:
+    return str(text)[:EXAMPLE_CHARS] if text is not None else ""
 
 
 def headline(report: Mapping) -> list[str]:
@@ -511,10 +603,27 @@ def headline(report: Mapping) -> list[str]:
         second.append(f"sessions {_count(sessions['started'])} started, {_count(sessions['dropped'])} dropped")
     second.append(f"{report['duration_s']} s")
     lines.append(", ".join(second))
+    if report.get("comparison"):
+        lines.append(_comparison_line(report["comparison"]))
     interrupted = report.get("meta", {}).get("interrupted")
     if interrupted or report.get("note"):
         lines.append(f"interrupted {interrupted}" if interrupted else report["note"])
     return lines
+
+
+def _comparison_line(comparison: Mapping) -> str:
+    """"compared 1,150 requests: 87% same, 13% differ; latency p50 online 1.2 ms, target 2.3 ms"."""
+    same = next(v["share"] for v in comparison["verdicts"] if v["verdict"] == "same")
+    line = (f"compared {_count(comparison['compared'])} requests: {_percent(same)} same, "
+            f"{_percent(1 - same if comparison['compared'] else 0.0)} differ")
+    if comparison["not_captured"]:
+        line += f" ({_count(comparison['not_captured'])} not captured)"
+    p50 = [(side, figures["p50"]) for side, figures in comparison["latency"].items()]
+    return line + "; latency p50 " + ", ".join(f"{side} {_ms(value)}" for side, value in p50)
+
+
+def _ms(seconds: float | None) -> str:
+    return "not measured" if seconds is None else f"{1000 * seconds:.3g} ms"
 
 
 def _count(value: float) -> str:
@@ -546,7 +655,8 @@ def render_html(report: Mapping, png: bytes | None, png_name: str = "report.png"
         "table{border-collapse:collapse;margin:0 0 1.5em}"
         "td,th{border:1px solid #bbb;padding:.25em .7em;text-align:right}"
         "th{background:#eee}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%;border:1px solid #ccc}.note{font-weight:bold;color:#a40}</style>",
+        "img{max-width:100%;border:1px solid #ccc}.note{font-weight:bold;color:#a40}"
+        ".example td{text-align:left}.example pre{margin:0;white-space:pre-wrap;max-width:60em}</style>",
         "</head><body>",
         "<h1>tcpcopy run report</h1>",
         f"<p>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['generated_at'])))}"
@@ -591,6 +701,8 @@ def render_html(report: Mapping, png: bytes | None, png_name: str = "report.png"
     session_rows += [(f"outcome {k}", v) for k, v in sessions["outcomes"].items()]
     parts.append(_table("sessions" + (f" (from the {sessions['outcomes_from']})" if sessions.get("outcomes_from") else ""),
                         session_rows, ("sessions", "count")))
+    if report.get("comparison"):
+        parts.append(_comparison_html(report["comparison"]))
     if report["processes"]:
         parts.append(_table("processes, measured by the harness",
                             [(p["name"], f"{p['cpu_seconds']:.2f}", f"{p['peak_rss_mb']:.1f}") for p in report["processes"]],
@@ -605,9 +717,51 @@ def render_html(report: Mapping, png: bytes | None, png_name: str = "report.png"
     return "\n".join(parts) + "\n"
 
 
-def _table(title: str, rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
+def _comparison_html(comparison: Mapping) -> str:
+    """The comparison: shares by verdict, latency side by side, the first examples of each
+    verdict (each request and both answers' first bytes, and the differences)."""
     esc = html.escape
-    lines = [f"<h2>{esc(title)}</h2>", "<table>",
+    verdicts = [(v["verdict"], v["count"], f"{100 * v['share']:.2f}%") for v in comparison["verdicts"]]
+    verdicts.append(("not captured (not judged)", comparison["not_captured"], ""))
+    latency = comparison["latency"]
+    parts = ['<section id="comparison">', "<h2>comparison</h2>",
+             f"<p>{comparison['compared']} requests compared in {comparison['sessions_compared']} "
+             f"session{'' if comparison['sessions_compared'] == 1 else 's'}</p>",
+             _table("answers by verdict", verdicts, ("verdict", "requests", "share of compared"), 3),
+             _table("latency to the first answer byte",
+                    [(p, _ms(latency["online"][p]), _ms(latency["target"][p])) for p in PERCENTILES]
+                    + [("samples", latency["online"]["samples"], latency["target"]["samples"])],
+                    ("percentile", "online", "target"), 3),
+             "<ul>" + "".join(f"<li>{esc(side)}: {esc(text)}</li>"
+                              for side, text in comparison["latency_measures"].items()) + "</ul>"]
+    for verdict, examples in comparison["examples"].items():
+        parts.append(f"<h3>first examples: {esc(verdict)}</h3>")
+        for example in examples:
+            parts.append(_table_rows([
+                ("request", _pre(example["request"])),
+                (f"online answer ({example['online']['length']} bytes, {_ms(example['online']['latency'])})",
+                 _pre(example["online"]["first_bytes"])),
+                (f"target answer ({example['target']['length']} bytes, {_ms(example['target']['latency'])})",
+                 _pre(example["target"]["first_bytes"])),
+                ("differences", _pre("\n".join(example["differences"]) or "(none listed)")),
+            ], 'class="example"'))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _table_rows(rows: Iterable[tuple[str, str]], attributes: str) -> str:
+    """A two-column table whose second cells are HTML already (escaped by the caller)."""
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td>{cell}</td></tr>" for name, cell in rows)
+    return f"<table {attributes}>{body}</table>"
+
+
+def _table(title: str, rows: Iterable[Sequence[Any]], header: Sequence[str], level: int = 2) -> str:
+    esc = html.escape
+    lines = [f"<h{level}>{esc(title)}</h{level}>", "<table>",
              "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         lines.append("<tr>" + "".join(f"<td>{esc(str(cell))}</td>" for cell in row) + "</tr>")
@@ -629,25 +783,34 @@ ROLE_COLOURS = {"capture": "tab:purple", "owner": "tab:blue", "intercept": "tab:
 
 
 def draw_png(series: Series, path: str | Path, title: str = "tcpcopy live copy",
-             lines: Sequence[str] = ()) -> Path:
+             lines: Sequence[str] = (), comparison: Mapping | None = None) -> Path:
     """Draw the picture (:func:`build_figure`) into a PNG at ``path``."""
     path = Path(path)
-    build_figure(series, title, lines).savefig(path, format="png")
+    build_figure(series, title, lines, comparison).savefig(path, format="png")
     return path
 
 
-def build_figure(series: Series, title: str = "tcpcopy live copy", lines: Sequence[str] = ()):
+COMPARISON_HEIGHT = 3.4   # inches of the comparison row
+
+
+def build_figure(series: Series, title: str = "tcpcopy live copy", lines: Sequence[str] = (),
+                 comparison: Mapping | None = None):
     """The title block (``title`` over the ``lines`` of :func:`headline`) and three panels:
     requests/s, the window loss in percent and CPU% per role, one y-axis each, every drawn
-    series in the legend beside its panel (outside the plot, so no line runs into it)."""
+    series in the legend beside its panel (outside the plot, so no line runs into it). With
+    a ``comparison`` (:func:`comparison_section`), a third row: each side's latency
+    percentiles side by side, and the share of each verdict."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
     body_height = 2.0 if series.empty else 9.4
-    figure = Figure(figsize=(11, 1.1 + body_height), dpi=100, layout="constrained")
-    head, body = figure.subfigures(2, 1, height_ratios=[0.45 + 0.25 * len(lines), body_height])
+    heights = [0.45 + 0.25 * len(lines), body_height] + ([COMPARISON_HEIGHT] if comparison else [])
+    figure = Figure(figsize=(11, 0.65 + sum(heights)), dpi=100, layout="constrained")
+    head, body, *rest = figure.subfigures(len(heights), 1, height_ratios=heights)
     _title_block(head, title, lines)
+    if rest:
+        _comparison_row(rest[0], comparison)
     if series.empty:
         axes = body.subplots()
         axes.axis("off")
@@ -737,6 +900,50 @@ def _centred(times: Sequence[float]) -> list[float]:
     return [t - RATE_SHIFT for t in times]
 
 
+SIDE_COLOURS = {"online": "tab:green", "target": "tab:red"}
+
+
+def _comparison_row(row, comparison: Mapping) -> None:
+    """Latency p50/p90/p99 of both sides as bars side by side (in ms), and the share of each
+    verdict of the requests compared."""
+    latency_axes, verdict_axes = row.subplots(1, 2, width_ratios=[1.1, 1])
+    _latency_panel(latency_axes, comparison)
+    _verdict_panel(verdict_axes, comparison)
+    _legend(latency_axes)
+
+
+def _latency_panel(axes, comparison: Mapping) -> None:
+    axes.set_title("latency to the first answer byte\n(online: capture times; target: copier's clock)",
+                   fontsize=10)
+    width = 0.38
+    for offset, (side, figures) in zip((-width / 2, width / 2), comparison["latency"].items()):
+        values = [1000 * figures[p] if figures[p] is not None else 0.0 for p in PERCENTILES]
+        bars = axes.bar([i + offset for i in range(len(PERCENTILES))], values, width,
+                        color=SIDE_COLOURS.get(side), label=f"{side}\n({figures['samples']:,} answers)")
+        axes.bar_label(bars, labels=[_ms(figures[p]).replace(" ms", "") for p in PERCENTILES], fontsize=8,
+                       padding=2)
+    axes.set_xticks(range(len(PERCENTILES)), PERCENTILES)
+    axes.set_ylabel("ms")
+    axes.set_ylim(0, 1.18 * max([*axes.get_ylim()[1:], 0.001]))   # room for the labels
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def _verdict_panel(axes, comparison: Mapping) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    verdicts = comparison["verdicts"][::-1]   # 'same' on top
+    axes.set_title(f"share of each verdict\n({comparison['compared']:,} requests compared, "
+                   f"{comparison['not_captured']:,} not captured)", fontsize=10)
+    bars = axes.barh([v["verdict"] for v in verdicts], [v["share"] for v in verdicts],
+                     color=["tab:green" if v["verdict"] == "same" else "tab:red" for v in verdicts])
+    axes.bar_label(bars, labels=[f"{100 * v['share']:.3g}% ({v['count']:,})" for v in verdicts], fontsize=8,
+                   padding=2)
+    axes.set_xlim(0, 1.3)    # room for the labels of a bar at 100%
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    axes.grid(True, axis="x", alpha=0.3)
+
+
 def _legend(axes) -> None:
     """The panel's legend outside it, on the right: a line never runs under it."""
     if axes.get_legend_handles_labels()[0]:
@@ -747,18 +954,20 @@ def _legend(axes) -> None:
 
 def build_report(samples: Sequence[Mapping], online_log: Sequence[Mapping], target_log: Sequence[Mapping],
                  copies: int, processes: Iterable[Any], out_dir: str | Path, *,
-                 tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None) -> ReportPaths:
+                 tcpcopy_summary: Mapping | None = None, meta: Mapping | None = None,
+                 comparison: Mapping | None = None) -> ReportPaths:
     """Write report.json, report.png (with matplotlib) and report.html into ``out_dir``
-    (made if missing)."""
+    (made if missing). ``comparison``: a comparison summary (``Comparing.summary()``'s form)
+    when it does not come in ``tcpcopy_summary``'s ``compare``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "report.png" if can_draw() else None
     paths = ReportPaths(out / "report.json", png, out / "report.html")
     series = build_series(samples, online_log, target_log, copies)
-    report = summarize(series, samples, online_log, target_log, processes, tcpcopy_summary, meta)
+    report = summarize(series, samples, online_log, target_log, processes, tcpcopy_summary, meta, comparison)
     paths.json.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     if png is not None:
-        draw_png(series, png, lines=headline(report))
+        draw_png(series, png, lines=headline(report), comparison=report["comparison"])
     paths.html.write_text(render_html(report, png.read_bytes() if png else None, "report.png"))
     return paths
 
@@ -827,6 +1036,8 @@ def build_parser() -> CommandParser:
     build.add_argument("--samples", metavar="FILE", help="the recorder's JSON-lines file")
     build.add_argument("--online-log", metavar="FILE", help="the online server's JSON access log")
     build.add_argument("--target-log", metavar="FILE", help="the target server's JSON access log")
+    build.add_argument("--tcpcopy-summary", metavar="FILE",
+                       help="tcpcopy's --summary-json file: sessions, and with --compare the comparison section")
     build.add_argument("-n", dest="copies", type=int, default=1, help="copies of each session (tcpcopy -n)")
     build.add_argument("--out-dir", default="tcpcopy-report", metavar="DIR", help="where to write (tcpcopy-report)")
     return parser
@@ -853,6 +1064,27 @@ def _read_access_log(path: str | None) -> list[dict]:
                 pass
             entries.append(entry)
     return entries
+
+
+class SummaryFileError(ValueError):
+    """A --tcpcopy-summary file that cannot be read as tcpcopy's summary."""
+
+
+def read_tcpcopy_summary(path: str | None) -> dict | None:
+    """tcpcopy's ``--summary-json`` file as a dict (None without a path)."""
+    if not path:
+        return None
+    try:
+        summary = json.loads(Path(path).read_text(errors="replace"))
+    except OSError as exc:
+        raise SummaryFileError(f"--tcpcopy-summary {path}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SummaryFileError(f"--tcpcopy-summary {path}: not JSON ({exc}); give the file tcpcopy wrote "
+                               "with --summary-json") from None
+    if not isinstance(summary, dict):
+        raise SummaryFileError(f"--tcpcopy-summary {path}: a JSON object was expected; give the file "
+                               "tcpcopy wrote with --summary-json")
+    return summary
 
 
 def main(argv=None) -> int:
@@ -882,7 +1114,10 @@ def main(argv=None) -> int:
     try:
         paths = build_report(load_samples(args.samples) if args.samples else [],
                              _read_access_log(args.online_log), _read_access_log(args.target_log),
-                             args.copies, [], args.out_dir)
+                             args.copies, [], args.out_dir, tcpcopy_summary=read_tcpcopy_summary(args.tcpcopy_summary))
+    except SummaryFileError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

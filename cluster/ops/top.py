@@ -12,7 +12,10 @@ q or Ctrl-C quits. ``--once`` collects for a few seconds and prints one frame; w
 ``render`` is a pure function of that snapshot and the terminal's size. A column that does
 not apply to a role (a capture worker has no sessions) is left empty; every figure shown is
 a number. In a narrow terminal (80 columns over SSH) the least important columns are left
-out rather than wrapped, and header lines break between their parts.
+out rather than wrapped, and header lines break between their parts. When owners compare
+answers (``tcpcopy --compare``), a header line says how many requests were compared, the
+share of each verdict, how many were not captured, and each side's latency (p50/p99, the
+slowest owner's: ``aggregator.compare_totals``).
 """
 
 from __future__ import annotations
@@ -197,8 +200,10 @@ def _header(snapshot: dict, width: int) -> list[str]:
     clock = time.strftime("%H:%M:%S", time.localtime(snapshot["time"]))
     first = ["tcpcopy cluster", clock, f"stats {snapshot['endpoint']}",
              f"processes {len(processes)} ({stale} stale)", f"bad stats messages {bad}"]
+    compare = snapshot.get("compare")
     return [*pack(first, width, "  "), *_totals_lines(snapshot, width),
-            *pack(_loss_parts(snapshot["loss"]), width, "  ")]
+            *pack(_loss_parts(snapshot["loss"]), width, "  "),
+            *(pack(_compare_parts(compare), width, " ") if compare else [])]
 
 
 def _totals_lines(snapshot: dict, width: int) -> list[str]:
@@ -227,6 +232,28 @@ def _loss_parts(loss: dict) -> list[str]:
             f"({percent(loss['session_drop_ratio'])})",
             f"requests {number_text(loss['requests_sent'])}",
             f"capture drops {number_text(loss['capture_dropped'])}"]
+
+
+VERDICT_TITLES = {"same": "same", "status_differs": "status", "headers_differ": "headers",
+                  "body_differs": "body", "length_differs": "length", "no_answer": "no answer"}
+
+
+def _compare_parts(compare: dict) -> list[str]:
+    """The comparison in short parts (a narrow terminal breaks between them): requests
+    compared, each verdict's share, those not captured, and both sides' latency."""
+    shares = [f"{title} {100 * compare['shares'].get(verdict, 0.0):.1f}%"
+              for verdict, title in VERDICT_TITLES.items()]
+    latency = [f"online {_latency_text(compare['latency']['online'])},",
+               f"target {_latency_text(compare['latency']['target'])}"]
+    return [f"compared {number_text(compare['compared'])}:", *shares,
+            f"| not captured {number_text(compare['not_captured'])}", "| latency p50/p99", *latency]
+
+
+def _latency_text(figures: dict) -> str:
+    """"1.2/8.0 ms" from a side's percentiles in seconds; "-" for one not measured yet."""
+    def ms(value) -> str:
+        return "-" if value is None else f"{1000 * value:.1f}"
+    return f"{ms(figures.get('p50'))}/{ms(figures.get('p99'))} ms"
 
 
 def _layout(rows: list, width: int) -> tuple[list, int]:

@@ -306,3 +306,49 @@ def test_connections_beyond_the_cap_are_closed_at_once(tmp_path, monkeypatch):
             conn.close()
         server.close()
         aggregator.close()
+
+
+def test_the_comparison_is_a_labelled_counter_by_verdict_and_latency_gauges_per_side(tmp_path):
+    """What an owner that compares publishes (Comparing.stats_figures of a real comparison)
+    becomes tcpcopy_compare_requests_total{verdict} and tcpcopy_compare_latency_seconds{side,
+    quantile}, in seconds."""
+    from tcpcopy.capture import packet as pk
+    from tcpcopy.session.comparing import CompareOptions, Comparing
+    from tcpcopy.session.engine import Endpoint, RequestSent
+
+    client, online, replayed, target = (bytes([198, 18, n, 5]) for n in (0, 1, 3, 2))
+    comparing = Comparing(CompareOptions(percent=100))
+    endpoint, flow = Endpoint(replayed, 40000, target, 8080), (client, 40000, online, 80)
+    assert comparing.session_started(endpoint, flow)
+    on, tg = 1000, 900_000
+    for i, (online_body, target_body) in enumerate([(b"a", b"a"), (b"b", b"B"), (b"c", b"c")]):
+        answer = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + body for body in (online_body, target_body)]
+        head = b"GET /%d HTTP/1.1\r\n\r\n" % i
+        comparing.client_segment(flow, on, head, 10.0 + i, 500.0 + i)
+        comparing.request_sent(endpoint, RequestSent(10.0 + i, on, tg, head))
+        comparing.online_answer(pk.build(online, client, 80, 40000, on, 1, pk.ACK, 500, payload=answer[0]),
+                                10.5 + i, 500.25 + i)                 # 250 ms between the captures
+        comparing.target_answer(pk.build(target, replayed, 8080, 40000, tg, 1, pk.ACK, 500, payload=answer[1]),
+                                10.004 + i)                           # 4 ms on the owner's clock
+        on, tg = on + len(answer[0]), tg + len(answer[1])
+    comparing.session_ended(endpoint)
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=Clock())
+    try:
+        feed(aggregator, "owner", "owner-0@online1", pid=7, published_at=1.0, compare=comparing.stats_figures())
+        samples = parse(render_metrics(aggregator.snapshot_json()))
+    finally:
+        aggregator.close()
+
+    def verdict(name: str) -> float:
+        return samples[("tcpcopy_compare_requests_total", labels("owner", "owner-0@online1", "online1", "0",
+                                                                 verdict=name))]
+
+    assert (verdict("same"), verdict("body_differs"), verdict("status_differs"), verdict("not_captured")) == (2, 1, 0, 0)
+    for side, seconds in (("online", 0.25), ("target", 0.004)):
+        for quantile in ("0.5", "0.9", "0.99"):
+            key = ("tcpcopy_compare_latency_seconds",
+                   labels("owner", "owner-0@online1", "online1", "0", side=side, quantile=quantile))
+            assert samples[key] == pytest.approx(seconds)
+        assert samples[("tcpcopy_compare_latency_samples_total",
+                        labels("owner", "owner-0@online1", "online1", "0", side=side))] == 3
+    assert not any("shares" in name or "latency_online" in name for name, _ in samples)

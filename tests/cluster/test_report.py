@@ -479,3 +479,99 @@ def test_the_build_command_makes_a_report_from_files(tmp_path):
     assert done.stdout.split() == [str(tmp_path / "r" / n) for n in ("report.json", "report.png", "report.html")]
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["totals"]["online_requests"] == 10 and data["loss"]["from_access_logs"] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------- the comparison
+
+def comparison_summary() -> dict:
+    """A comparison summary as tcpcopy's --summary-json holds it (Comparing.summary()):
+    90 same, 6 bodies and 4 statuses differ, 2 not captured; the online side answered a
+    slow path in 250 ms."""
+    def example(verdict: str, path: str, online: str, target: str, difference: str) -> dict:
+        return {"verdict": verdict, "key": f"GET {path}", "request": f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "online": {"first_bytes": online, "length": 120, "latency": 0.25},
+                "target": {"first_bytes": target, "length": 121, "latency": 0.004},
+                "differences": [difference], "notes": []}
+    examples = [example("status_differs", f"/gone/{i}", "HTTP/1.1 200 OK\r\n", "HTTP/1.1 404 Not Found\r\n",
+                        "status: '200' != '404'") for i in range(4)]
+    examples.append(example("body_differs", "/changed", "HTTP/1.1 200 OK\r\n\r\nversion <one>",
+                            "HTTP/1.1 200 OK\r\n\r\nversion two", "body: 'one' != 'two'"))
+    return {"compared": 100, "sessions_compared": 7, "not_captured": 2,
+            "counts": {"same": 90, "status_differs": 4, "headers_differ": 0, "body_differs": 6,
+                       "length_differs": 0, "no_answer": 0},
+            "shares": {"same": 0.9}, "latency": {
+                "online": {"p50": 0.0012, "p90": 0.25, "p99": 0.26, "samples": 100, "kept": 100},
+                "target": {"p50": 0.0031, "p90": 0.005, "p99": 0.009, "samples": 100, "kept": 100}},
+            "examples": examples}
+
+
+def test_the_comparison_section_has_the_shares_the_first_examples_and_both_latencies(tmp_path):
+    paths = build_report([], [], [], 1, [], tmp_path / "out", tcpcopy_summary={"compare": comparison_summary()})
+    section = json.loads(paths.json.read_text())["comparison"]
+    assert section["compared"] == 100 and section["not_captured"] == 2 and section["sessions_compared"] == 7
+    shares = {v["verdict"]: (v["count"], v["share"]) for v in section["verdicts"]}
+    assert shares == {"same": (90, 0.9), "status_differs": (4, 0.04), "headers_differ": (0, 0.0),
+                      "body_differs": (6, 0.06), "length_differs": (0, 0.0), "no_answer": (0, 0.0)}
+    assert [e["request"].split()[1] for e in section["examples"]["status_differs"]] == ["/gone/0", "/gone/1", "/gone/2"]
+    changed, = section["examples"]["body_differs"]
+    assert changed["online"]["first_bytes"].endswith("version <one>") and changed["differences"] == ["body: 'one' != 'two'"]
+    assert section["latency"] == {"online": {"p50": 0.0012, "p90": 0.25, "p99": 0.26, "samples": 100},
+                                  "target": {"p50": 0.0031, "p90": 0.005, "p99": 0.009, "samples": 100}}
+    assert "capture" in section["latency_measures"]["online"] and "intercept" in section["latency_measures"]["target"]
+    page = paths.html.read_text()
+    assert '<section id="comparison">' in page
+    assert "<tr><td>body_differs</td><td>6</td><td>6.00%</td></tr>" in page
+    assert "<tr><td>p90</td><td>250 ms</td><td>5 ms</td></tr>" in page
+    assert "<h3>first examples: status_differs</h3>" in page and "version &lt;one&gt;" in page
+    assert page.count('<table class="example">') == 4
+
+
+def test_the_comparison_is_in_the_title_block_and_has_its_own_row_in_the_picture(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    samples = make_samples(tmp_path)
+    series = build_series(samples, log([100, 100]), log([100, 100]))
+    data = summarize(series, samples, log([100, 100]), log([100, 100]), comparison=comparison_summary())
+    lines = report.headline(data)
+    assert "compared 100 requests: 90% same, 10% differ (2 not captured); latency p50 online 1.2 ms, target 3.1 ms" in lines
+    figure = report.build_figure(series, "t", lines, data["comparison"])
+    FigureCanvasAgg(figure).draw()
+    assert len(figure.subfigs[1].axes) == 3                   # the time panels as they were
+    latency, verdicts = figure.subfigs[2].axes
+    bars = {c.get_label().split("\n")[0]: [round(b.get_height(), 3) for b in c] for c in latency.containers}
+    assert bars == {"online": [1.2, 250.0, 260.0], "target": [3.1, 5.0, 9.0]}         # p50, p90, p99 in ms
+    widths = {t.get_text(): b.get_width() for t, b in zip(verdicts.get_yticklabels(), verdicts.patches)}
+    assert widths["same"] == pytest.approx(0.9) and widths["body_differs"] == pytest.approx(0.06)
+    canvas = figure.bbox
+    for axes in (latency, verdicts):
+        for artist in (axes.title, axes.get_legend() or axes.title, *axes.texts):
+            extent = artist.get_window_extent()
+            assert canvas.x0 <= extent.x0 and extent.x1 <= canvas.x1, artist
+
+
+def test_a_run_that_compared_nothing_has_no_comparison_section(tmp_path):
+    paths = build_report([], log([3]), log([3]), 1, [], tmp_path / "out", tcpcopy_summary={"engine": {}})
+    assert json.loads(paths.json.read_text())["comparison"] is None
+    assert 'id="comparison"' not in paths.html.read_text()
+
+
+def test_a_malformed_comparison_summary_gives_zeros_not_a_traceback():
+    section = report.comparison_section({"counts": {"same": "many", "no_answer": -3}, "latency": [],
+                                         "examples": [{"verdict": "nonsense"}, 7]})
+    assert section["compared"] == 0 and all(v["share"] == 0.0 for v in section["verdicts"])
+    assert section["latency"]["online"] == {"p50": None, "p90": None, "p99": None, "samples": 0}
+    assert section["examples"] == {}
+
+
+def test_the_build_command_takes_tcpcopys_summary_for_the_comparison(tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"compare": comparison_summary()}))
+    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.ops.report", "build", "--tcpcopy-summary",
+                           str(summary), "--out-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["compared"] == 100
+    summary.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "tcpcopy.cluster.ops.report", "build", "--tcpcopy-summary",
+                           str(summary), "--out-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--tcpcopy-summary {summary}: not JSON" in done.stderr and "--summary-json" in done.stderr

@@ -321,3 +321,39 @@ def test_an_endpoint_already_bound_is_one_line_and_exit_2(capsys):
         assert err.count("\n") == 1 and "cannot bind" in err
     finally:
         taken.close(linger=0)
+
+
+def compare_figures(same: int, body: int, online_p50: float, online_p99: float, target_p50: float) -> dict:
+    """An owner's comparison figures as it publishes them (Comparing.stats_figures, flattened)."""
+    counts = {"same": same, "status_differs": 0, "headers_differ": 0, "body_differs": body,
+              "length_differs": 0, "no_answer": 0}
+    return {"compare": {"compared": same + body, "counts": counts, "not_captured": 3,
+                        "latency": {"online": {"p50": online_p50, "p90": online_p99, "p99": online_p99, "samples": 10},
+                                    "target": {"p50": target_p50, "p90": target_p50, "p99": target_p50, "samples": 10}}}}
+
+
+def test_the_header_shows_the_comparison_over_all_owners(tmp_path):
+    """Two owners compare: counts add up, shares come from the sums, each percentile is the
+    slower owner's."""
+    aggregator = Aggregator(f"ipc://{tmp_path}/stats", clock=Clock())
+    try:
+        feed(aggregator, "owner", "owner-0@online1", 1.0, pid=1, **compare_figures(90, 10, 0.002, 0.250, 0.004))
+        feed(aggregator, "owner", "owner-1@online1", 1.0, pid=2, **compare_figures(100, 0, 0.003, 0.010, 0.001))
+        snapshot = aggregator.snapshot_json()
+    finally:
+        aggregator.close()
+    compare = snapshot["compare"]
+    assert compare["compared"] == 200 and compare["counts"]["body_differs"] == 10 and compare["not_captured"] == 6
+    assert compare["shares"]["same"] == pytest.approx(0.95)
+    assert compare["latency"]["online"]["p99"] == 0.250 and compare["latency"]["target"]["p50"] == 0.004
+    text = render(snapshot, 200)
+    line, = [line for line in text.splitlines() if line.startswith("compared ")]
+    assert "compared 200: same 95.0% status 0.0% headers 0.0% body 5.0%" in line
+    assert "not captured 6" in line and "online 3.0/250.0 ms, target 4.0/4.0 ms" in line
+    narrow = render(snapshot, 80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "no answer 0.0%" in narrow
+
+
+def test_no_comparison_line_when_no_owner_compares(snapshot):
+    assert snapshot["compare"] is None
+    assert "compared" not in render(snapshot, 200)

@@ -7,7 +7,9 @@ to those two paths, and only those, must be reported, each under its verdict; th
 file names them; and ``--fail-on`` turns a difference into exit status 3. With identical
 sites, thousands of keep-alive requests compare without a single difference. A Redis target
 with other values for some keys is caught by the byte comparison. With a baseline beside the
-target, a random token in every page is noise and only a real change is reported.
+target, a random token in every page is noise and only a real change is reported. Both
+sides' latency is measured, and a path the online server answers slowly reads slow on the
+online side only; the run report built from tcpcopy's summary has the comparison section.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import time
 
 import pytest
 
+from tcpcopy.cluster.ops.report import build_report
 from tcpcopy.lab import load
 from tcpcopy.lab.kvstore import wait_until_quiet
-from tcpcopy.lab.netns import CLIENT, ONLINE_ADDRESS
+from tcpcopy.lab.netns import CLIENT, ONLINE, ONLINE_ADDRESS
 from tcpcopy.lab.servers import default_site
+from tcpcopy.lab.slowbackend import SlowBackend
 
 pytestmark = pytest.mark.lab
 
@@ -137,3 +141,48 @@ def test_with_a_baseline_random_tokens_are_noise_and_only_the_changed_path_is_re
     assert {record["request"].split()[1] for record in records} == {"/changed.html"}
     assert compare["noise_ignored"] >= online - 50   # in every answer judged the same, a token was ignored
     assert code == 0, "a 5% difference share is below --fail-on body_differs>0.5"
+
+
+SLOW = "/slow.html"
+SLOW_DELAY = (0.2, 0.3)   # seconds the online server's backend waits before each answer of SLOW
+
+
+def test_both_latencies_are_measured_a_slow_online_path_reads_slow_and_the_report_has_the_section(
+        lab, live_copy, tmp_path):
+    """The online nginx answers SLOW through a backend that waits 0.2-0.3 s, the target
+    serves it at once (another version of it: its requests are reported with both
+    latencies). The online latency comes from capture times, so it is the online server's
+    own: at least the backend's delay on SLOW, a few ms elsewhere; the target's is measured
+    for every request too, and stays well below the slow path's."""
+    online_site = {**default_site(), "same.html": b"the same page\n" * 40}
+    target_site = {**online_site, "slow.html": b"slow page, version two\n" * 20}
+    with SlowBackend(lab, ONLINE, files={"slow.html": b"slow page, version one\n" * 20}, delay=SLOW_DELAY) as backend:
+        code, summary, records, online = compared_run(
+            live_copy, tmp_path, online_site, target_site, [(SAME, 5, 40), (SLOW, 2, 10)], "differs>0.5",
+            online_proxied={SLOW: backend.upstream})
+    compare = summary["compare"]
+    latency = compare["latency"]
+    print(f"\ncompared {compare['compared']} of {online}: {compare['counts']}; latency {latency}")
+    assert compare["compared"] == online == 220 and compare["not_captured"] == 0
+    assert compare["counts"]["body_differs"] == 20 and compare["counts"]["same"] == 200
+    for side in ("online", "target"):
+        figures = latency[side]
+        assert figures["samples"] == online, f"{side}: not every answer's latency was measured"
+        assert 0 < figures["p50"] <= figures["p90"] <= figures["p99"] < 3.0, (side, figures)
+    assert latency["online"]["p50"] < 0.05               # the fast path, as the online server answered it
+    assert latency["online"]["p99"] >= SLOW_DELAY[0]     # the slow one
+    slow = [r for r in records if r["request"].split()[1] == SLOW]
+    assert len(slow) == 20 and {r["verdict"] for r in records} == {"body_differs"}
+    assert all(r["online"]["latency"] >= SLOW_DELAY[0] for r in slow), [r["online"]["latency"] for r in slow]
+    target_slow = sorted(r["target"]["latency"] for r in slow)
+    assert 0 < target_slow[len(target_slow) // 2] < SLOW_DELAY[0] / 2, target_slow
+    assert code == 0, "differs>0.5 is not crossed by a tenth of the requests differing"
+
+    paths = build_report([], [], [], 1, [], tmp_path / "report", tcpcopy_summary=summary)
+    section = json.loads(paths.json.read_text())["comparison"]
+    shares = {v["verdict"]: v["share"] for v in section["verdicts"]}
+    assert shares["body_differs"] == pytest.approx(20 / 220) and shares["same"] == pytest.approx(200 / 220)
+    assert [e["request"].split()[1] for e in section["examples"]["body_differs"]] == [SLOW] * 3
+    assert section["latency"]["online"]["p99"] == latency["online"]["p99"]
+    page = paths.html.read_text()
+    assert '<section id="comparison">' in page and "first examples: body_differs" in page

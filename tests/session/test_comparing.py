@@ -13,6 +13,7 @@ REPLAYED, TARGET = ipaddress.ip_address("198.18.3.5").packed, ipaddress.ip_addre
 FLOW = (CLIENT, 40000, ONLINE, 80)
 ENDPOINT = Endpoint(REPLAYED, 40000, TARGET, 8080)
 ONLINE_ISN, TARGET_ISN = 1_000, 900_000
+CAPTURED = 1_700_000_000.0   # the capture clock (wall time on the online host) at owner time 0
 
 
 def http(body: bytes, status: bytes = b"200 OK") -> bytes:
@@ -30,7 +31,7 @@ def target(seq: int, payload: bytes) -> pk.Packet:
 def request(comparing: Comparing, at: float, online_seq: int, target_seq: int, path: bytes) -> None:
     """The client's request captured (its ACK: where the online answer starts), then replayed."""
     head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    comparing.client_segment(FLOW, online_seq, head, at)
+    comparing.client_segment(FLOW, online_seq, head, at, CAPTURED + at)
     comparing.request_sent(ENDPOINT, RequestSent(at, online_seq, target_seq, head))
 
 
@@ -40,7 +41,7 @@ def replay(comparing: Comparing, answers: list[tuple[bytes, bytes, bytes]]) -> N
     on, tg = ONLINE_ISN, TARGET_ISN
     for i, (path, online_answer, target_answer) in enumerate(answers):
         request(comparing, i * 1.0, on, tg, path)
-        comparing.online_answer(online(on, online_answer), i + 0.01)
+        comparing.online_answer(online(on, online_answer), i + 0.01, CAPTURED + i + 0.01)
         comparing.target_answer(target(tg, target_answer), i + 0.02)
         on, tg = on + len(online_answer), tg + len(target_answer)
     comparing.session_ended(ENDPOINT)
@@ -68,7 +69,7 @@ def test_a_side_whose_bytes_never_arrived_is_not_judged_but_counted():
     comparing = Comparing(CompareOptions(percent=100))
     assert comparing.session_started(ENDPOINT, FLOW)
     request(comparing, 0.0, ONLINE_ISN, TARGET_ISN, b"/a")
-    comparing.online_answer(online(ONLINE_ISN, http(b"hello")), 0.01)
+    comparing.online_answer(online(ONLINE_ISN, http(b"hello")), 0.01, CAPTURED + 0.01)
     request(comparing, 1.0, ONLINE_ISN + len(http(b"hello")), TARGET_ISN + 40, b"/b")
     comparing.tick(2.0)
     assert comparing.summary()["not_captured"] == 0   # still waiting for the target's bytes
@@ -85,9 +86,9 @@ def test_answers_that_arrive_after_the_next_request_still_belong_to_their_own():
     request(comparing, 0.0, ONLINE_ISN, TARGET_ISN, b"/1")
     comparing.target_answer(target(TARGET_ISN, first), 0.01)
     request(comparing, 0.1, ONLINE_ISN + len(first), TARGET_ISN + len(first), b"/2")
-    comparing.online_answer(online(ONLINE_ISN, first), 0.2)             # late
+    comparing.online_answer(online(ONLINE_ISN, first), 0.2, CAPTURED + 0.2)             # late
     comparing.target_answer(target(TARGET_ISN + len(first), second), 0.2)
-    comparing.online_answer(online(ONLINE_ISN + len(first), http(b"two")), 0.3)
+    comparing.online_answer(online(ONLINE_ISN + len(first), http(b"two")), 0.3, CAPTURED + 0.3)
     comparing.session_ended(ENDPOINT)
     summary = comparing.summary()
     assert summary["counts"]["same"] == 1 and summary["counts"]["body_differs"] == 1
@@ -121,8 +122,8 @@ def test_the_online_side_is_cut_at_capture_however_far_the_replay_lags():
     on = ONLINE_ISN
     for i, answer in enumerate(answers):
         head = b"GET /%d HTTP/1.1\r\n\r\n" % i
-        comparing.client_segment(FLOW, on, head, i * 0.01)
-        comparing.online_answer(online(on, answer), i * 0.01 + 0.005)
+        comparing.client_segment(FLOW, on, head, i * 0.01, CAPTURED + i * 0.01)
+        comparing.online_answer(online(on, answer), i * 0.01 + 0.005, CAPTURED + i * 0.01 + 0.005)
         on += len(answer)
     tg = TARGET_ISN
     for i, answer in enumerate(answers):   # the replay, later
@@ -139,7 +140,7 @@ def test_the_online_side_is_cut_at_capture_however_far_the_replay_lags():
 def test_online_answers_that_come_before_their_session_are_kept_a_moment():
     comparing = Comparing(CompareOptions(percent=100))
     answer = http(b"early")
-    comparing.online_answer(online(ONLINE_ISN, answer), 0.0)        # before the SYN reached the owner
+    comparing.online_answer(online(ONLINE_ISN, answer), 0.0, CAPTURED + 0.0)        # before the SYN reached the owner
     assert comparing.session_started(ENDPOINT, FLOW)
     request(comparing, 0.01, ONLINE_ISN, TARGET_ISN, b"/e")
     comparing.target_answer(target(TARGET_ISN, answer), 0.02)
@@ -173,8 +174,8 @@ def replay_three(comparing: Comparing, answers: list[tuple[bytes, bytes, bytes, 
     on, tg, bs = ONLINE_ISN, TARGET_ISN, BASELINE_ISN
     for i, (path, online_answer, target_answer, base_answer) in enumerate(answers):
         head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-        comparing.client_segment(FLOW, on, head, float(i))
-        comparing.online_answer(online(on, online_answer), i + 0.01)
+        comparing.client_segment(FLOW, on, head, float(i), CAPTURED + i)
+        comparing.online_answer(online(on, online_answer), i + 0.01, CAPTURED + i + 0.01)
         comparing.request_sent(ENDPOINT, RequestSent(i + 0.1, on, tg, head))
         comparing.request_sent(BASELINE, RequestSent(i + 0.1, on, bs, head))
         if baseline_first:
@@ -229,8 +230,8 @@ def test_a_baseline_that_never_answers_holds_the_judgement_for_its_grace_only():
     comparing = with_baseline()
     assert comparing.session_started(ENDPOINT, FLOW) and comparing.session_started(BASELINE, FLOW)
     head = b"GET /a HTTP/1.1\r\n\r\n"
-    comparing.client_segment(FLOW, ONLINE_ISN, head, 0.0)
-    comparing.online_answer(online(ONLINE_ISN, token_page(b"1111")), 0.01)
+    comparing.client_segment(FLOW, ONLINE_ISN, head, 0.0, CAPTURED)
+    comparing.online_answer(online(ONLINE_ISN, token_page(b"1111")), 0.01, CAPTURED + 0.01)
     comparing.request_sent(ENDPOINT, RequestSent(0.1, ONLINE_ISN, TARGET_ISN, head))
     comparing.target_answer(target(TARGET_ISN, token_page(b"2222")), 0.2)
     comparing.session_ended(ENDPOINT, 0.5)
@@ -251,8 +252,8 @@ def test_the_baseline_answer_serves_every_copy_and_is_then_forgotten():
     assert comparing.session_started(ENDPOINT, FLOW) and comparing.session_started(second, FLOW)
     assert comparing.session_started(BASELINE, FLOW)
     head = b"GET /a HTTP/1.1\r\n\r\n"
-    comparing.client_segment(FLOW, ONLINE_ISN, head, 0.0)
-    comparing.online_answer(online(ONLINE_ISN, token_page(b"1111")), 0.01)
+    comparing.client_segment(FLOW, ONLINE_ISN, head, 0.0, CAPTURED)
+    comparing.online_answer(online(ONLINE_ISN, token_page(b"1111")), 0.01, CAPTURED + 0.01)
     comparing.request_sent(BASELINE, RequestSent(0.1, ONLINE_ISN, BASELINE_ISN, head))
     comparing.target_answer(baseline_answer(BASELINE_ISN, token_page(b"3333")), 0.15)
     for n, endpoint in enumerate((ENDPOINT, second)):
@@ -273,3 +274,61 @@ def test_when_the_owner_stops_the_copies_are_judged_with_the_baselines_last_answ
     comparing.finish_all()
     summary = comparing.summary()
     assert summary["counts"]["same"] == 1 and summary["without_baseline"] == 0
+
+
+def test_online_latency_is_measured_between_capture_times_however_late_the_owner_sees_them():
+    """The owner takes the client's request 4 s after it was captured and the online answer
+    (captured 0.2 s after the request) 1.5 s later still, in a batch of its own: the online
+    latency is the 0.2 s between the two captures, the target's comes from the owner's clock,
+    and the answer is not cut although it reached the owner well after its capture."""
+    comparing = Comparing(CompareOptions(percent=100))
+    assert comparing.session_started(ENDPOINT, FLOW)
+    answer = http(b"slow page")
+    head = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    comparing.client_segment(FLOW, ONLINE_ISN, head, 10.0, CAPTURED + 6.0)       # owner 4 s behind
+    comparing.request_sent(ENDPOINT, RequestSent(10.0, ONLINE_ISN, TARGET_ISN, head))
+    comparing.target_answer(target(TARGET_ISN, answer), 10.03)
+    comparing.tick(11.0)
+    comparing.online_answer(online(ONLINE_ISN, answer), 11.5, CAPTURED + 6.2)
+    comparing.session_ended(ENDPOINT)
+    summary = comparing.summary()
+    assert summary["counts"]["same"] == 1 and summary["not_captured"] == 0
+    latency = summary["latency"]
+    assert latency["online"]["samples"] == 1 and abs(latency["online"]["p50"] - 0.2) < 1e-6
+    assert latency["target"]["samples"] == 1 and abs(latency["target"]["p50"] - 0.03) < 1e-6
+
+
+def test_the_grace_counts_on_the_owners_clock_not_the_capture_clock():
+    """An owner 4 s behind its input: the request was captured at 96.0 and taken at 100.0,
+    its online answer captured at 96.1 and taken at 101.5. Counted from the capture time
+    the boundary's grace would be over at 101.0 and the answer cut; counted from when the
+    owner saw the boundary it is still waiting, and the answer is whole."""
+    comparing = Comparing(CompareOptions(percent=100))
+    assert comparing.session_started(ENDPOINT, FLOW)
+    answer = http(b"x" * 100)
+    head = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    comparing.client_segment(FLOW, ONLINE_ISN, head, 100.0, 96.0)
+    comparing.request_sent(ENDPOINT, RequestSent(100.0, ONLINE_ISN, TARGET_ISN, head))
+    comparing.target_answer(target(TARGET_ISN, answer), 100.01)
+    comparing.client_segment(FLOW, ONLINE_ISN + len(answer), head, 100.1, 96.2)
+    comparing.request_sent(ENDPOINT, RequestSent(100.1, ONLINE_ISN + len(answer), TARGET_ISN + len(answer), head))
+    comparing.tick(101.0)
+    comparing.online_answer(online(ONLINE_ISN, answer), 101.5, 96.1)
+    comparing.tick(101.6)
+    summary = comparing.summary()
+    assert summary["counts"]["same"] == 1 and summary["not_captured"] == 0
+    assert abs(summary["latency"]["online"]["p50"] - 0.1) < 1e-6
+
+
+def test_the_summary_carries_the_first_examples_and_the_stats_figures_no_shares():
+    comparing = Comparing(CompareOptions(percent=100))
+    replay(comparing, [(b"/same", http(b"hello"), http(b"hello")),
+                       (b"/body", http(b"hello"), http(b"HELLO"))])
+    [example] = comparing.summary()["examples"]
+    assert example["verdict"] == "body_differs" and example["request"].startswith("GET /body ")
+    assert "hello" in example["online"]["first_bytes"] and "HELLO" in example["target"]["first_bytes"]
+    figures = comparing.stats_figures()
+    assert figures["counts"] == {"same": 1, "status_differs": 0, "headers_differ": 0, "body_differs": 1,
+                                 "length_differs": 0, "no_answer": 0}
+    assert figures["not_captured"] == 0 and set(figures["latency"]) == {"online", "target"}
+    assert "shares" not in figures and "examples" not in figures

@@ -15,7 +15,8 @@ one of its requests different; it is decided when the owner frees the session (i
 answers are judged then too), so the file holds the packets of its linger time as well. At
 most ``max_files`` files are written; the sessions beyond are counted. One classic pcap file
 per session, raw IP (LINKTYPE_RAW), opened by Wireshark as it is; timestamps are the owner's
-wall clock when it handled each packet, so the file reads in the order the copier acted.
+wall clock when it handled each packet (never going back within a file), so the file reads
+in the order the copier acted.
 
 Pure: no I/O and no clock; the owner passes wall-clock seconds in and writes the files
 (``session/pcapfiles.py``).
@@ -109,11 +110,13 @@ Kept = tuple   # (wall-clock seconds, kind, bytes)
 class _Session:
     """What one session keeps: its head, the ring of its latest packets, why it failed."""
 
-    __slots__ = ("token", "started", "head", "tail", "head_bytes", "bytes", "memory", "failure", "differs")
+    __slots__ = ("token", "started", "last", "head", "tail", "head_bytes", "bytes", "memory", "failure",
+                 "differs")
 
     def __init__(self, token: object, started: float):
         self.token = token                  # the engine object: a new session on the endpoint has another
         self.started = started
+        self.last = started                 # the latest time kept: a file's times never go back
         self.head: list[Kept] = []
         self.tail: deque[Kept] = deque()
         self.head_bytes = 0                 # file bytes of the head
@@ -173,6 +176,11 @@ class FailedSessions:
         return kept
 
     def _keep(self, kept: _Session, kind: int, data: bytes, at: float) -> None:
+        """Times come from two places in the owner's turn (the turn's start, the moment it
+        sends); a packet kept later never reads earlier."""
+        if at < kept.last:
+            at = kept.last
+        kept.last = at
         if len(data) > self._snaplen:
             data = data[:self._snaplen]
         size = len(data) + RECORD_HEADER_BYTES

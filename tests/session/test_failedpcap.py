@@ -184,6 +184,15 @@ def test_an_answer_kept_as_headers_and_whole_appears_once_whole_where_its_header
     assert round(kept[1].ts, 3) == round(T0 + 0.01, 3)
 
 
+def test_times_in_a_file_never_go_back():
+    keeper = FailedSessions(PcapFailedOptions("/d"))
+    session = Stub()
+    keeper.sent(session, [replayed(pk.SYN)], T0 + 1)
+    keeper.client_packet([session], captured(pk.ACK), T0)   # the turn's time, before the send's
+    keeper.ended(ENDPOINT, True, engine.SYN_TIMEOUT)
+    assert [r.ts for r in records(keeper.freed(ENDPOINT))] == [pytest.approx(T0 + 1)] * 2
+
+
 def test_a_header_record_says_how_long_the_answer_was_on_the_wire():
     keeper = FailedSessions(PcapFailedOptions("/d"))
     whole = answer(pk.PSH | pk.ACK, b"x" * 500)

@@ -139,25 +139,27 @@ class FailedSessions:
         self.counters = PcapFailedCounters()
         self._snaplen = options.snaplen
         self._room = options.max_file_bytes - CLASSIC_HEADER_BYTES   # for a session's records
-        self._sessions: dict = {}    # endpoint -> _Session
+        self._by_session: dict = {}  # engine session -> _Session (an identity lookup per packet)
+        self._sessions: dict = {}    # endpoint -> _Session (the events name sessions by endpoint)
         self._previous: dict = {}    # endpoint -> _Session ended, not yet freed, its endpoint reused
 
     # ------------------------------------------------------------------ packets (per packet)
 
     def client_packet(self, sessions: list, data: bytes, at: float) -> None:
         """A captured client packet went to these sessions (engine objects; -n copies)."""
+        by_session = self._by_session
         for session in sessions:
-            self._keep(self._session(session.endpoint, session, at), CLIENT, data, at)
+            self._keep(by_session.get(session) or self._session(session, at), CLIENT, data, at)
 
     def sent(self, session, packets: list, at: float) -> None:
         """The copier sent these packets of the session to the target."""
-        kept = self._session(session.endpoint, session, at)
+        kept = self._by_session.get(session) or self._session(session, at)
         for data in packets:
             self._keep(kept, SENT, data, at)
 
     def answer(self, session, data: bytes, at: float) -> None:
         """A header record of the target's answer, routed to the session."""
-        self._keep(self._session(session.endpoint, session, at), ANSWER, data, at)
+        self._keep(self._by_session.get(session) or self._session(session, at), ANSWER, data, at)
 
     def whole_answer(self, endpoint, data: bytes, at: float) -> None:
         """A compared session's answer with its payload (its headers came as ``answer``)."""
@@ -165,14 +167,14 @@ class FailedSessions:
         if kept is not None:
             self._keep(kept, ANSWER_WHOLE, data, at)
 
-    def _session(self, endpoint, token: object, at: float) -> _Session:
-        kept = self._sessions.get(endpoint)
-        if kept is not None and kept.token is token:
-            return kept
-        if kept is not None:   # the endpoint's next session began before the last one was freed
+    def _session(self, session, at: float) -> _Session:
+        """A session seen for the first time."""
+        endpoint = session.endpoint
+        last = self._sessions.get(endpoint)
+        if last is not None:   # the endpoint's next session began before the last one was freed
             self._release(self._previous.pop(endpoint, None))
-            self._previous[endpoint] = kept
-        kept = self._sessions[endpoint] = _Session(token, at)
+            self._previous[endpoint] = last
+        kept = self._sessions[endpoint] = self._by_session[session] = _Session(session, at)
         return kept
 
     def _keep(self, kept: _Session, kind: int, data: bytes, at: float) -> None:
@@ -218,6 +220,7 @@ class FailedSessions:
     def _release(self, kept: _Session | None) -> None:
         if kept is not None:
             self.counters.memory_bytes -= kept.memory
+            self._by_session.pop(kept.token, None)
 
     # ------------------------------------------------------------------ sessions
 
@@ -252,6 +255,7 @@ class FailedSessions:
                 if made is not None:
                     files.append(made)
             table.clear()
+        self._by_session.clear()
         return files
 
     def write_failed(self) -> None:

@@ -74,3 +74,22 @@ def test_bad_flags_stop_the_command_with_the_fault_and_the_fix(flags, message, c
         parse_args(COPY + flags)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_owner_that_cannot_write_a_file_counts_it_logs_once_and_goes_on(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from tcpcopy.session.failedpcap import FailedSessions, SessionPcap
+    from tcpcopy.session.owner import Owner
+
+    (tmp_path / "d").mkdir()
+    owner = SimpleNamespace(pcap_directory=PcapDirectory(str(tmp_path / "d")), _pcap_failed_logged=False,
+                            failed=FailedSessions(PcapFailedOptions(str(tmp_path / "d"))))
+    (tmp_path / "d").rmdir()   # e.g. removed while the copy runs
+    for n in range(3):
+        owner.failed.counters.written += 1   # what freed() did when it handed the file out
+        Owner._write_pcap(owner, SessionPcap(f"{n}.pcap", b"x", 1))
+    counters = owner.failed.counters
+    assert (counters.written, counters.not_written, counters.write_errors) == (0, 3, 3)
+    logged = [r for r in caplog.records if "--pcap-failed" in r.getMessage()]
+    assert len(logged) == 1 and "No such file or directory" in logged[0].getMessage()

@@ -1,4 +1,5 @@
-"""Strict, streaming reader of capture files for offline replay: classic pcap and pcapng.
+"""Strict, streaming reader of capture files for offline replay: classic pcap and pcapng;
+and the project's one writer of classic pcap (``classic_header``, ``classic_record``).
 
 Offline mode replays a capture file, so the file must be read lazily (captures run to
 gigabytes) and every fault must be named precisely: which packet, what is wrong, and how to
@@ -30,7 +31,7 @@ from typing import BinaryIO
 from tcpcopy.capture import packet as pk
 
 __all__ = ["CaptureFileError", "Frame", "Capture", "open_capture", "SUPPORTED_LINKTYPES",
-           "MAX_CAPLEN"]
+           "MAX_CAPLEN", "classic_header", "classic_record", "CLASSIC_HEADER_BYTES", "RECORD_HEADER_BYTES"]
 
 MAX_CAPLEN = 262144
 """Largest captured length accepted for one frame (libpcap's own limit for these link types)."""
@@ -67,8 +68,28 @@ _MIN_BLOCK_LENGTH = {_SHB: 28, _IDB: 20, _OPB: 32, _SPB: 16, _EPB: 32}
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _OPT_END, _OPT_IF_TSRESOL, _OPT_IF_TSOFFSET = 0, 9, 14
 
+CLASSIC_HEADER_BYTES = 24
+RECORD_HEADER_BYTES = 16
+_MICROSECONDS_MAGIC, _NANOSECONDS_MAGIC = 0xA1B2C3D4, 0xA1B23C4D
+
 _FULL_SNAPLEN_HINT = "capture with full snaplen, e.g. tcpdump -s 0"
 _CUT_SHORT_HINT = "was the capture stopped while writing? packets before it are fine"
+
+
+def classic_header(linktype: int, snaplen: int, *, nanosecond: bool = False, byteorder: str = "<") -> bytes:
+    """The 24-byte header of a classic pcap file (version 2.4)."""
+    magic = _NANOSECONDS_MAGIC if nanosecond else _MICROSECONDS_MAGIC
+    return struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)
+
+
+def classic_record(ts_ns: int, data: bytes, orig_len: int, *, nanosecond: bool = False,
+                   byteorder: str = "<") -> bytes:
+    """One packet record of a classic pcap file: its 16-byte header, then ``data``.
+    ``ts_ns``: integer nanoseconds since the epoch; ``orig_len``: the length on the wire
+    (more than ``len(data)`` for a packet kept cut)."""
+    sec, rest = divmod(ts_ns, 1_000_000_000)
+    frac = rest if nanosecond else rest // 1000
+    return struct.pack(byteorder + "IIII", sec, frac, len(data), orig_len) + bytes(data)
 
 
 class CaptureFileError(ValueError):

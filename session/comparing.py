@@ -166,6 +166,9 @@ class Comparing:
         self._next_tick = 0.0
         # Online answers of connections whose session has not started yet (flow -> packets).
         self._early: dict[FlowKey, list[tuple[int, bytes, float, float]]] = {}
+        # When a dict, the verdict of each session's first differing request is noted in it
+        # by endpoint, until the owner takes them (--pcap-failed).
+        self.differing: dict[EndpointKey, str] | None = None
 
     # ------------------------------------------------------------------ sessions
 
@@ -473,6 +476,8 @@ class Comparing:
         result = self.comparator.record(request, online, target, baseline)
         if result.verdict == SAME:
             return
+        if self.differing is not None:
+            self.differing.setdefault(key, result.verdict)
         if len(self._records) >= self.options.max_records:
             self.counters.records_dropped += 1
             return

@@ -43,6 +43,7 @@ from tcpcopy.session.comparing import CompareOptions
 from tcpcopy.session.engine import SessionConfig
 from tcpcopy.session.fanout import FanoutOptions
 from tcpcopy.session.owner import Owner, OwnerError, OwnerOptions, shedding_config
+from tcpcopy.session.pcapfiles import add_pcap_failed_flags, pcap_failed_options
 from tcpcopy.session.rawsend import DualSender, RawSendError
 
 log = logging.getLogger("tcpcopy")
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", metavar="SPEC",
                    help="exit 3 at the end when a threshold is crossed, e.g. 'differs>0.01,no_answer>0,"
                         "loss>0.001' (loss: sessions the copier dropped or shed, a share of those started)")
+    add_pcap_failed_flags(p)
     p.add_argument("--identity", default=f"tcpcopy@{socket.gethostname()}",
                    help="name of this copier in intercept logs")
     p.add_argument("--check", action="store_true",
@@ -231,6 +233,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sample_percent == 0:
         args.sample_percent = 100
     _check_compare_options(parser, args)
+    args.pcap_failed_options = pcap_failed_options(parser, args)
     absolute_paths(args, "log_file", "pid_file", "summary_json", "key", "stats_server_key")
     try:   # read now, while this process may still read them (before any --user drop)
         args.keys, args.stats_keys = client_keys_from_flags(args.key, args.server_key, args.stats_server_key)
@@ -282,7 +285,8 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
         shedding=None if args.offline else shedding_config(args.shed_after),
         instance=args.port_offset if args.instances > 1 else 0, instances=args.instances,
         stats_endpoint=args.stats, keys=args.keys, stats_keys=args.stats_keys,
-        compare=compare_options(args), compare_log_fd=args.compare_log_fd)
+        compare=compare_options(args), compare_log_fd=args.compare_log_fd,
+        pcap_failed=args.pcap_failed_options)
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:

@@ -38,11 +38,13 @@ from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, dro
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session.comparing import CompareOptions, Comparing
-from tcpcopy.session.engine import REQUEST_HEAD, BufferBudget, Closed, Dropped, RequestSent, SessionConfig
+from tcpcopy.session.engine import REQUEST_HEAD, BufferBudget, Closed, Dropped, Endpoint, RequestSent, SessionConfig
+from tcpcopy.session.failedpcap import FailedSessions, PcapFailedOptions
 from tcpcopy.session.fanout import Fanout, FanoutOptions
 from tcpcopy.session.intercepts import InterceptLinks
 from tcpcopy.session.kernelskip import KernelSkips
 from tcpcopy.session.orphans import OrphanReaper
+from tcpcopy.session.pcapfiles import PcapDirectory, PcapDirectoryError, add_pcap_failed_flags, pcap_failed_options
 from tcpcopy.session.ports import PortAllocator
 from tcpcopy.session.rawsend import DualSender, RawSendError
 from tcpcopy.session.shedding import LoadShedder, SheddingConfig
@@ -88,6 +90,7 @@ class OwnerOptions:
     shedding: SheddingConfig | None = SheddingConfig()   # None: never shed (offline replay)
     compare: CompareOptions = CompareOptions()           # answer comparison (percent 0: off)
     compare_log_fd: int | None = None    # differing requests written here as JSON lines
+    pcap_failed: PcapFailedOptions = PcapFailedOptions()  # a pcap file per failed session (directory "": off)
 
 
 class OwnerError(RuntimeError):
@@ -124,6 +127,7 @@ class Owner:
         self._capture_peers: dict[bytes, float] = {}   # routing id -> last HELLO
         self.kernel_skips = KernelSkips()
         self.comparing = Comparing(options.compare) if options.compare.enabled else None
+        self.failed, self.pcap_directory = self._failed_sessions(options.pcap_failed)
         self.links = InterceptLinks(self.context, options.intercepts, options.identity,
                                     sharded=options.intercepts_sharded, keys=options.keys,
                                     comparing=self.comparing is not None)
@@ -142,6 +146,8 @@ class Owner:
         self._compare_log_failed = False
         self.input_ended_at: float | None = None
         self._origin = time.monotonic()
+        self._wall_offset = time.time() - self.now()   # owner time -> wall clock, for pcap timestamps
+        self._pcap_failed_logged = False
         self._last_stats = 0.0
         self._watches = []
         self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity,
@@ -153,6 +159,19 @@ class Owner:
 
     def now(self) -> float:
         return time.monotonic() - self._origin
+
+    def _failed_sessions(self, options: PcapFailedOptions):
+        """--pcap-failed: its directory is checked now, as the user this process runs as."""
+        if not options.enabled:
+            return None, None
+        try:
+            directory = PcapDirectory(options.directory)
+        except PcapDirectoryError as exc:
+            self.captures.close(linger=0)
+            raise OwnerError(str(exc)) from None
+        if self.comparing is not None:
+            self.comparing.differing = {}
+        return FailedSessions(options), directory
 
     # ------------------------------------------------------------------ life cycle
 
@@ -207,6 +226,10 @@ class Owner:
         if self.comparing is not None:
             self.comparing.finish_all()
             self._write_differences()
+        if self.failed is not None:
+            self._note_differences()
+            for made in self.failed.finish_all():
+                self._write_pcap(made)
         self.links.close(self.stop_reason or "owner stopped")
         if self.publisher is not None:
             self.publisher.publish(self.published_counters())
@@ -287,6 +310,9 @@ class Owner:
                 self.counters.malformed_responses += 1
                 continue
             self.comparing.target_answer(packet, now)
+            if self.failed is not None:
+                endpoint = Endpoint(packet.dst, packet.dport, packet.src, packet.sport)
+                self.failed.whole_answer(endpoint, record, self._wall_offset + now)
 
     def _capture_hello(self, peer: bytes, hello: wire.Hello, now: float) -> None:
         """Capture workers repeat their HELLO every second; each process is logged once.
@@ -310,7 +336,7 @@ class Owner:
         self.counters.client_packets += len(batch)
         if self.shedder is not None and batch:
             self._observe_lag(batch[-1][0], now)
-        comparing = self.comparing
+        comparing, failed = self.comparing, self.failed
         for captured, ip in batch:
             if skips(ip):
                 continue
@@ -320,24 +346,26 @@ class Owner:
                 self.counters.malformed_client += 1
                 continue
             if comparing is not None and packet.payload_len:
-                self._compared_client_packet(packet, now, captured)
-                continue
-            feed(packet, now)
+                sessions = self._compared_client_packet(packet, now, captured)
+            else:
+                sessions = feed(packet, now)
+            if failed is not None and sessions:
+                failed.client_packet(sessions, ip, self._wall_offset + now)
 
-    def _compared_client_packet(self, packet: pk.Packet, now: float, captured: float) -> None:
+    def _compared_client_packet(self, packet: pk.Packet, now: float, captured: float) -> list:
         """A client segment with data while comparing (``captured``: its capture time): what
         the comparison needs is read before the engine rewrites the packet, and a session it
         starts is known to the comparison before its first request is."""
         flow = (packet.src, packet.sport, packet.dst, packet.dport)
         comparing = self.comparing
         if not comparing.sampled(flow):
-            self.table.client_packet(packet, now)
-            return
+            return self.table.client_packet(packet, now)
         ack, head = packet.ack, bytes(packet.buf[packet.payload_off:packet.payload_off + REQUEST_HEAD])
-        self.table.client_packet(packet, now)
+        sessions = self.table.client_packet(packet, now)
         if not comparing.knows(flow) and self.table.has_events():
             self._flush()   # the session this or an earlier packet of the batch started
         comparing.client_segment(flow, ack, head, now, captured)
+        return sessions
 
     def _observe_lag(self, captured_at: float, now: float) -> None:
         """How far behind its input the owner is: the capture time of the newest packet of
@@ -353,15 +381,19 @@ class Owner:
                         if shedder.shedding else "caught up with the input: copying new sessions again")
 
     def _responses(self, sock, now: float) -> None:
-        decode, feed, orphans = pk.decode, self.table.response, self.orphans
+        decode, feed, orphans, failed = pk.decode, self.table.response, self.orphans, self.failed
         for record in self.links.receive(sock, now, self._live_endpoints):
             try:
                 packet = decode(record, headers_only=True)
             except pk.PacketError:
                 self.counters.malformed_responses += 1
                 continue
-            if feed(packet, now) is None and orphans:
-                orphans.answer(packet)
+            session = feed(packet, now)
+            if session is None:
+                if orphans:
+                    orphans.answer(packet)
+            elif failed is not None:
+                failed.answer(session, record, self._wall_offset + now)
         if self.links.handed_over:
             self._adopt_orphans(now)
         if self.comparing is not None:
@@ -382,6 +414,7 @@ class Owner:
 
     def _flush(self) -> None:
         """Registrations first, then packets: an endpoint is registered before its SYN."""
+        failed = self.failed
         for item in self.table.take_events():
             kind = type(item)
             if kind is tuple:
@@ -389,6 +422,8 @@ class Owner:
                 if type(ending) in _ENDINGS:
                     key = f"{_ENDINGS[type(ending)]}:{ending.reason}"
                     self.counters.outcomes[key] = self.counters.outcomes.get(key, 0) + 1
+                    if failed is not None:
+                        failed.ended(item[0], type(ending) is Dropped, ending.reason)
                 elif type(ending) is RequestSent and self.comparing is not None:
                     self.comparing.request_sent(item[0], ending)
             elif kind is SessionStarted:
@@ -401,14 +436,56 @@ class Owner:
                 self.links.unregister(_endpoint_tuple(item.endpoint))
                 if self.comparing is not None:
                     self.comparing.session_ended(item.endpoint, item.at)
+                if failed is not None:
+                    self._pcap_session_freed(item.endpoint)
         for endpoint in self.orphans.take_done():
             self.links.unregister(endpoint)
         self.links.flush()
         send = self.sender.send
-        for raw in self.table.take_packets():
-            send(raw)
+        if failed is not None:
+            self._send_kept()
+        else:
+            for raw in self.table.take_packets():
+                send(raw)
         for raw in self.orphans.take_packets():
             send(raw)
+
+    def _send_kept(self) -> None:
+        """--pcap-failed: every session keeps what it sends."""
+        send, keep, at = self.sender.send, self.failed.sent, self._wall_offset + self.now()
+        for session, packets in self.table.take_packets_by_session():
+            if packets:
+                keep(session, packets, at)
+                for raw in packets:
+                    send(raw)
+
+    def _pcap_session_freed(self, endpoint) -> None:
+        """A freed session's packets go to a file when it failed (its comparison, judged
+        to the end just before, included)."""
+        self._note_differences()
+        made = self.failed.freed(endpoint)
+        if made is not None:
+            self._write_pcap(made)
+
+    def _note_differences(self) -> None:
+        comparing = self.comparing
+        if comparing is None or not comparing.differing:
+            return
+        differing, comparing.differing = comparing.differing, {}
+        for key, verdict in differing.items():
+            self.failed.differs(Endpoint(*key), verdict)
+
+    def _write_pcap(self, made) -> None:
+        """One failed session's file. A write that fails is counted and logged once; the
+        copy goes on."""
+        error = self.pcap_directory.write(made.name, made.content)
+        if error is None:
+            return
+        self.failed.write_failed()
+        if not self._pcap_failed_logged:
+            self._pcap_failed_logged = True
+            log.error("--pcap-failed: cannot write %s; failed sessions are still counted "
+                      "(pcap_failed.not_written)", error)
 
     # ------------------------------------------------------------------ periodic work
 
@@ -438,6 +515,8 @@ class Owner:
         if self.comparing is not None:
             self.comparing.tick(now)
             self._write_differences()
+            if self.failed is not None:
+                self._note_differences()
         if self.publisher is not None:
             self.publisher.maybe_publish(now, self.published_counters)
         if now - self._last_stats >= STATS_EVERY:
@@ -517,7 +596,13 @@ class Owner:
                 f"raw send failures:{sum(self.sender.failed.values())} "
                 f"unroutable resp:{t.responses_unroutable} | shed new:{t.connections_shed} "
                 f"shed live:{self.counters.outcomes.get('dropped:shed', 0)} "
-                f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed}")
+                f"skipped after drop:{t.packets_skipped} checksums completed:{t.checksums_completed}"
+                + (self._pcap_failed_stats() if self.failed is not None else ""))
+
+    def _pcap_failed_stats(self) -> str:
+        c = self.failed.counters
+        return (f" | pcap failed written:{c.written} not written:{c.not_written} "
+                f"packets evicted:{c.packets_evicted} over budget:{c.packets_over_budget}")
 
     def published_counters(self) -> dict:
         """What the stats channel carries: the summary's numbers (the comparison's as
@@ -540,6 +625,7 @@ class Owner:
             "raw_sent": self.sender.sent,
             "raw_send_failures": self.sender.failed,
             **({"compare": self.comparing.summary()} if compare and self.comparing is not None else {}),
+            **({"pcap_failed": self.failed.summary()} if self.failed is not None else {}),
             "stop_reason": self.stop_reason,
         }
 
@@ -598,9 +684,11 @@ def main(argv=None) -> int:
     parser = CommandParser(prog="tcpcopy-owner", description=main.__doc__)
     parser.add_argument("--config", required=True, metavar="TOML", help="cluster config")
     parser.add_argument("--shard", required=True, metavar="N", help="this owner's number (0..owners.count-1)")
+    add_pcap_failed_flags(parser)
     add_user(parser)
     add_log_level(parser)
     args = parser.parse_args(argv)
+    pcap_failed = pcap_failed_options(parser, args)
     setup_logging(f"tcpcopy-owner-{args.shard}", None, level=args.log_level)
     install_log_reopen()
     try:
@@ -608,7 +696,8 @@ def main(argv=None) -> int:
         shard, _ = parse_shard(f"{args.shard}/{config.owners.count}")
         args.user = args.user or user_from_config(config.supervisor.user)
         private_directory(config.owners.run_dir, args.user)   # 0700: only the owners' user reaches the sockets
-        options = options_from_config(config, shard)   # reads the key files: before the drop
+        options = dataclasses.replace(options_from_config(config, shard),   # reads the key files: before the drop
+                                      pcap_failed=pcap_failed)
         sender = DualSender()   # raw sockets first: the only thing that needs root
         drop_to(args.user)
         owner = Owner(options, sender)

@@ -197,6 +197,13 @@ class SessionTable:
         self._touched.clear()
         return packets
 
+    def take_packets_by_session(self) -> list[tuple[Session, list[bytes]]]:
+        """What ``take_packets`` returns, with the session that sent each (for
+        --pcap-failed, which keeps every session's packets)."""
+        taken = [(session, session.take_packets()) for session in self._touched]
+        self._touched.clear()
+        return taken
+
     def has_events(self) -> bool:
         return bool(self._events)
 

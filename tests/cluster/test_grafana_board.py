@@ -85,7 +85,7 @@ def owner_counters() -> dict:
                        table=table, links=SimpleNamespace(stats=LinkStats(registered=133, register_drops=1)),
                        fanout=SimpleNamespace(sampled_out=0, unmapped=0),
                        sender=SimpleNamespace(sent=1800, failed={"EPERM": 3, "ENOBUFS": 1}),
-                       budget=BufferBudget(), orphans=SimpleNamespace(stats=OrphanStats()), comparing=None,
+                       budget=BufferBudget(), orphans=SimpleNamespace(stats=OrphanStats()), comparing=None, failed=None,
                        stop_reason="")
     return parts.published_counters()
 

@@ -169,6 +169,9 @@ def _stop(config, args) -> int:
           else f"stopped supervisord (pid {pid}) and every process of the {args.role} role")
     if pid is None or args.role != "online" or not config.compare.enabled:
         return 0
+    if not comparefiles.read_summaries(config.compare_dir()) and not config.compare.fail_on:
+        print(f"no owner wrote a comparison summary into {config.compare_dir()}: nothing was compared")
+        return 0
     return _report_comparison(config, json_out=False)
 
 

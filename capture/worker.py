@@ -28,7 +28,7 @@ import zmq
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
-from tcpcopy.capture.pcapio import CaptureError, open_live, set_filter
+from tcpcopy.capture.pcapio import CaptureError, FilterSwapper, open_live
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import load_config
 from tcpcopy.cluster.curve import KeyFileError, KeyLayout, add_client_key_flags, client_keys_from_flags, plain_warning
@@ -322,6 +322,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
     drop_privileges_to(worker.run_as)   # the handle is open: reading and refiltering it need no privilege
     worker.linktype = handle.datalink()
     worker.skip_filter = SkipFilter(bpf, len(worker.sockets), shard)
+    swapper = FilterSwapper(handle, iface, bpf)
     gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
     worker.announce(iface)
     fd = handle.fileno()
@@ -344,30 +345,30 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
         worker.flush_due(now)
         worker.announce_again(now)
         worker.read_control(now)
-        _apply_skip_filter(worker, handle, iface, now)
+        _apply_skip_filter(worker, swapper, now)
         worker.publish(now, lambda: _read_kernel_counters(worker, handle))
+    swapper.close()
     _read_kernel_counters(worker, handle)
 
 
-def _apply_skip_filter(worker: Worker, handle, iface: str, now: float) -> None:
-    """The owners' skipped connections into the kernel filter, when they changed. A filter
-    libpcap refuses is counted and the base filter stays: skipping is an economy, the owner
-    still skips those packets itself."""
+def _apply_skip_filter(worker: Worker, swapper: FilterSwapper, now: float) -> None:
+    """The owners' skipped connections into the kernel filter, when they changed (compiled
+    and swapped in without stalling the capture: ``FilterSwapper``). A filter refused is
+    counted and the base filter stays: skipping is an economy, the owner still skips those
+    packets itself."""
     text = worker.skip_filter.due(now)
-    if text is None:
-        return
-    try:
-        set_filter(handle, text, iface)
-    except CaptureError as exc:
+    if text is not None:
+        swapper.request(text)
+    for _text, refusal in swapper.results():
+        if refusal is None:
+            worker.stats.refilters += 1
+            worker.stats.kernel_skips = len(worker.skip_filter.flows())
+            continue
         worker.stats.refilter_failures += 1
-        if worker.stats.refilter_failures == 1:
-            print(f"capture: kernel skip filter refused, owners keep skipping instead: {exc}",
-                  file=sys.stderr)
-        set_filter(handle, worker.skip_filter.base, iface)
         worker.stats.kernel_skips = 0
-        return
-    worker.stats.refilters += 1
-    worker.stats.kernel_skips = len(worker.skip_filter.flows())
+        if worker.stats.refilter_failures == 1:
+            print(f"capture: kernel skip filter refused, owners keep skipping instead: {refusal}",
+                  file=sys.stderr)
 
 
 def drop_privileges_to(run_as) -> None:

@@ -75,29 +75,53 @@ def _split_host_port(text: str) -> tuple[str | None, str]:
     return host, port
 
 
-def parse_mappings(value: str) -> tuple[Mapping, ...]:
+def parse_mappings(value: str, flag: str = "-x") -> tuple[Mapping, ...]:
     """``-x``: comma-separated ``[onlineIP:]onlinePort-targetIP:targetPort``."""
     form = "expected [onlineIP:]onlinePort-targetIP:targetPort, e.g. 80-198.18.0.2:8080"
     mappings = []
     for item in filter(None, (part.strip() for part in value.split(","))):
         online, sep, target = _split_mapping(item)
         if not sep:
-            raise OptionError(f"-x: {item!r}: {form}")
+            raise OptionError(f"{flag}: {item!r}: {form}")
         online_host, online_port = _split_host_port(online)
         target_host, target_port = _split_host_port(target)
         if target_host is None:
-            raise OptionError(f"-x: {item!r}: the target needs an address ({form})")
+            raise OptionError(f"{flag}: {item!r}: the target needs an address ({form})")
         mapping = Mapping(
-            None if online_host in (None, "", "0", "0.0.0.0", "::") else _address(online_host, "-x", form),
-            _port(online_port, "-x", form),
-            _address(target_host, "-x", form),
-            _port(target_port, "-x", form))
+            None if online_host in (None, "", "0", "0.0.0.0", "::") else _address(online_host, flag, form),
+            _port(online_port, flag, form),
+            _address(target_host, flag, form),
+            _port(target_port, flag, form))
         if mapping.online_ip is not None and (":" in mapping.online_ip) != (":" in mapping.target_ip):
-            raise OptionError(f"-x: {item!r}: online and target addresses must be the same IP version ({form})")
+            raise OptionError(f"{flag}: {item!r}: online and target addresses must be the same IP version ({form})")
         mappings.append(mapping)
     if not mappings:
-        raise OptionError(f"-x: no mapping given ({form})")
+        raise OptionError(f"{flag}: no mapping given ({form})")
     return tuple(mappings)
+
+
+def parse_baselines(value: str, mappings: tuple[Mapping, ...]) -> tuple[Mapping, ...]:
+    """``--baseline``: where compared sessions are also replayed, written like ``-x``
+    (``80-198.18.2.2:8081``): a server that runs the online build, whose differences from
+    the online answers mark what is noise. Each names the online side of one ``-x`` mapping
+    and a target of the same IP version that is not that mapping's own target."""
+    baselines = parse_mappings(value, "--baseline")
+    for baseline in baselines:
+        mapping = next((m for m in mappings if (m.online_ip, m.online_port) == (baseline.online_ip,
+                                                                                baseline.online_port)), None)
+        shown = f"{baseline.online_ip + ':' if baseline.online_ip else ''}{baseline.online_port}"
+        if mapping is None:
+            raise OptionError(f"--baseline: {shown} is not the online side of any -x mapping: write it as "
+                              f"the -x mapping's online part, e.g. -x 80-TARGET:8080 --baseline 80-BASELINE:8080")
+        if (baseline.target_ip, baseline.target_port) == (mapping.target_ip, mapping.target_port):
+            raise OptionError(f"--baseline: {baseline.target_ip}:{baseline.target_port} is the -x target itself: "
+                              "the baseline is a second server running the online build")
+        if (":" in baseline.target_ip) != (":" in mapping.target_ip):
+            raise OptionError(f"--baseline: {baseline.target_ip} and the -x target {mapping.target_ip} must be "
+                              "of the same IP version (the replayed clients have one address)")
+    if len({(b.online_ip, b.online_port) for b in baselines}) != len(baselines):
+        raise OptionError("--baseline: one baseline per -x mapping")
+    return baselines
 
 
 def _split_mapping(item: str) -> tuple[str, str, str]:

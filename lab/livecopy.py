@@ -34,6 +34,7 @@ from tcpcopy.lab.servers import Greeter, Nginx
 
 ONLINE_PORT = 80
 TARGET_PORT = 8080
+BASELINE_PORT = 8081   # the baseline nginx (the online build), beside the target on its host
 READY_TIMEOUT = 10.0
 # Where the copy's processes publish their stats: the online host's control-side address,
 # reachable from the assistant (intercept) and bound by the recorder in the online host.
@@ -112,6 +113,10 @@ class LiveCopy:
     site when None), e.g. to have the target answer some paths differently.
     ``target_upstream`` makes the target's nginx proxy its pages to that server (e.g. a
     :class:`~tcpcopy.lab.slowbackend.SlowBackend`) instead of serving them itself.
+    ``baseline_files`` adds a baseline nginx serving them on the target host at
+    :data:`BASELINE_PORT`, and tcpcopy replays compared sessions to it too (``--baseline``;
+    the test passes ``--compare``). ``token`` makes every nginx put a random token of its own
+    in each page where that text is (see :class:`~tcpcopy.lab.servers.Nginx`).
     ``ipv6`` (in a :func:`~tcpcopy.lab.netns.four_host_v6` lab) copies over IPv6: the
     servers listen on the hosts' IPv6 addresses, intercept listens on all addresses
     (dual-stack) and tcpcopy names it by its IPv6 one (``-s [2001:2:0:2::1]``).
@@ -121,7 +126,8 @@ class LiveCopy:
                  copies: int = 1, target_files: dict | None = None, *, start_copy: bool = True,
                  greeter_port: int | None = None, stats_endpoint: str | None = None,
                  target_upstream: str | None = None, redis_port: int | None = None, ipv6: bool = False,
-                 online_files: dict | None = None):
+                 online_files: dict | None = None, baseline_files: dict | None = None,
+                 token: str | None = None):
         if redis_port is not None and redis_port in (ONLINE_PORT, TARGET_PORT, greeter_port):
             raise ValueError(f"redis_port {redis_port} is taken by another copied service: pick another")
         self.lab = lab
@@ -134,9 +140,11 @@ class LiveCopy:
         self.ipv6 = ipv6
         self.online_address = ONLINE_V6 if ipv6 else ONLINE_ADDRESS
         self.target_address = TARGET_V6 if ipv6 else TARGET_ADDRESS
-        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT, files=online_files)
+        self.online = Nginx(lab, ONLINE, self.online_address, ONLINE_PORT, files=online_files, token=token)
         self.target = Nginx(lab, TARGET, self.target_address, TARGET_PORT, files=target_files,
-                            upstream=target_upstream)
+                            upstream=target_upstream, token=token)
+        self.baseline = (None if baseline_files is None else
+                         Nginx(lab, TARGET, self.target_address, BASELINE_PORT, files=baseline_files, token=token))
         self.online_greeter: Greeter | None = None
         self.target_greeter: Greeter | None = None
         if greeter_port is not None:
@@ -159,10 +167,10 @@ class LiveCopy:
     # ------------------------------------------------------------------ life cycle
 
     def __enter__(self) -> "LiveCopy":
-        self.online.start()
-        self.target.start()
-        self.online.wait_ready()
-        self.target.wait_ready()
+        for web in self._nginxes():
+            web.start()
+        for web in self._nginxes():
+            web.wait_ready()
         for server in (*self._greeters(), *self._redis_servers()):
             server.start()
             server.wait_ready()
@@ -177,10 +185,13 @@ class LiveCopy:
         self.stop_tcpcopy()
         self.stop_intercept()
         self.stop_recorder()
-        self.online.stop()
-        self.target.stop()
+        for web in self._nginxes():
+            web.stop()
         for server in (*self._greeters(), *self._redis_servers()):
             server.stop()
+
+    def _nginxes(self) -> list[Nginx]:
+        return [web for web in (self.online, self.target, self.baseline) if web is not None]
 
     def _greeters(self) -> list[Greeter]:
         return [g for g in (self.online_greeter, self.target_greeter) if g is not None]
@@ -193,7 +204,10 @@ class LiveCopy:
         return f"http://{_bracketed(self.online_address)}:{ONLINE_PORT}"
 
     def start_intercept(self) -> None:
-        ports = " or ".join(f"src port {target}" for _online, target in self._port_map())
+        targets = [target for _online, target in self._port_map()]
+        if self.baseline is not None:
+            targets.append(BASELINE_PORT)
+        ports = " or ".join(f"src port {target}" for target in targets)
         argv = [sys.executable, "-m", "tcpcopy.intercept.main",
                 "-i", self.lab.interface(ASSISTANT, TARGET),
                 "-F", f"tcp and src host {self.target_address} and ({ports})",
@@ -215,8 +229,13 @@ class LiveCopy:
         argv = [sys.executable, "-m", "tcpcopy.session.main",
                 "-x", ",".join(f"{o}-{target}:{t}" for o, t in self._port_map()), "-s", self.intercept_address,
                 "-i", self.lab.interface(ONLINE, CLIENT), "--summary-json", str(self.summary_path),
-                *self._stats_flags(), *self.tcpcopy_flags]
+                *self._stats_flags(), *self._baseline_flags(), *self.tcpcopy_flags]
         self.tcpcopy = self._start(ONLINE, argv, "tcpcopy", "copying")
+
+    def _baseline_flags(self) -> list[str]:
+        if self.baseline is None:
+            return []
+        return ["--baseline", f"{ONLINE_PORT}-{_bracketed(self.target_address)}:{BASELINE_PORT}"]
 
     def _stats_flags(self) -> list[str]:
         return ["--stats", self.stats_endpoint] if self.stats_endpoint else []

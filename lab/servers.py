@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import pwd
 import shutil
 import signal
@@ -135,13 +136,19 @@ class Nginx(_LabServer):
     It serves ``files`` (by default ``/index.html`` and the 1 MiB ``/big.bin``) and keeps the
     body of every request under ``UPLOAD_PREFIX`` (answered with ``UPLOAD_STATUS``). With
     ``upstream`` (an nginx server address, e.g. ``unix:/path:``) every other request is
-    proxied there instead of served from the files.
+    proxied there instead of served from the files. With ``token`` every occurrence of that
+    text in a page is replaced by a random token of its own per answer (nginx's
+    ``$request_id``, 32 hex digits), as pages with session ids or CSRF tokens have.
     """
 
     def __init__(self, lab: Lab, host: str, address: str, port: int = 80, *,
                  files: Mapping[str, bytes] | None = None, keepalive_requests: int = 1_000_000,
-                 keepalive_timeout_s: int = 65, keep_dir: bool = False, upstream: str | None = None) -> None:
+                 keepalive_timeout_s: int = 65, keep_dir: bool = False, upstream: str | None = None,
+                 token: str | None = None) -> None:
+        if token is not None and not re.fullmatch(r"[A-Za-z0-9_]{4,64}", token):
+            raise ValueError(f"token {token!r}: use 4-64 letters, digits or '_' (it goes into nginx.conf)")
         self._listen_on(lab, host, address, port, keep_dir)
+        self.token = token
         self.files = dict(default_site() if files is None else files)
         self.keepalive_requests = keepalive_requests
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -354,7 +361,7 @@ http {{
         listen {listen};
         server_name _;
         root {d}/site;
-        location / {{{self._upstream_directives()}
+        location / {{{self._upstream_directives()}{self._token_directives()}
         }}
         # nginx stores a request body only for a handler that reads it; the proxy module is
         # the core one that does. Each body stays in a file of its own (named in the access
@@ -379,6 +386,12 @@ http {{
     }}
 }}
 """
+
+    def _token_directives(self) -> str:
+        if self.token is None:
+            return ""
+        return (f"\n            sub_filter '{self.token}' '$request_id';\n            sub_filter_once off;"
+                "\n            sub_filter_types *;")
 
     def _upstream_directives(self) -> str:
         """With an ``upstream``, ``location /`` proxies to it instead of serving the site."""

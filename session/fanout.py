@@ -4,6 +4,8 @@ For the first packet of a flow the owner asks ``Fanout.endpoints``: which ``-x``
 applies (none: the packet is not ours), whether ``-r`` samples the session in, which client
 address it is sent from (``-c`` pool, pinned per original client address; ``-H`` for
 loopback sources) and which client port each of the ``-n`` copies uses (shifted by ``-f``).
+A compared session (``--compare``) also goes to the mapping's ``--baseline`` server, if any,
+as one more copy: its own client port, the next copy's.
 
 Sampling hashes the original client endpoint, so every packet of a session and all of its
 copies get the same decision (TCPCopy's sum of address and port is not uniform).
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster.options import Mapping
+from tcpcopy.cluster.shard import compare_sampled
 from tcpcopy.session.engine import Endpoint
 
 PORT_FLOOR = 1024
@@ -37,6 +40,8 @@ class FanoutOptions:
     sample_percent: int = 100       # -r
     localhost_ip: str | None = None  # -H
     ramp: bool = False              # -g: admit 1% more of the sessions each second, up to -r
+    baselines: tuple[Mapping, ...] = ()   # --baseline: compared sessions are replayed there too
+    compare_percent: int = 0        # --compare: the share of sessions compared
 
 
 def sampled_in(client_ip: bytes, client_port: int, percent: int) -> bool:
@@ -64,6 +69,11 @@ class Fanout:
         for m in options.mappings:
             online = None if m.online_ip is None else ipaddress.ip_address(m.online_ip).packed
             self._targets[(online, m.online_port)] = (ipaddress.ip_address(m.target_ip).packed, m.target_port)
+        self._baselines: dict[tuple, tuple[bytes, int]] = {}
+        if options.compare_percent:
+            for m in options.baselines:
+                online = None if m.online_ip is None else ipaddress.ip_address(m.online_ip).packed
+                self._baselines[(online, m.online_port)] = (ipaddress.ip_address(m.target_ip).packed, m.target_port)
         self._pools: dict[int, list[bytes]] = {4: [], 16: []}
         for address in options.client_pool:
             packed = ipaddress.ip_address(address).packed
@@ -102,8 +112,22 @@ class Fanout:
         if client_ip is None:
             self.family_mismatch += 1
             return []
-        return [Endpoint(client_ip, copy_port(pkt.sport, i, self.options.port_offset), target_ip, target_port)
-                for i in range(self.options.copies)]
+        copies = self.options.copies
+        endpoints = [Endpoint(client_ip, copy_port(pkt.sport, i, self.options.port_offset), target_ip, target_port)
+                     for i in range(copies)]
+        baseline = self._baseline_of(pkt)
+        if baseline is not None:
+            endpoints.append(Endpoint(client_ip, copy_port(pkt.sport, copies, self.options.port_offset), *baseline))
+        return endpoints
+
+    def _baseline_of(self, pkt: pk.Packet) -> tuple[bytes, int] | None:
+        """The --baseline server of a compared session (by the rule the comparison samples by)."""
+        if not self._baselines:
+            return None
+        baseline = self._baselines.get((pkt.dst, pkt.dport)) or self._baselines.get((None, pkt.dport))
+        if baseline is None or not compare_sampled(pkt.src, pkt.sport, self.options.compare_percent):
+            return None
+        return baseline
 
     def _client_address(self, original: bytes, family_len: int) -> bytes | None:
         """The source address for a client, of the target's IP version; None when the

@@ -31,7 +31,8 @@ import tempfile
 
 from tcpcopy.cluster.curve import KeyFileError, add_client_key_flags, client_keys_from_flags, plain_warning
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, OptionError, capture_filter, online_answers_capture_filter,
-                                     parse_client_pool, parse_intercepts, parse_mappings)
+                                     parse_baselines, parse_client_pool, parse_intercepts,
+                                     parse_mappings)
 from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, absolute_paths, add_log_format, add_not_applicable, add_user,
                                      drop_to, install_log_reopen, open_for_writing, private_directory,
@@ -175,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a regular expression whose matches (timestamps, ids, tokens) are masked in both "
                         "answers before comparing; repeat for several")
     p.add_argument("--compare-log", metavar="FILE", help="write every differing request as a JSON line to FILE")
+    p.add_argument("--baseline", metavar="MAP[,MAP]",
+                   help="with --compare: replay each compared session also to a server running the online "
+                        "build, written like -x (e.g. 80-198.18.2.2:8081; its answers must reach intercept "
+                        "too); what differs between online and baseline is noise (timestamps, ids, tokens) "
+                        "and only the target's other differences count")
     p.add_argument("--fail-on", metavar="SPEC",
                    help="exit 3 at the end when a threshold is crossed, e.g. 'differs>0.01,no_answer>0,"
                         "loss>0.001' (loss: sessions the copier dropped or shed, a share of those started)")
@@ -240,8 +246,12 @@ def _check_compare_options(parser, args: argparse.Namespace) -> None:
     if args.compare_percent and args.offline:
         parser.error("--compare needs a live capture (the online server's answers are captured as "
                      "they leave): drop --offline, or --compare")
-    if (args.compare_log or args.compare_mask) and not args.compare_percent:
-        parser.error("--compare-log and --compare-mask go with --compare PERCENT, e.g. --compare 10")
+    if (args.compare_log or args.compare_mask or args.baseline) and not args.compare_percent:
+        parser.error("--compare-log, --compare-mask and --baseline go with --compare PERCENT, e.g. --compare 10")
+    try:
+        args.baselines = parse_baselines(args.baseline, args.mappings) if args.baseline else ()
+    except OptionError as exc:
+        parser.error(str(exc))
     try:
         compile_masks(args.compare_mask)
         args.fail_on = parse_fail_on(args.fail_on) if args.fail_on else ()
@@ -252,14 +262,17 @@ def _check_compare_options(parser, args: argparse.Namespace) -> None:
 
 def compare_options(args: argparse.Namespace) -> CompareOptions:
     return CompareOptions(percent=args.compare_percent, max_bytes=args.compare_bytes,
-                          config=CompareConfig(masks=tuple(args.compare_mask)))
+                          config=CompareConfig(masks=tuple(args.compare_mask)),
+                          baselines=frozenset((ipaddress.ip_address(b.target_ip).packed, b.target_port)
+                                              for b in args.baselines))
 
 
 def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOptions:
     keepalive = args.keepalive_timeout or args.session_timeout + 120
     return OwnerOptions(
         fanout=FanoutOptions(args.mappings, args.client_pool, args.copies, args.port_offset,
-                             args.sample_percent, args.localhost_ip, args.ramp),
+                             args.sample_percent, args.localhost_ip, args.ramp,
+                             baselines=args.baselines, compare_percent=args.compare_percent),
         session=SessionConfig(fake_syn_mss=args.mss, only_full_sessions=args.only_full,
                               no_wait=args.no_wait, session_timeout=args.session_timeout,
                               keepalive_timeout=keepalive, mtu=args.mtu),
@@ -398,7 +411,8 @@ def _run(args: argparse.Namespace, packet_endpoint: str, summary: SummaryFile) -
         ", ".join(f"{m.target_ip}:{m.target_port}" for m in args.mappings),
         ", ".join(map(str, args.intercepts)),
         f"file {args.source}" if args.offline else f"interface {args.source}",
-        args.copies, "y" if args.copies == 1 else "ies")
+        args.copies, "y" if args.copies == 1 else "ies") + "".join(
+        f", compared sessions also to baseline {b.target_ip}:{b.target_port}" for b in args.baselines)
     try:
         owner.run()
     finally:
@@ -430,8 +444,12 @@ def copier_loss(owner: Owner) -> float:
 
 def compare_line(summary: dict) -> str:
     counts = " ".join(f"{verdict}:{n}" for verdict, n in summary["counts"].items())
-    return (f"{summary['compared']} requests in {summary['sessions_compared']} sessions; {counts}; "
+    line = (f"{summary['compared']} requests in {summary['sessions_compared']} sessions; {counts}; "
             f"not captured:{summary['not_captured']}")
+    if summary.get("baseline_sessions"):
+        line += (f"; baseline: {summary['baseline_sessions']} sessions, {summary['noise_ignored']} noisy "
+                 f"differences ignored, {summary['without_baseline']} requests judged without its answer")
+    return line
 
 
 def nothing_copied(owner: Owner, args: argparse.Namespace) -> str:

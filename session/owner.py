@@ -400,7 +400,7 @@ class Owner:
             elif kind is SessionFreed:
                 self.links.unregister(_endpoint_tuple(item.endpoint))
                 if self.comparing is not None:
-                    self.comparing.session_ended(item.endpoint)
+                    self.comparing.session_ended(item.endpoint, item.at)
         for endpoint in self.orphans.take_done():
             self.links.unregister(endpoint)
         self.links.flush()

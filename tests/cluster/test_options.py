@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, InterceptAddress, Mapping,
                                      OptionError, capture_filter, parse_client_pool,
-                                     parse_intercepts, parse_mappings)
+                                     parse_baselines, parse_intercepts, parse_mappings)
 
 X_FORM = "[onlineIP:]onlinePort-targetIP:targetPort"
 S_FORM = "ip[:port]"
@@ -333,3 +333,25 @@ def test_user_filter_narrows_what_is_captured():
     bpf = compiles(capture_filter(parse_mappings("80-198.18.0.2:8080"), "src net 198.18.5.0/24"))
     assert bpf.filter(ethernet("198.18.5.5", "198.18.1.7", 40000, 80))
     assert not bpf.filter(ethernet("198.18.6.5", "198.18.1.7", 40000, 80))
+
+
+# ================================================================= --baseline
+
+@pytest.mark.parametrize("value, fault", [
+    ("81-198.18.2.2:8081", "not the online side of any -x mapping"),
+    ("80-198.18.2.2:8080", "is the -x target itself"),
+    ("80-[2001:2::2]:8081", "same IP version"),
+    ("80-198.18.2.2:8081,80-198.18.2.3:8081", "one baseline per -x mapping"),
+    ("80-:8081", "is not an IP address"),
+    ("80-8081", "needs an address"),
+])
+def test_a_baseline_that_cannot_be_used_is_named_with_the_fix(value, fault):
+    with pytest.raises(OptionError, match=fault) as caught:
+        parse_baselines(value, parse_mappings("80-198.18.2.2:8080"))
+    assert str(caught.value).startswith("--baseline")
+
+
+def test_a_baseline_names_the_online_side_of_its_mapping():
+    mappings = parse_mappings("80-198.18.2.2:8080,198.18.1.1:6379-198.18.2.2:6379")
+    assert parse_baselines("80-198.18.2.2:8081,198.18.1.1:6379-198.18.2.3:6379", mappings) == (
+        Mapping(None, 80, "198.18.2.2", 8081), Mapping("198.18.1.1", 6379, "198.18.2.3", 6379))

@@ -6,7 +6,8 @@ changed (same status, same length) and one the target no longer has (404). Every
 to those two paths, and only those, must be reported, each under its verdict; the JSON-lines
 file names them; and ``--fail-on`` turns a difference into exit status 3. With identical
 sites, thousands of keep-alive requests compare without a single difference. A Redis target
-with other values for some keys is caught by the byte comparison.
+with other values for some keys is caught by the byte comparison. With a baseline beside the
+target, a random token in every page is noise and only a real change is reported.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ INTERCEPT = ["--answer-bytes", "65536"]
 REDIS_PORT = 6379
 
 
-def compared_run(live_copy, tmp_path, online_site, target_site, loads, fail_on: str):
+def compared_run(live_copy, tmp_path, online_site, target_site, loads, fail_on: str, **copy_options):
     """A copy comparing every session; ``loads``: (path, connections, requests each).
     Returns (tcpcopy's exit status, its summary, the difference records, online requests)."""
     log = tmp_path / "differences.jsonl"
     copy = live_copy(online_files=online_site, target_files=target_site, intercept_flags=INTERCEPT,
-                     tcpcopy_flags=["--compare", "100", "--compare-log", str(log), "--fail-on", fail_on])
+                     tcpcopy_flags=["--compare", "100", "--compare-log", str(log), "--fail-on", fail_on],
+                     **copy_options)
     online, target_before = 0, copy.target.access_log_count()
     for path, connections, requests in loads:
         result = load.keepalive(copy.lab, CLIENT, f"{copy.url}{path}", connections, requests)
@@ -107,3 +109,31 @@ def test_a_redis_target_holding_other_values_is_caught_by_the_byte_comparison(li
     assert compare["compared"] == 100 and compare["counts"]["same"] == 90
     assert sorted(int(re.search(r"k:(\d+)", r["request"])[1]) for r in records) == list(range(10))
     assert {r["verdict"] for r in records} == {"body_differs"}
+
+
+TOKEN = "PAGE_TOKEN"
+TOKEN_SITE = {**default_site(), "a.html": b"<p>your token: PAGE_TOKEN</p>\n" + b"the same text\n" * 30,
+              "b.html": b"<form><input name=csrf value=PAGE_TOKEN></form>\n" * 3,
+              "changed.html": b"<p>PAGE_TOKEN</p> version one\n"}
+CANDIDATE_SITE = {**TOKEN_SITE, "changed.html": b"<p>PAGE_TOKEN</p> version two\n"}
+
+
+def test_with_a_baseline_random_tokens_are_noise_and_only_the_changed_path_is_reported(live_copy, tmp_path):
+    """Online, baseline and candidate nginx each put a random token in every page (nginx's
+    $request_id); the candidate also changed one page. Without the baseline every answer
+    would differ; with it, only the changed page's requests are reported."""
+    loads = [("/a.html", 5, 40), ("/b.html", 5, 40), ("/changed.html", 5, 10), ("/a.html", 20, 1)]
+    code, summary, records, online = compared_run(
+        live_copy, tmp_path, TOKEN_SITE, CANDIDATE_SITE, loads, "body_differs>0.5",
+        baseline_files=TOKEN_SITE, token=TOKEN)
+    compare = summary["compare"]
+    print(f"\ncompared {compare['compared']} of {online} requests: {compare['counts']}; baseline sessions "
+          f"{compare['baseline_sessions']}, noise ignored {compare['noise_ignored']}, judged without "
+          f"the baseline {compare['without_baseline']}")
+    assert compare["compared"] == online and compare["not_captured"] == 0
+    assert compare["baseline_sessions"] == 35 and compare["without_baseline"] == 0
+    assert compare["counts"]["body_differs"] == 50
+    assert compare["counts"]["same"] == online - 50
+    assert {record["request"].split()[1] for record in records} == {"/changed.html"}
+    assert compare["noise_ignored"] >= online - 50   # in every answer judged the same, a token was ignored
+    assert code == 0, "a 5% difference share is below --fail-on body_differs>0.5"

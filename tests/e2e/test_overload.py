@@ -82,6 +82,7 @@ def test_unthrottled_keepalive_sheds_whole_sessions_and_copies_at_capacity(live_
           f"peak lag {summary['owner']['input_lag_max_ms']:.0f} ms; "
           f"buffers peak {summary['buffers']['peak_bytes'] >> 20} MiB")
     print(next((line for line in copy.log("tcpcopy").splitlines() if "capture: captured:" in line), ""))
+    print("\n".join(line for line in copy.log("tcpcopy").splitlines() if "shed" in line or "behind" in line))
     rss = {f.name: f.peak_rss_mb for f in copy.figures.values()}
     print(f"peak RSS MB: {rss}")
 

@@ -267,3 +267,24 @@ def test_ramp_admits_one_percent_more_each_second_up_to_the_sample_percent():
     from tcpcopy.session.fanout import Fanout, FanoutOptions
     fanout = Fanout(FanoutOptions(parse_mappings("80-198.18.0.2:8080"), sample_percent=60, ramp=True))
     assert [fanout.sample_percent(t) for t in (5.0, 5.5, 6.0, 30.0, 64.0, 200.0)] == [1, 1, 2, 26, 60, 60]
+
+
+# ---------------------------------------------------------------- --baseline
+
+def test_a_compared_session_also_goes_to_the_baseline_from_a_port_of_its_own():
+    f = fanout(copies=2, baselines=parse_mappings(f"80-{TARGET}:8081"), compare_percent=100)
+    endpoints = f.endpoints(syn("198.18.5.5", 40000))
+    assert endpoints[:2] == [Endpoint(ip("198.18.5.5"), copy_port(40000, i, 0), ip(TARGET), 8080) for i in (0, 1)]
+    assert endpoints[2] == Endpoint(ip("198.18.5.5"), copy_port(40000, 2, 0), ip(TARGET), 8081)
+    assert len({e.client_port for e in endpoints}) == 3
+
+
+def test_only_compared_sessions_go_to_the_baseline():
+    from tcpcopy.cluster.shard import compare_sampled
+    f = fanout(baselines=parse_mappings(f"80-{TARGET}:8081"), compare_percent=10)
+    clients = random_clients(2000, seed=7)
+    with_baseline = [len(f.endpoints(syn(str(ipaddress.ip_address(c)), port))) == 2 for c, port in clients]
+    assert with_baseline == [compare_sampled(c, port, 10) for c, port in clients]
+    assert 100 < sum(with_baseline) < 300
+    assert fanout(baselines=parse_mappings(f"80-{TARGET}:8081")).endpoints(syn("198.18.5.5", 1)) == [
+        Endpoint(ip("198.18.5.5"), 1, ip(TARGET), 8080)]   # no --compare: no baseline

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
              "start": "render it into supervisor.dir/ROLE/ and launch supervisord",
              "status": "list every process of the role: state, pid, uptime",
              "restart": "restart one process (capture-1) or every process of a program (capture)",
-             "stop": "stop every process of the role and supervisord"}
+             "stop": "stop every process of the role and supervisord; online, with [compare]: print the "
+                     "comparison's totals and exit 3 past [compare] fail_on"}
     for name, text in helps.items():
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")

@@ -469,7 +469,8 @@ def parse_args(argv):
         description="Capture client packets (live or from a pcap file) and batch them to "
                     "session owners over ZeroMQ. Normally started by the tcpcopy command.")
     parser.add_argument("--config", metavar="TOML",
-                        help="cluster config: take interface, filter and owners from it (with --shard N)")
+                        help="cluster config: take interface, filters (with [compare] the online answers' "
+                             "too) and owners from it (with --shard N)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--iface", help="capture on this interface")
     source.add_argument("--offline", metavar="PCAP", help="replay this pcap file")
@@ -502,16 +503,20 @@ def parse_args(argv):
     if not (args.iface or args.offline) or not args.filter or not args.owner:
         parser.error("give --config TOML --shard N, or --iface/--offline with --filter and --owner")
     args.filter = combine_filters(args.filter, capture_shard_filter(*args.shard))
+    # The answers to this shard's clients: their destination is in the shard.
+    args.online_answers = (combine_filters(args.online_answers, intercept_shard_filter(*args.shard))
+                           if args.online_answers else "")
     return args
 
 
 def _from_cluster_config(args) -> None:
-    """Interface, filter, owners and buffer from the cluster config; --shard is this
+    """Interface, filters, owners and buffer from the cluster config; --shard is this
     worker's number among capture.workers."""
     config = load_config(args.config)
     args.shard = shard_of(args.shard, config.capture.workers, "worker's")
     args.iface = args.iface or config.capture.interface
     args.filter = config.capture_bpf()
+    args.online_answers = args.online_answers or config.online_answers_bpf()   # [compare]: this shard's part is added
     args.owner = list(config.owner_endpoints())
     args.buffer_mb, args.snaplen = config.capture.buffer_mb, config.capture.snaplen
     args.stats = args.stats or config.stats.endpoint
@@ -542,9 +547,7 @@ def main(argv=None) -> int:
     worker.run_as = args.user
     try:
         if args.iface:
-            answers_bpf = (combine_filters(args.online_answers, intercept_shard_filter(*args.shard))
-                           if args.online_answers else "")
-            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb, args.shard, answers_bpf)
+            run_live(worker, args.iface, args.filter, args.snaplen, args.buffer_mb, args.shard, args.online_answers)
         else:
             drop_privileges_to(args.user)   # a file needs no privilege; the user must be able to read it
             pacing = OfflinePacing(args.speed, None if args.idle_gap_ms is None else args.idle_gap_ms / 1000,

@@ -11,6 +11,13 @@ both BPF filters compiled, socket paths short enough for AF_UNIX, and ``copy.int
 against ``[intercept]``: both describe the same intercept instances, instance ``i``
 listening on ``intercept.bind:intercept.base_port + i`` and capturing shard ``i``.
 
+``[compare]`` turns on answer comparison in every process at once: the owners compare
+(``--compare``), the capture workers capture the online server's answers of their shard
+sampled by the same rule, and the intercepts send watched answers whole
+(``intercept.answer_bytes``, 65536 unless set). Its masks and ``fail_on`` are checked by the
+comparison's own parsers where the programs start (``session/comparefiles.py``), so this
+module stays below the roles.
+
 Relative paths are taken from the config file's directory.
 """
 
@@ -26,13 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, InterceptAddress, Mapping,
-                                     OptionError, capture_filter, parse_client_pool,
-                                     parse_intercepts, parse_mappings)
+                                     OptionError, capture_filter, online_answers_capture_filter,
+                                     parse_client_pool, parse_intercepts, parse_mappings)
 
 MAX_INSTANCES = 64        # per role: capture workers, owners, intercepts
 INTERCEPT_MAX_PAYLOAD = 1460   # the intercept's --payload limit (intercept.worker.MAX_PAYLOAD)
 INTERCEPT_MAX_ANSWER_BYTES = 262_144   # its --answer-bytes limit (intercept.worker.MAX_ANSWER_BYTES)
 INTERCEPT_WATCH_MAX = 4096     # its --watch-max default (intercept.routes.DEFAULT_MAX_WATCHED)
+COMPARE_ANSWER_BYTES = 65536   # intercept.answer_bytes when [compare] is on and it is not set:
+                               # a GRO super-packet's payload whole
+COMPARE_MAX_BYTES = 1 << 24    # tcpcopy --compare-bytes limit
 UNIX_PATH_MAX = 107       # bytes of an AF_UNIX socket path, without the terminating NUL
 HOST_ROLES = ("online", "assistant")
 WILDCARD_BINDS = ("0.0.0.0", "::")
@@ -124,6 +134,21 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ComparisonConfig:
+    """[compare]: the owners compare the target's answers with the online server's."""
+
+    percent: int = 0                 # --compare: share of sessions compared (0: off)
+    bytes: int = 65536               # --compare-bytes: answer bytes kept per request and side
+    masks: tuple[str, ...] = ()      # --compare-mask: regexes masked in both answers
+    log_dir: str = ""                # each owner's differences and summary ("": <supervisor.dir>/online/compare)
+    fail_on: str = ""                # --fail-on: checked by `tcpcopy-cluster stop` and `compare` ("": no gate)
+
+    @property
+    def enabled(self) -> bool:
+        return self.percent > 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     path: str                 # the file it was loaded from, absolute
     copy: CopyConfig
@@ -133,6 +158,7 @@ class ClusterConfig:
     supervisor: SupervisorConfig
     stats: StatsConfig = StatsConfig()
     security: SecurityConfig = SecurityConfig()
+    compare: ComparisonConfig = ComparisonConfig()
 
     def owner_endpoint(self, shard: int) -> str:
         """Where owner ``shard`` binds and every capture worker pushes its flows."""
@@ -158,6 +184,17 @@ class ClusterConfig:
     def role_dir(self, host_role: str) -> str:
         """The supervisord directory of one host role (both roles may share a file system)."""
         return f"{self.supervisor.dir}/{host_role}"
+
+    def compare_dir(self) -> str:
+        """Where each owner writes its differing requests and its comparison summary."""
+        return self.compare.log_dir or f"{self.role_dir('online')}/compare"
+
+    def online_answers_bpf(self) -> str:
+        """The capture workers' second filter, the online server's answers to the compared
+        clients ("" when [compare] is off); each worker adds its shard expression."""
+        if not self.compare.enabled:
+            return ""
+        return online_answers_capture_filter(self.copy.mappings, self.compare.percent)
 
 
 # ------------------------------------------------------------------------------ schema
@@ -213,7 +250,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bind": Key(str, "0.0.0.0", example='"0.0.0.0"', flag="intercept -b"),
         "base_port": Key(int, DEFAULT_INTERCEPT_PORT, 1, 65535, flag="intercept -p"),
         "payload": Key(int, 0, 0, INTERCEPT_MAX_PAYLOAD, flag="intercept --payload"),
-        "answer_bytes": Key(int, 0, 0, INTERCEPT_MAX_ANSWER_BYTES, flag="intercept --answer-bytes"),
+        "answer_bytes": Key(int, None, 0, INTERCEPT_MAX_ANSWER_BYTES, example=str(COMPARE_ANSWER_BYTES),
+                            flag="intercept --answer-bytes"),
         "watch_max": Key(int, INTERCEPT_WATCH_MAX, 0, 100_000_000, flag="intercept --watch-max"),
     },
     "supervisor": {
@@ -228,6 +266,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "security": {
         "curve": Key(bool, True),
         "keys_dir": Key(str, "keys", example='"/etc/tcpcopy/keys"'),
+    },
+    "compare": {
+        "percent": Key(int, 0, 0, 100, example="10", flag="--compare"),
+        "bytes": Key(int, 65536, 256, COMPARE_MAX_BYTES, flag="--compare-bytes"),
+        "masks": Key(list, (), example=r'["[0-9]{10}", "id=[0-9a-f]+"]', flag="--compare-mask"),
+        "log_dir": Key(str, "", example='"/var/log/tcpcopy/compare"'),
+        "fail_on": Key(str, "", example='"differs>0.001,no_answer>0"', flag="--fail-on"),
     },
 }
 
@@ -350,9 +395,10 @@ def _build(source: str, base: Path, values: dict[str, dict[str, Any]]) -> Cluste
                           _directory(source, base, "owners.run_dir", values["owners"]["run_dir"]))
     supervisor = SupervisorConfig(_directory(source, base, "supervisor.dir", values["supervisor"]["dir"]),
                                   _user_name(source, values["supervisor"]["user"]))
+    compare = _compare(source, base, values["compare"])
     config = ClusterConfig(source, copy, _capture(source, values["capture"]), owners,
-                           _intercept(source, copy, values["intercept"]), supervisor,
-                           StatsConfig(**values["stats"]), _security(source, base, values["security"]))
+                           _intercept(source, copy, values["intercept"], compare), supervisor,
+                           StatsConfig(**values["stats"]), _security(source, base, values["security"]), compare)
     _check_filters(source, config)
     _check_socket_paths(source, config)
     _check_intercepts_match(source, config)
@@ -431,7 +477,7 @@ def _capture(source: str, raw: dict[str, Any]) -> CaptureConfig:
     return CaptureConfig(**raw)
 
 
-def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any]) -> InterceptConfig:
+def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any], compare: ComparisonConfig) -> InterceptConfig:
     interfaces = tuple(name.strip() for name in raw["interface"].split(","))
     if not all(interfaces):
         raise ConfigError(source, "intercept.interface", f"{raw['interface']!r} has an empty device name",
@@ -442,8 +488,34 @@ def _intercept(source: str, copy: CopyConfig, raw: dict[str, Any]) -> InterceptC
         raise ConfigError(source, "intercept.base_port", f"{count} instances from port {raw['base_port']} "
                           "go past 65535", "lower base_port or intercept.count")
     bpf = raw["filter"] or _response_filter(copy.mappings)
+    answer_bytes = raw["answer_bytes"]
+    if answer_bytes is None:
+        answer_bytes = COMPARE_ANSWER_BYTES if compare.enabled else 0
+    elif compare.enabled and answer_bytes == 0:
+        raise ConfigError(source, "intercept.answer_bytes", "0 keeps the target's answers from the owners, "
+                          f"but compare.percent is {compare.percent}",
+                          f"remove the line (with [compare] it is {COMPARE_ANSWER_BYTES}) or give the payload "
+                          f"bytes a packet, e.g. answer_bytes = {COMPARE_ANSWER_BYTES}")
+    if compare.enabled and raw["watch_max"] == 0:
+        raise ConfigError(source, "intercept.watch_max", f"0 refuses every session the owners compare, but "
+                          f"compare.percent is {compare.percent}",
+                          f"remove the line (default {INTERCEPT_WATCH_MAX}) or give the sessions one owner may "
+                          "compare at once, e.g. watch_max = 4096")
     return InterceptConfig(count, interfaces, bpf, bind, raw["base_port"], raw["payload"],
-                           raw["answer_bytes"], raw["watch_max"])
+                           answer_bytes, raw["watch_max"])
+
+
+def _compare(source: str, base: Path, raw: dict[str, Any]) -> ComparisonConfig:
+    """[compare]: the companions of percent need it; the masks and the gate are parsed where
+    the comparison runs (session/comparefiles.py)."""
+    if not raw["percent"]:
+        for key in ("masks", "fail_on", "log_dir"):
+            if raw[key]:
+                raise ConfigError(source, f"compare.{key}", "is set but compare.percent is 0 (comparison off)",
+                                  "set percent, the share of sessions compared, e.g. percent = 10, "
+                                  f"or remove {key}")
+    log_dir = str(base / raw["log_dir"]) if raw["log_dir"].strip() else ""
+    return ComparisonConfig(raw["percent"], raw["bytes"], tuple(raw["masks"]), log_dir, raw["fail_on"].strip())
 
 
 def _security(source: str, base: Path, raw: dict[str, Any]) -> SecurityConfig:

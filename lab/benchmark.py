@@ -36,6 +36,11 @@ gaining, and reads:
   is left is then shown as 0);
 - what each copier counted on its way: this project's capture drops (owner queue full,
   kernel) and sessions that ended abnormally, the C tool's closing counters (JSON only).
+- the cost of comparing answers (``compare-off``, ``compare-10``, ``compare-100``: one
+  keep-alive load with the cluster's ``[compare] percent`` at 0, 10 and 100, this project
+  only, the three interleaved run by run on the same topology): the copier's and the
+  intercepts' CPU per copied request with comparison on, as a ratio to comparison off,
+  and the share of requests compared.
 
 The tables show medians over the repeats and the verdict of each target. Progress goes to
 stderr (a line before each run: run i/N, the scenario, time elapsed and about how long is
@@ -98,6 +103,10 @@ SOAK_CHUNK_S = 30.0
 SOAK_RATE = 1000
 SOAK_WARMUP_S = 60.0      # RSS growth is measured from here to the end
 SOAK_GROWTH_OK_MB = 4.0
+COMPARE_RATE = 2000       # keep-alive requests/s of the comparison scenarios
+COMPARE_CONNECTIONS = 200 # many connections, so a 10% sample of them is near 10%
+COMPARE_SECONDS = 5.0     # their load time at most (they add little to the suite's time)
+COMPARE_REFERENCE = "compare-off"
 
 
 # ---------------------------------------------------------------------- scenarios and targets
@@ -120,11 +129,22 @@ class Scenario:
     pipeline: int = 1    # redis
     uploads: int = 0     # upload
     upload_mb: int = 0   # upload
+    compare: int | None = None   # [compare] percent of this project's cluster (None: not set; 0: off)
+    max_seconds: float = 0.0     # the load runs at most this long (0: --seconds)
+    family: str = ""             # scenarios of one family run interleaved, repeat by repeat
 
     @property
     def unit(self) -> str:
         """What the loss and CPU figures count."""
         return {"redis": "command", "upload": "body"}.get(self.kind, "request")
+
+    @property
+    def ours_only(self) -> bool:
+        """The C tool has nothing to compare with: it does not compare answers."""
+        return self.compare is not None
+
+    def load_seconds(self, seconds: float) -> float:
+        return min(seconds, self.max_seconds) if self.max_seconds else seconds
 
 
 SCENARIOS = (
@@ -137,6 +157,11 @@ SCENARIOS = (
     Scenario("redis", "redis", connections=REDIS_CLIENTS, requests=100_000),
     Scenario("redis-p16", "redis", connections=REDIS_CLIENTS, requests=200_000, pipeline=16),
     Scenario("upload", "upload", uploads=4, upload_mb=20),
+    # The cost of comparing: the same keep-alive load with comparison off, on for a tenth
+    # of the sessions and for all of them; short loads, this project only.
+    *(Scenario(f"compare-{'off' if percent == 0 else percent}", "keepalive", COMPARE_RATE,
+               connections=COMPARE_CONNECTIONS, compare=percent, max_seconds=COMPARE_SECONDS, family="compare")
+      for percent in (0, 10, 100)),
 )
 # Not in the default run: more points on the rate curves.
 EXTRA_SCENARIOS = (
@@ -210,6 +235,9 @@ class Run:
     unit: str = "request"         # what the counts and per-copy figures count
     copier_rss_mb: float = 0.0    # the copier's processes together (VmHWM)
     counters: dict = field(default_factory=dict)   # each process's closing counters
+    compare_percent: int | None = None   # [compare] percent (None: not a comparison scenario)
+    compared: int = 0             # requests the owners compared
+    compare_differs: int = 0      # ... judged different (0 when the sites are the same)
 
     @property
     def offered_reached(self) -> bool:
@@ -297,7 +325,9 @@ def copier(lab, scenario: Scenario, shape: tuple[int, int, int], services: Servi
     if scenario.kind == "redis":
         options["mappings"] = [f"{o}-{TARGET_ADDRESS}:{t}" for o, t in copied_ports(scenario)]
     workers, owners, intercepts = shape
-    return ClusterCopy(lab, workers, owners, intercepts, options, name="bench", servers=(services.online, services.target))
+    compare = {"percent": scenario.compare} if scenario.compare else None
+    return ClusterCopy(lab, workers, owners, intercepts, options, name="bench", servers=(services.online, services.target),
+                       compare=compare)
 
 
 @dataclass
@@ -327,6 +357,7 @@ def offer_http(lab, scenario: Scenario, services: Services, seconds: float) -> O
     """Run the scenario's h2load from the client host."""
     started = time.monotonic()
     url = f"{services.url}/index.html"
+    seconds = scenario.load_seconds(seconds)
     if scenario.kind == "keepalive":
         summary = load.keepalive_for(lab, CLIENT, url, scenario.connections, seconds, scenario.rate or None).summary
     else:
@@ -449,17 +480,20 @@ def one_run(scenario: Scenario, shape: tuple[int, int, int], seconds: float, c_t
         intercept_rss_mb=_rss(after, INTERCEPT_PREFIXES), copier_rss_mb=_rss(after, COPIER_PREFIXES, sum),
         box_busy_s=box_busy, other_busy_s=max(0.0, box_busy - copier_cpu - intercept_cpu),
         box_cpu_mean=cpu_mean, box_cpu_max=cpu_max, loadavg_1m=loadavg, restarts=restarts,
-        tool=C if c_tool else OURS, unit=scenario.unit, **details)
+        tool=C if c_tool else OURS, unit=scenario.unit, compare_percent=scenario.compare, **details)
 
 
 def copier_details(copy) -> dict:
     """What the stopped copier counted: this project's capture drops, sessions ended
-    abnormally and outcomes, every process's closing counters (the C tool's too)."""
+    abnormally and outcomes, the requests its owners compared, every process's closing
+    counters (the C tool's too)."""
     if isinstance(copy, CCopy):
         return {"capture_drops": 0, "sessions_dropped": 0, "outcomes": {}, "counters": copy.counters()}
     report = copy.report()
     captures = report.captures.values()
+    compared = copy.compare_totals() if copy.compare else {"compared": 0, "differs": 0}
     return {
+        "compared": compared["compared"], "compare_differs": compared["differs"],
         "capture_drops": sum(c.get("dropped(owner full)", 0) + c.get("kernel drop", 0) for c in captures),
         "sessions_dropped": sum(n for kind, n in report.outcomes.items() if kind.startswith("dropped")),
         "outcomes": report.outcomes,
@@ -524,6 +558,9 @@ def summarize(runs: list[Run], tool: str = OURS) -> dict[str, dict]:
                    sessions_dropped=sum(r.sessions_dropped for r in group),
                    restarts=sum(r.restarts for r in group),
                    offered_rps=group[0].offered_rps,
+                   compare_percent=group[0].compare_percent,
+                   compared=sum(r.compared for r in group),
+                   compare_differs=sum(r.compare_differs for r in group),
                    load_reached=all(r.offered_reached for r in group),
                    kept_up=all(r.kept_up for r in group))
         summary[name] = row
@@ -622,6 +659,41 @@ def compare_row(name: str, row: dict) -> str:
             f"{cell(row['intercept_us_ours'], 12, '.0f')} {cell(row['intercept_us_c'], 6, '.0f')} "
             f"{times(row['intercept_ratio'])}  {cell(row['copier_mb_ours'], 14, '.1f')} {cell(row['copier_mb_c'], 6, '.1f')}  "
             f"{cell(row['intercept_mb_ours'], 12, '.1f')} {cell(row['intercept_mb_c'], 6, '.1f')}")
+
+
+def compare_cost(summary: dict[str, dict], reference: str = COMPARE_REFERENCE) -> dict[str, dict]:
+    """Per comparison scenario (this project's medians): the share of copied requests
+    compared, CPU-us per copied request of the copier and of the intercepts, and each as a
+    ratio to ``reference`` (comparison off, same load and topology, same run; None when
+    that scenario was not run)."""
+    base = summary.get(reference)
+    rows = {}
+    for name, row in summary.items():
+        if row.get("compare_percent") is None:
+            continue
+        copied = max(row["target_requests"], 1)
+        rows[name] = {"percent": row["compare_percent"], "compared_share": row["compared"] / copied,
+                      "compare_differs": row["compare_differs"],
+                      "copier_us": row["copier_us"], "intercept_us": row["intercept_us"],
+                      "copier_ratio": ratio(row["copier_us"], base["copier_us"]) if base else None,
+                      "intercept_ratio": ratio(row["intercept_us"], base["intercept_us"]) if base else None,
+                      "kept_up": row["kept_up"], "loss_ratio": row["loss_ratio"]}
+    return rows
+
+
+COMPARE_COST_HEADER = (f"{'scenario':<15} {'compare':>7} {'compared':>8} {'copier us':>9} {'ratio':>6}  "
+                       f"{'icpt us':>7} {'ratio':>6}  {'loss':>9}  notes")
+
+
+def compare_cost_row(name: str, row: dict) -> str:
+    def times(value) -> str:
+        return f"{'-' if value is None else f'{value:.2f}x':>6}"
+
+    notes = [text for fault, text in ((not row["kept_up"], "copy fell behind"),
+                                      (row["compare_differs"], f"{row['compare_differs']} judged different")) if fault]
+    return (f"{name:<15} {row['percent']:>6}% {row['compared_share']:>8.1%} {row['copier_us']:>9.0f} "
+            f"{times(row['copier_ratio'])}  {row['intercept_us']:>7.0f} {times(row['intercept_ratio'])}  "
+            f"{row['loss_ratio']:>9.2e}  {', '.join(notes) or 'ok'}")
 
 
 def verdict_lines(results: list[dict]) -> list[str]:
@@ -800,8 +872,8 @@ def main(argv=None) -> int:
     print(c_note, flush=True)
     runs, failures = run_all(args.only, args.repeat, args.shape, args.seconds, c_tool)
     ours, theirs = summarize(runs), summarize(runs, C)
-    comparison, results = compare(ours, theirs), verdicts(ours, theirs)
-    print_tables(args, ours, theirs, comparison, results, c_tool is not None)
+    comparison, results, costs = compare(ours, theirs), verdicts(ours, theirs), compare_cost(ours)
+    print_tables(args, ours, theirs, comparison, results, c_tool is not None, costs)
     box_after = box_now()
     print(f"took {time.monotonic() - started:.0f} s; {box_line(box_after)}")
     for failure in failures:
@@ -809,7 +881,7 @@ def main(argv=None) -> int:
     _write(args.json, {"cpus": os.cpu_count(), "shape": args.shape, "seconds": args.seconds,
                        "repeat": args.repeat, "c_tool": {"used": c_tool is not None, "note": c_note},
                        "box_before": box, "box_after": box_after, "summary": {OURS: ours, C: theirs},
-                       "comparison": comparison, "verdicts": results,
+                       "comparison": comparison, "verdicts": results, "compare_cost": costs,
                        "runs": [asdict(r) for r in runs], "failures": failures})
     return 1 if failures else 0
 
@@ -835,7 +907,8 @@ def box_line(box: dict) -> str:
     return f"box load average {one:.2f} {five:.2f} {fifteen:.2f}, {box['busy_pct']:.0f}% busy"
 
 
-def print_tables(args, ours: dict, theirs: dict, comparison: dict, results: list, with_c: bool) -> None:
+def print_tables(args, ours: dict, theirs: dict, comparison: dict, results: list, with_c: bool,
+                 costs: dict | None = None) -> None:
     print(f"\nshape {','.join(map(str, args.shape))}, {args.seconds:g} s per HTTP run, medians of up to "
           f"{args.repeat} runs per tool:")
     print(HEADER)
@@ -848,6 +921,13 @@ def print_tables(args, ours: dict, theirs: dict, comparison: dict, results: list
     print(COMPARE_HEADER)
     for name, row in comparison.items():
         print(compare_row(name, row))
+    if costs:
+        print(f"\nthe cost of comparing answers ([compare] percent; {COMPARE_RATE:,} keep-alive requests/s on "
+              f"{COMPARE_CONNECTIONS} connections): the share of copied requests compared, CPU-us per copied "
+              f"request of the copier and of intercept, and their ratio to {COMPARE_REFERENCE}:")
+        print(COMPARE_COST_HEADER)
+        for name, row in costs.items():
+            print(compare_cost_row(name, row))
     print("targets:")
     print("\n".join(verdict_lines(results)))
 
@@ -855,12 +935,21 @@ def print_tables(args, ours: dict, theirs: dict, comparison: dict, results: list
 def plan(scenarios, repeat: int, with_c: bool) -> list[tuple[Scenario, int, str]]:
     """Every run in order, (scenario, repeat, tool): both tools back to back for each repeat
     of each scenario, the C tool first on odd repeats and this project first on even ones,
-    so neither always runs on a box the other just warmed."""
-    order = []
+    so neither always runs on a box the other just warmed. Scenarios of one family (the
+    comparison's) take turns, repeat by repeat, so the box drifts alike for each; the C tool
+    runs none that it cannot (``ours_only``)."""
+    blocks: list[list[Scenario]] = []
     for scenario in scenarios:
+        if scenario.family and blocks and blocks[-1][0].family == scenario.family:
+            blocks[-1].append(scenario)
+        else:
+            blocks.append([scenario])
+    order = []
+    for block in blocks:
         for attempt in range(1, repeat + 1):
-            tools = ((C, OURS) if attempt % 2 else (OURS, C)) if with_c else (OURS,)
-            order.extend((scenario, attempt, tool) for tool in tools)
+            for scenario in block:
+                tools = ((C, OURS) if attempt % 2 else (OURS, C)) if with_c and not scenario.ours_only else (OURS,)
+                order.extend((scenario, attempt, tool) for tool in tools)
     return order
 
 

@@ -21,6 +21,11 @@ first starts the intercepts and the servers, the others share them::
                      start_intercepts=False, servers=a.servers) as b:
         ...
 
+With ``compare`` (the ``[compare]`` keys) the owners compare the target's answers with the
+online server's; ``stop`` keeps what ``tcpcopy-cluster stop --role online`` printed and its
+exit status (3: a ``fail_on`` threshold was crossed), and ``compare_totals`` and
+``differences`` read the owners' files.
+
 Everything it started stops on exit, also on failure: each role through
 ``tcpcopy-cluster stop``, and should that fail, supervisord and its programs by PID.
 """
@@ -50,11 +55,13 @@ from tcpcopy.lab.livecopy import (ONLINE_PORT, TARGET_PORT, CopyFigures, Process
                                      process_lines)
 from tcpcopy.lab.rundirs import remove_run_dir
 from tcpcopy.lab.servers import Nginx
+from tcpcopy.session import comparefiles
 
 BASE_PORT = 36524
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 45.0
 ROLES = ("online", "assistant")
+GATE_FAILED = 3           # tcpcopy-cluster stop: a [compare] fail_on threshold was crossed
 FEEDING = "a capture worker is feeding it"
 INTERCEPT_READY = "listening on"
 
@@ -108,22 +115,25 @@ class ClusterCopy:
     port 80 to the target's 8080, under supervisord. A context manager.
 
     ``copy_options``: further ``[copy]`` keys (copies, sample_percent, port_offset,
-    instances, client_pool, ...). ``start_intercepts=False`` uses the intercepts another
-    cluster of the lab started (same base port); ``servers=(online, target)`` uses nginx
-    servers another cluster started instead of starting its own.
+    instances, client_pool, ...); ``compare``: the ``[compare]`` keys (percent, masks,
+    fail_on, ...). ``start_intercepts=False`` uses the intercepts another cluster of the lab
+    started (same base port); ``servers=(online, target)`` uses nginx servers another
+    cluster started instead of starting its own; ``online_files`` and ``target_files`` are
+    the sites of the servers it starts.
     """
 
     def __init__(self, lab: Lab, workers: int = 1, owners: int = 1, intercepts: int = 1,
                  copy_options: dict | None = None, name: str = "a", *, start_intercepts: bool = True,
                  servers: tuple[Nginx, Nginx] | None = None, base_port: int = BASE_PORT,
                  target_files: dict | None = None, ready_timeout: float = READY_TIMEOUT,
-                 keys_dir: str | None = None):
+                 keys_dir: str | None = None, compare: dict | None = None, online_files: dict | None = None):
         if not re.fullmatch(r"[a-z0-9]{1,8}", name):
             raise ValueError(f"name {name!r}: use 1-8 characters [a-z0-9]")
         self.lab = lab
         self.keys_dir = keys_dir   # [security] keys_dir: another cluster's, to share its intercepts
         self.workers, self.owners, self.intercepts = workers, owners, intercepts
         self.copy_options = dict(copy_options or {})
+        self.compare = dict(compare or {})
         self.name = name
         self.start_intercepts = start_intercepts
         self.base_port = base_port
@@ -131,7 +141,7 @@ class ClusterCopy:
         self.copies = int(self.copy_options.get("copies", 1))
         self.own_servers = servers is None
         if servers is None:
-            self.online = Nginx(lab, ONLINE, ONLINE_ADDRESS, ONLINE_PORT)
+            self.online = Nginx(lab, ONLINE, ONLINE_ADDRESS, ONLINE_PORT, files=online_files)
             self.target = Nginx(lab, TARGET, TARGET_ADDRESS, TARGET_PORT, files=target_files)
         else:
             self.online, self.target = servers
@@ -144,6 +154,7 @@ class ClusterCopy:
         self._known_pids: dict[str, set[int]] = {role: set() for role in ROLES}
         self._supervisord_pids: dict[str, int] = {}
         self._stopped = False
+        self.stopped: dict[str, tuple[int, str]] = {}   # role -> exit status and output of `stop`
         lab.add_cleanup(self._emergency_stop)   # also on a lab teardown by signal or at exit
 
     # ------------------------------------------------------------------ config
@@ -170,6 +181,8 @@ class ClusterCopy:
         }
         if self.keys_dir:
             sections["security"] = {"keys_dir": self.keys_dir}
+        if self.compare:
+            sections["compare"] = self.compare
         lines = [f"# written by tcpcopy.lab.clustercopy for cluster {self.name!r} in lab {self.lab.tag}"]
         for section, keys in sections.items():
             lines.append(f"\n[{section}]")
@@ -292,9 +305,14 @@ class ClusterCopy:
             if role not in self.started_roles:
                 continue
             try:
-                self.cli("stop", role, timeout=STOP_TIMEOUT)
+                done = self.cli("stop", role, timeout=STOP_TIMEOUT, check=False)
             except LabError as exc:
                 failures.append(f"{role}: {exc}")
+                self._kill_role(role)
+                continue
+            self.stopped[role] = (done.returncode, done.stdout)
+            if done.returncode not in (0, GATE_FAILED):
+                failures.append(f"{role}: exit status {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}")
                 self._kill_role(role)
         if failures:
             raise ClusterCopyError(f"cluster {self.name}: stop failed, killed by pid instead: {failures}")
@@ -436,6 +454,19 @@ class ClusterCopy:
             target_status=dict(accesslog.by_status(target)), outcomes=dict(outcomes), owners=owners,
             intercepts=self.intercept_summaries() if "assistant" in self.started_roles else {},
             captures=self.capture_summaries(), processes=list(self.figures.values()))
+
+    def compare_totals(self) -> dict:
+        """The comparison over every owner process, from the summaries they wrote."""
+        return comparefiles.totals(comparefiles.read_summaries(self.config.compare_dir()))
+
+    def differences(self) -> dict[int, list[dict]]:
+        """Owner shard -> the differing requests it wrote, in order."""
+        found = {}
+        for shard in range(self.owners):
+            path = Path(self.config.compare_dir()) / comparefiles.DIFFERENCES.format(shard=shard)
+            if path.exists():
+                found[shard] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return found
 
     def remove_dir(self) -> None:
         """Remove the run's directory once read (kept with ``TCPCOPY_KEEP_RUNS=1``)."""

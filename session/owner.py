@@ -37,6 +37,7 @@ from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, dro
                                      private_directory, reopen_logs_if_asked, setup_logging, user_from_config)
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
+from tcpcopy.session import comparefiles
 from tcpcopy.session.comparing import CompareOptions, Comparing
 from tcpcopy.session.engine import REQUEST_HEAD, BufferBudget, Closed, Dropped, Endpoint, RequestSent, SessionConfig
 from tcpcopy.session.failedpcap import FailedSessions, PcapFailedOptions
@@ -654,7 +655,8 @@ def options_from_config(config, shard: int) -> OwnerOptions:
         memory_limit_mb=copy.memory_limit_mb, shard=shard, shards=config.owners.count,
         buffer_budget_mb=copy.buffer_budget_mb, shedding=shedding_config(copy.shed_after),
         intercepts_sharded=True, instance=copy.port_offset if copy.instances > 1 else 0,
-        instances=copy.instances, stats_endpoint=config.stats.endpoint, **cluster_keys(config))
+        instances=copy.instances, stats_endpoint=config.stats.endpoint,
+        compare=comparefiles.compare_options(config), **cluster_keys(config))
 
 
 def cluster_keys(config) -> dict:
@@ -698,6 +700,9 @@ def main(argv=None) -> int:
         private_directory(config.owners.run_dir, args.user)   # 0700: only the owners' user reaches the sockets
         options = dataclasses.replace(options_from_config(config, shard),   # reads the key files: before the drop
                                       pcap_failed=pcap_failed)
+        files = _compare_files(config, shard, args.user)
+        if files is not None:
+            options = dataclasses.replace(options, compare_log_fd=files.differences_fd)
         sender = DualSender()   # raw sockets first: the only thing that needs root
         drop_to(args.user)
         owner = Owner(options, sender)
@@ -708,6 +713,10 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 2
     owner.watch(reopen_logs_if_asked)
+    if files is not None:
+        owner.watch(lambda: files.every_while(owner, owner.now()))
+        log.info("comparing %d%% of the sessions: differences to %s, the summary to %s", config.compare.percent,
+                 files.differences_path, files.summary_path)
     if options.keys is None:
         plain = ["the control channel to the intercepts"] + (["the stats channel"] if options.stats_endpoint else [])
         log.warning("%s", plain_warning(plain, PLAIN_CLUSTER_FIX))
@@ -725,7 +734,31 @@ def main(argv=None) -> int:
         log.info("%s", owner.stats_line())
         log.info("stopped: %s; outcomes %s", owner.stop_reason,
                  json.dumps(owner.counters.outcomes, sort_keys=True))
+        if files is not None:
+            _close_compare_files(owner, files)
     return 0 if owner.stop_reason == "signal" else 1
+
+
+def _compare_files(config, shard: int, run_as) -> comparefiles.OwnerFiles | None:
+    """With [compare], this owner's differences and summary files, opened before the drop."""
+    if not config.compare.enabled:
+        return None
+    try:
+        return comparefiles.OwnerFiles(config.compare_dir(), shard, run_as)
+    except OSError as exc:
+        raise OSError(f"compare.log_dir {config.compare_dir()}: cannot write there ({exc.strerror or exc}): "
+                      "choose a directory this host's root may create files in") from None
+
+
+def _close_compare_files(owner: Owner, files: comparefiles.OwnerFiles) -> None:
+    """The final summary (every compared session judged by the owner's shutdown)."""
+    try:
+        files.write_summary(owner, final=True)
+    except OSError as exc:
+        log.error("cannot write the comparison summary %s: %s", files.summary_path, exc.strerror or exc)
+    if owner.comparing is not None:
+        log.info("compared: %s", comparefiles.totals_line(owner.comparing.summary()))
+    files.close()
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@
     tcpcopy-cluster restart CONFIG --role online|assistant NAME
     tcpcopy-cluster stop    CONFIG --role online|assistant
     tcpcopy-cluster top     CONFIG [--once [--json]]
+    tcpcopy-cluster compare CONFIG [--json]
     tcpcopy-cluster keygen  DIR [--client NAME]... [--force]
 
 CONFIG is the cluster config (deploy/cluster-sample.toml explains every key); the online host
-runs the session owners and capture workers, the assistant host the intercepts. Exit status:
-0 done (for status: every process RUNNING), 1 status found a process not RUNNING, 2 a fault,
-told in one line with its fix.
+runs the session owners and capture workers, the assistant host the intercepts. With
+``[compare]``, ``stop --role online`` ends the run with the comparison's totals over every
+owner and checks ``[compare] fail_on``; ``compare`` does the same while the cluster runs.
+Exit status: 0 done (for status: every process RUNNING), 1 status found a process not
+RUNNING, 2 a fault, told in one line with its fix, 3 a ``fail_on`` threshold was crossed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from tcpcopy.cluster.ops.hub import consumer_keys
 from tcpcopy.cluster.process import CommandParser, version_text
 from tcpcopy.cluster.ops.aggregator import Aggregator
 from tcpcopy.cluster.ops.top import run_top
+from tcpcopy.session import comparefiles
+from tcpcopy.session.compare import SAME
+
+GATE_FAILED = 3
 
 EXAMPLE = "tcpcopy-cluster start /etc/tcpcopy/cluster.toml --role online"
 
@@ -42,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
              "start": "render it into supervisor.dir/ROLE/ and launch supervisord",
              "status": "list every process of the role: state, pid, uptime",
              "restart": "restart one process (capture-1) or every process of a program (capture)",
-             "stop": "stop every process of the role and supervisord"}
+             "stop": "stop every process of the role and supervisord; online, with [compare]: print the "
+                     "comparison's totals and exit 3 past [compare] fail_on"}
     for name, text in helps.items():
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
@@ -58,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
     top.add_argument("--once", action="store_true", help="collect for a moment, print one frame, exit")
     top.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+    compare = actions.add_parser("compare", help="the answer comparison of the run so far, over every owner",
+                                 description="Add up what every owner of this host wrote into the comparison "
+                                             "directory ([compare] log_dir): requests compared, the verdicts "
+                                             "and their shares; with [compare] fail_on, exit 3 when a "
+                                             "threshold is crossed. `stop --role online` does it at the end.")
+    compare.add_argument("config", metavar="CONFIG", help="the cluster config (TOML)")
+    compare.add_argument("--json", action="store_true", help="print the totals as JSON")
     keys = actions.add_parser("keygen", help="make the CurveZMQ key pairs of a cluster in DIR",
                               description="Make the CurveZMQ key pairs and allowed-keys directories in DIR "
                                           "(0700; secret keys 0600): intercept.key* (assistant host), "
@@ -80,6 +95,7 @@ def main(argv=None) -> int:
         if args.action == "keygen":
             return _keygen(args)
         config = load_config(args.config)
+        comparefiles.check(config)
         return ACTIONS[args.action](config, args)
     except (ConfigError, supervisor.ClusterError, KeyFileError) as exc:
         return _fail(str(exc))
@@ -137,6 +153,11 @@ def _start(config, args) -> int:
     supervisor.supervisord_binary()      # missing: said before any key is made
     for line in prepare_keys(config, args.role):
         print(line)
+    if args.role == "online" and config.compare.enabled:
+        moved = comparefiles.start_run(config.compare_dir())
+        if moved:
+            print(f"the comparison files of the run before ({moved}) are now in "
+                  f"{config.compare_dir()}/{comparefiles.PREVIOUS}/")
     pid = supervisor.start(config, args.role)
     print(f"supervisord (pid {pid}) runs the {args.role} role from {supervisor.conf_path(config, args.role)}; "
           f"see `tcpcopy-cluster status {args.config} --role {args.role}`")
@@ -147,7 +168,56 @@ def _stop(config, args) -> int:
     pid = supervisor.stop(config, args.role)
     print(f"the {args.role} role was not running" if pid is None
           else f"stopped supervisord (pid {pid}) and every process of the {args.role} role")
-    return 0
+    if pid is None or args.role != "online" or not config.compare.enabled:
+        return 0
+    if not comparefiles.read_summaries(config.compare_dir()) and not config.compare.fail_on:
+        print(f"no owner wrote a comparison summary into {config.compare_dir()}: nothing was compared")
+        return 0
+    return _report_comparison(config, json_out=False)
+
+
+def _compare(config, args) -> int:
+    if not config.compare.enabled:
+        return _fail(f"{args.config}: [compare] percent is 0: nothing is compared; set e.g. "
+                     "[compare] percent = 10 and start the cluster again")
+    return _report_comparison(config, json_out=args.json)
+
+
+def _report_comparison(config: ClusterConfig, json_out: bool) -> int:
+    """The run's comparison over every owner process's summary, and the gate."""
+    directory = config.compare_dir()
+    summaries = comparefiles.read_summaries(directory)
+    if not summaries:
+        return _fail(f"no owner has written a comparison summary into {directory} yet: the owners write one "
+                     f"every {comparefiles.SUMMARY_EVERY:g} s (see `tcpcopy-cluster status {config.path} "
+                     "--role online`)")
+    run = comparefiles.totals(summaries)
+    thresholds = comparefiles.fail_on(config)
+    result = comparefiles.gate(thresholds, run) if thresholds else None
+    if json_out:
+        gate = None if result is None else {"passed": result.passed, "text": result.describe(),
+                                            "values": dict(result.values)}
+        print(json.dumps({**run, "directory": directory, "gate": gate}, indent=2, sort_keys=True))
+    else:
+        print(comparison_text(run, directory))
+        if result is not None:
+            print(f"fail_on {config.compare.fail_on}: "
+                  f"{'no threshold crossed' if result.passed else result.describe()}")
+    return GATE_FAILED if result is not None and not result.passed else 0
+
+
+def comparison_text(run: dict, directory: str) -> str:
+    """The totals, a line per owner process, and where the differences are."""
+    shares = ", ".join(f"{verdict} {share:.2%}" for verdict, share in run["shares"].items() if share)
+    lines = [f"compared: {comparefiles.totals_line(run)}",
+             f"  shares: {shares or 'none (nothing compared)'}; sessions dropped or shed "
+             f"{run['sessions']['dropped']} of {run['sessions']['started']} (loss {run['loss']:.2e})"]
+    for row in run["owners"]:
+        differ = {verdict: n for verdict, n in row["counts"].items() if n and verdict != SAME}
+        lines.append(f"  owner {row['owner']} (pid {row['pid']}{'' if row['final'] else ', still running or killed'}): "
+                     f"{row['compared']} compared, differing {differ or 'none'}")
+    lines.append(f"  differing requests: {directory}/owner-N.differences.jsonl")
+    return "\n".join(lines)
 
 
 def _status(config, args) -> int:
@@ -192,7 +262,7 @@ def _duration(seconds: float) -> str:
 
 
 ACTIONS = {"render": _render, "start": _start, "status": _status, "restart": _restart, "stop": _stop,
-           "top": _top}
+           "top": _top, "compare": _compare}
 
 
 if __name__ == "__main__":

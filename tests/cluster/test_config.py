@@ -177,6 +177,9 @@ def test_empty_required_list(tmp_path, key):
     ("capture.interface", "0", "is an integer, expected a string", 'interface = "eth0"'),
     ("owners.run_dir", "['/run']", "is an array, expected a string", 'run_dir = "/run/tcpcopy"'),
     ("intercept.count", "{ n = 2 }", "is a table, expected a whole number", "count = 2"),
+    ("compare.percent", "10.0", "is a float, expected a whole number", "percent = 10"),
+    ("compare.masks", '"[0-9]+"', "is a string, expected an array of strings", "masks = ["),
+    ("compare.fail_on", "0.01", "is a float, expected a string", 'fail_on = "differs>0.001'),
 ])
 def test_wrong_type(tmp_path, key, rhs, found, fix):
     exc = error(tmp_path, {key: rhs})
@@ -215,6 +218,8 @@ def test_control_characters_in_a_string(tmp_path):
     ("intercept.payload", "1461", "0..1460 (like intercept --payload)"),
     ("intercept.answer_bytes", "262145", "0..262144 (like intercept --answer-bytes)"),
     ("intercept.watch_max", "-1", "0..100000000 (like intercept --watch-max)"),
+    ("compare.percent", "101", "0..100 (like --compare)"),
+    ("compare.bytes", "255", "256..16777216 (like --compare-bytes)"),
 ])
 def test_out_of_range(tmp_path, key, rhs, span):
     exc = error(tmp_path, {key: rhs})
@@ -335,6 +340,76 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nowhere.toml")
     assert "cannot read the cluster config" in caught.value.fault
     assert "deploy/cluster-sample.toml" in caught.value.fix
+
+
+# ------------------------------------------------------------------------------ [compare]
+
+COMPARING = {"compare.percent": "10"}
+
+
+def test_compare_is_off_by_default_and_then_nothing_asks_for_answers(tmp_path):
+    config = load(tmp_path)
+    assert not config.compare.enabled and config.online_answers_bpf() == ""
+    assert config.intercept.answer_bytes == 0
+
+
+def test_comparing_turns_on_the_online_answers_filter_and_the_intercepts_answer_bytes(tmp_path):
+    from tcpcopy.cluster.options import online_answers_capture_filter
+    config = load(tmp_path, {**COMPARING, "compare.masks": r'["[0-9]{10}"]', "compare.fail_on": '"differs>0"'})
+    assert (config.compare.percent, config.compare.bytes, config.compare.masks) == (10, 65536, ("[0-9]{10}",))
+    assert config.online_answers_bpf() == online_answers_capture_filter(config.copy.mappings, 10)
+    assert config.intercept.answer_bytes == 65536, "the intercepts must send the watched answers whole"
+    assert config.compare_dir() == f"{config.supervisor.dir}/online/compare"
+    assert load(tmp_path, {**COMPARING, "intercept.answer_bytes": "1500"}).intercept.answer_bytes == 1500
+
+
+def test_compare_log_dir_is_taken_from_the_config_file(tmp_path):
+    config = load(tmp_path, {**COMPARING, "compare.log_dir": '"diffs"'})
+    assert config.compare_dir() == str(tmp_path / "diffs")
+
+
+def test_intercepts_without_answer_bytes_cannot_serve_a_comparison(tmp_path):
+    exc = error(tmp_path, {**COMPARING, "intercept.answer_bytes": "0"})
+    assert exc.key == "intercept.answer_bytes" and "compare.percent is 10" in exc.fault
+    assert "answer_bytes = 65536" in exc.fix
+
+
+def test_intercepts_without_watches_cannot_serve_a_comparison(tmp_path):
+    exc = error(tmp_path, {**COMPARING, "intercept.watch_max": "0"})
+    assert exc.key == "intercept.watch_max" and "watch_max = 4096" in exc.fix
+
+
+@pytest.mark.parametrize("key, rhs", [("compare.masks", '["x"]'), ("compare.fail_on", '"differs>0"'),
+                                      ("compare.log_dir", '"diffs"')])
+def test_compare_companions_need_a_percent(tmp_path, key, rhs):
+    exc = error(tmp_path, {key: rhs})
+    assert exc.key == key and "compare.percent is 0" in exc.fault and "percent = 10" in exc.fix
+
+
+def test_unknown_compare_key_is_named_with_a_suggestion(tmp_path):
+    exc = error(tmp_path, {**COMPARING, "compare.mask": '["x"]'})
+    assert exc.key == "compare.mask" and "did you mean 'masks'?" in exc.fault
+
+
+@pytest.mark.parametrize("changes, key, fault, fix", [
+    ({"compare.masks": '["ok", "(unclosed"]'}, "compare.masks[1]", "not a valid regular expression",
+     "e.g. masks = ["),
+    ({"compare.masks": '["x*"]'}, "compare.masks[0]", "matches the empty string", "fix the expression"),
+    ({"compare.fail_on": '"diffs>0.1"'}, "compare.fail_on", "diffs", 'fail_on = "differs>0.001'),
+    ({"compare.fail_on": '"differs>2"'}, "compare.fail_on", "share between 0 and 1", "e.g. fail_on ="),
+])
+def test_masks_and_gate_are_checked_by_the_comparisons_parsers(tmp_path, capsys, changes, key, fault, fix):
+    """load_config stays below the roles: tcpcopy-cluster (every action) and each owner
+    check the masks and the gate with session/compare.py's parsers, as ConfigErrors."""
+    from tcpcopy.session import comparefiles
+    config = load(tmp_path, {**COMPARING, **changes})
+    with pytest.raises(ConfigError) as caught:
+        comparefiles.check(config)
+    exc = caught.value
+    assert exc.key == key and fault in exc.fault and fix in exc.fix and str(exc).endswith(exc.fix)
+    assert cli.main(["render", config.path, "--role", "online"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f": {key}: " in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------ the command

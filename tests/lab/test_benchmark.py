@@ -273,3 +273,34 @@ def test_the_c_tool_is_run_as_its_documentation_says(tmp_path) -> None:
         plain.remove_dir()
     finally:
         copy.remove_dir()
+
+
+def test_the_comparison_scenarios_take_turns_and_run_without_the_c_tool() -> None:
+    scenarios = bm._scenarios("short-2500,compare-off,compare-10,compare-100")
+    order = [(s.name, attempt, tool) for s, attempt, tool in bm.plan(scenarios, 2, with_c=True)]
+    assert order[4:] == [("compare-off", 1, bm.OURS), ("compare-10", 1, bm.OURS), ("compare-100", 1, bm.OURS),
+                         ("compare-off", 2, bm.OURS), ("compare-10", 2, bm.OURS), ("compare-100", 2, bm.OURS)]
+    percents = {s.name: s.compare for s in scenarios}
+    assert percents == {"short-2500": None, "compare-off": 0, "compare-10": 10, "compare-100": 100}
+    assert all(s.load_seconds(10) == bm.COMPARE_SECONDS for s in scenarios[1:])
+    assert scenarios[0].load_seconds(10) == 10 and scenarios[1].load_seconds(3) == 3
+
+
+def test_the_cost_of_comparing_is_a_ratio_to_comparison_off() -> None:
+    def compared(name: str, percent: int, copier_us: float, intercept_us: float, share: float) -> bm.Run:
+        r = run(name, offered=2000, online_rps=2000, copier_us=copier_us, intercept_us=intercept_us, online=10000)
+        r.compare_percent, r.compared = percent, round(share * r.target_requests)
+        return r
+
+    runs = [compared("compare-off", 0, 100, 20, 0), compared("compare-10", 10, 115, 21, 0.11),
+            compared("compare-100", 100, 250, 30, 1.0), run()]
+    costs = bm.compare_cost(bm.summarize(runs))
+    assert list(costs) == ["compare-off", "compare-10", "compare-100"]
+    assert costs["compare-100"]["copier_ratio"] == 2.5 and costs["compare-100"]["intercept_ratio"] == 1.5
+    assert costs["compare-10"]["compared_share"] == pytest.approx(0.11)
+    assert costs["compare-off"]["copier_ratio"] == 1.0
+    line = bm.compare_cost_row("compare-100", costs["compare-100"])
+    assert "2.50x" in line and "100.0%" in line and line.endswith("ok")
+    assert line.index("2.50x") + 5 == bm.COMPARE_COST_HEADER.index("ratio") + 5   # the columns line up
+    alone = bm.compare_cost(bm.summarize(runs[1:]))
+    assert alone["compare-10"]["copier_ratio"] is None and "-" in bm.compare_cost_row("compare-10", alone["compare-10"])

@@ -15,8 +15,12 @@ the capture worker's kernel filter, so most of their packets cost nothing. The s
 goes at the rate the overloaded copy reached.
 
 The figure is a ratio of two CPU measurements on a box the load tool shares, noisy by about
-ten points: runs on two cores measured 83-103%, so the 90% target is not met every run yet.
-The test fails below 80%, a floor under that noise; the printed figure is the measurement.
+ten points. Two things brought it from 83-103% to 95-127% over eight runs on two cores (four
+of them on a box busy with other work): the kernel filter of skipped connections is swapped
+without a gap (libpcap's own swap lost packets of live sessions, which then died of capture
+gaps), and live sessions are shed up to half a step, so the owner falls less far behind
+(peak lag 2.4-3.4 s instead of 4-5.4 s) and fewer queued packets of shed sessions were
+captured for nothing. The test holds the 90% rule itself.
 """
 
 from __future__ import annotations
@@ -109,9 +113,8 @@ def test_unthrottled_keepalive_sheds_whole_sessions_and_copies_at_capacity(live_
           f"(overload copies {cost_probe / cost_over:.0%} as many per CPU second)")
     assert online_probe >= 0.9 * probe_rate * SECONDS, "the box could not even offer the sustained load"
     if kept_up:
-        # At least 90% of the copying per CPU second it does when it keeps up, less the
-        # measurement's noise (module docstring).
-        assert cost_over <= cost_probe / 0.8, (
+        # At least 90% of the copying per CPU second it does when it keeps up.
+        assert cost_over <= cost_probe / 0.9, (
             f"overload copies {cost_probe / cost_over:.0%} as many per CPU second as a sustained run "
             "(target 90%): shedding wastes CPU")
 

@@ -30,6 +30,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, FilterSwapper, open_live
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.busy import LoopMeter
 from tcpcopy.cluster.config import load_config
 from tcpcopy.cluster.curve import KeyFileError, KeyLayout, add_client_key_flags, client_keys_from_flags, plain_warning
 from tcpcopy.cluster.privileges import PrivilegeError, describe, drop_privileges
@@ -55,6 +56,7 @@ class CaptureStats:
     batches_sent: int = 0
     packets_sent: int = 0
     packets_dropped_full: int = 0   # an owner's queue was full
+    loop_busy_percent: float = 0.0  # share of the last second the loop worked (gauge)
     kernel_received: int = 0
     kernel_dropped: int = 0
     kernel_skips: int = 0           # skipped connections the kernel filter drops now (gauge)
@@ -334,10 +336,13 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
         worker.on_online_answer(ts, frame, time.monotonic())
 
     fds = [fd] if answers is None else [fd, answers.fileno()]
+    meter = LoopMeter(time.monotonic())
     while not worker.stopping:
         due = worker.batcher.next_due()
-        timeout = 0.05 if due is None else max(0.0, due - time.monotonic())
+        waiting = time.monotonic()
+        timeout = 0.05 if due is None else max(0.0, due - waiting)
         select.select(fds, [], [], timeout)
+        meter.waited(time.monotonic() - waiting)
         handle.dispatch(-1, each)
         if answers is not None:
             answers.dispatch(-1, each_answer)
@@ -346,6 +351,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
         worker.announce_again(now)
         worker.read_control(now)
         _apply_skip_filter(worker, swapper, now)
+        worker.stats.loop_busy_percent = meter.sample(now)
         worker.publish(now, lambda: _read_kernel_counters(worker, handle))
     swapper.close()
     _read_kernel_counters(worker, handle)

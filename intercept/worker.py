@@ -60,6 +60,7 @@ import zmq
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapio import CaptureError, open_live
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.busy import LoopMeter
 from tcpcopy.cluster.curve import CONTROL_DOMAIN, ClientKeys, KeyGate, ServerKeys, listen_with_keys
 from tcpcopy.cluster.stats import StatsPublisher
 from tcpcopy.intercept.routes import DEFAULT_MAX_PER_OWNER, DEFAULT_MAX_WATCHED, DEFAULT_TTL, RouteTable
@@ -173,6 +174,7 @@ class Worker:
                                  max_watched_per_owner=config.watch_max)
         self.hello = wire.Hello("intercept", config.identity, secrets.token_hex(8))
         self.counts = dict.fromkeys(COUNTERS, 0)
+        self.loop_meter = LoopMeter(self.clock())   # the share of time step() works (stats)
         self._payload = config.payload
         self._answer_bytes = config.answer_bytes
         self._head = HEADER_SNAPLEN + config.payload   # the part of a frame every answer needs
@@ -250,8 +252,10 @@ class Worker:
 
     def step(self, max_wait: float = TICK) -> None:
         """Wait for input or the next deadline (at most ``max_wait`` s), then handle it all."""
-        events = dict(self._poller.poll(self._timeout_ms(self.clock(), max_wait)))
+        waiting = self.clock()
+        events = dict(self._poller.poll(self._timeout_ms(waiting, max_wait)))
         now = self._now = self.clock()
+        self.loop_meter.waited(now - waiting)
         if self.socket in events:
             self._receive_control(now)
         for capture in tuple(self._captures):   # a failed capture leaves the list
@@ -736,6 +740,7 @@ class Worker:
         numbers["pcap_dropped"] = self._closed_pcap_drops + sum(
             _kernel_drops(handle) for _device, handle, _linktype in self._captures)
         numbers["watch_refused"] = sum(numbers[name] for name in _WATCH_REFUSALS)
+        numbers["loop_busy_percent"] = self.loop_meter.sample(self.clock())
         return numbers
 
     def stats_line(self) -> str:

@@ -35,6 +35,7 @@ from tcpcopy.cluster.options import InterceptAddress
 from tcpcopy.cluster.privileges import PrivilegeError
 from tcpcopy.cluster.process import (CommandParser, add_log_level, add_user, drop_to, install_log_reopen,
                                      private_directory, reopen_logs_if_asked, setup_logging, user_from_config)
+from tcpcopy.cluster.busy import LoopMeter
 from tcpcopy.cluster.shard import parse_shard
 from tcpcopy.cluster.stats import StatsPublisher, flatten
 from tcpcopy.session import comparefiles
@@ -111,6 +112,7 @@ class OwnerCounters:
     kernel_skip_updates: int = 0         # changed lists sent to the capture workers
     kernel_skip_unsent: int = 0          # ... not delivered (a worker's queue was full)
     capture_frames_malformed: int = 0    # capture-channel messages not of one frame
+    loop_busy_percent: float = 0.0       # share of the last second the loop worked (gauge)
     outcomes: dict = field(default_factory=dict)
 
 
@@ -155,6 +157,7 @@ class Owner:
                                          keys=options.stats_keys)
                           if options.stats_endpoint else None)
         self.capture_ready = False
+        self.loop_meter: LoopMeter | None = None   # set while run() loops
         self._captures_seen: set[str] = set()   # HELLO instances of capture processes logged
         self.ready_message = ""   # logged when the capture worker says it is running
 
@@ -204,9 +207,12 @@ class Owner:
         poller.register(self.captures, zmq.POLLIN)
         for sock in self.links.sockets():
             poller.register(sock, zmq.POLLIN)
+        meter = self.loop_meter = LoopMeter(time.monotonic())
         while not self.stopping:
             timeout_ms = self._poll_timeout_ms()
+            waiting = time.monotonic()
             ready = dict(poller.poll(timeout_ms))
+            meter.waited(time.monotonic() - waiting)
             now = self.now()
             # The target's answers first: they are what lets sessions progress.
             for sock in self.links.sockets():
@@ -518,6 +524,8 @@ class Owner:
             self._write_differences()
             if self.failed is not None:
                 self._note_differences()
+        if self.loop_meter is not None:
+            self.counters.loop_busy_percent = self.loop_meter.sample(time.monotonic())
         if self.publisher is not None:
             self.publisher.maybe_publish(now, self.published_counters)
         if now - self._last_stats >= STATS_EVERY:

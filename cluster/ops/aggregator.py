@@ -50,6 +50,7 @@ MAX_FIGURES = wire.STATS_MAX_FIGURES   # figures kept from one message; the rest
 GAUGES = frozenset({"pid", "published_at", "rss_bytes", "num_threads", "num_fds",
                     "sessions_active", "routes", "owners",
                     "input_lag_ms", "input_lag_max_ms", "shedding",          # an owner's load
+                    "loop_busy_percent",                                     # any loop's
                     "budget_bytes", "used_bytes", "peak_bytes",              # its buffer budget
                     "p50", "p90", "p99"})      # latency percentiles (compare.latency.SIDE.pNN)
 NOT_SUMMED = frozenset({"pid", "published_at"})

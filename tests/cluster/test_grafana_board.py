@@ -21,6 +21,7 @@ import pytest
 
 from tcpcopy.capture.worker import CaptureStats
 from tcpcopy.cluster import wire
+from tcpcopy.cluster.busy import LoopMeter
 from tcpcopy.cluster.ops.hub import StatsHub
 from tcpcopy.cluster.ops.metrics import render_metrics
 from tcpcopy.cluster.ops.aggregator import Aggregator
@@ -97,7 +98,7 @@ def intercept_counters() -> dict:
     routes.hold(("198.18.0.2", 40002, "198.18.1.1", 8080), b"record", now=1.0)
     counts = {name: 7 for name in INTERCEPT_COUNTERS}
     parts = SimpleNamespace(counts=counts, routes=routes, owners={b"owner-0": None}, gate=None,
-                            _closed_pcap_drops=3, _captures=[])
+                            _closed_pcap_drops=3, _captures=[], loop_meter=LoopMeter(0.0), clock=lambda: 0.5)
     return Worker.stats(parts)
 
 
@@ -275,3 +276,10 @@ def test_the_board_is_an_importable_dashboard():
             assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}" and panel["targets"], panel["title"]
     for title, target in queries(board):
         assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", title
+
+
+def test_every_loop_says_how_busy_it_is(page):
+    """The headroom of each process: the share of the last second its loop worked, a gauge."""
+    busy = {name: labels for name, labels in page.items() if name.endswith("loop_busy_percent")}
+    roles = set().union(*(labels.get("role", set()) for labels in busy.values()))
+    assert roles == {"capture", "owner", "intercept"}, busy

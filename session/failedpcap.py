@@ -37,6 +37,7 @@ CLIENT = 0        # captured from the real client, as captured
 SENT = 1          # sent by the copier to the target
 ANSWER = 2        # the target's answer, headers as intercept returned them (RESPONSES)
 ANSWER_WHOLE = 3  # the same answer with its payload (ANSWERS, compared sessions only)
+LATE_FOR = 1.0     # seconds a freed session waits for its late whole answers and verdicts
 
 HEAD_PACKETS = 32     # a session's first packets, always kept (at most half its file)
 PACKET_OVERHEAD = 128  # memory a kept packet costs beyond its bytes (tuple, list slot)
@@ -142,6 +143,9 @@ class FailedSessions:
         self._by_session: dict = {}  # engine session -> _Session (an identity lookup per packet)
         self._sessions: dict = {}    # endpoint -> _Session (the events name sessions by endpoint)
         self._previous: dict = {}    # endpoint -> _Session ended, not yet freed, its endpoint reused
+        # endpoint -> (_Session freed, when its file is made): intercept's whole answers and
+        # the comparison's last verdicts may still come after the table frees a session.
+        self._closing: dict = {}
 
     # ------------------------------------------------------------------ packets (per packet)
 
@@ -163,7 +167,7 @@ class FailedSessions:
 
     def whole_answer(self, endpoint, data: bytes, at: float) -> None:
         """A compared session's answer with its payload (its headers came as ``answer``)."""
-        kept = self._sessions.get(endpoint)
+        kept = self._sessions.get(endpoint) or self._closing_session(endpoint)
         if kept is not None:
             self._keep(kept, ANSWER_WHOLE, data, at)
 
@@ -232,23 +236,56 @@ class FailedSessions:
 
     def differs(self, endpoint, verdict: str) -> None:
         """The comparison judged a request of the session on ``endpoint`` different."""
-        kept = self._previous.get(endpoint) or self._sessions.get(endpoint)
+        kept = self._previous.get(endpoint) or self._sessions.get(endpoint) or self._closing_session(endpoint)
         if kept is not None and kept.differs is None:
             kept.differs = verdict
 
-    def freed(self, endpoint) -> SessionPcap | None:
+    def freed(self, endpoint, now: float | None = None) -> SessionPcap | None:
         """The session on ``endpoint`` is gone: its file, when it earned one and the cap
-        allows. The caller reports how writing went (``write_failed``)."""
+        allows. With ``now`` the file is made ``LATE_FOR`` seconds later instead (``due``; a
+        file of the endpoint's previous session still held is returned now):
+        intercept sends a compared answer's payload in a batch of its own, which may reach
+        the owner after the table freed the session, and a file made at once would hold
+        only that answer's headers. The caller reports how writing went (``write_failed``)."""
         kept = self._previous.pop(endpoint, None) or self._sessions.pop(endpoint, None)
         if kept is None:
             return None
-        self._release(kept)
-        return self._file(endpoint, kept)
+        if now is None:
+            self._release(kept)
+            return self._file(endpoint, kept)
+        earlier = self._closing.pop(endpoint, None)   # the endpoint's last session: its file now
+        self._closing[endpoint] = (kept, now + LATE_FOR)
+        if earlier is None:
+            return None
+        self._release(earlier[0])
+        return self._file(endpoint, earlier[0])
+
+    def due(self, now: float) -> list[SessionPcap]:
+        """The files of freed sessions whose late answers had their time."""
+        files = []
+        closing = self._closing
+        while closing:
+            endpoint = next(iter(closing))
+            kept, at = closing[endpoint]
+            if at > now:
+                break
+            del closing[endpoint]
+            self._release(kept)
+            made = self._file(endpoint, kept)
+            if made is not None:
+                files.append(made)
+        return files
+
+    def _closing_session(self, endpoint) -> _Session | None:
+        held = self._closing.get(endpoint)
+        return held[0] if held is not None else None
 
     def finish_all(self) -> list[SessionPcap]:
         """The owner stops: the files of every session still kept that earned one."""
         files = []
-        for table in (self._previous, self._sessions):
+        held = {endpoint: kept for endpoint, (kept, _at) in self._closing.items()}
+        self._closing.clear()
+        for table in (held, self._previous, self._sessions):
             for endpoint, kept in table.items():
                 self._release(kept)
                 made = self._file(endpoint, kept)
@@ -277,7 +314,8 @@ class FailedSessions:
                            len(packets))
 
     def summary(self) -> dict:
-        return dict(self.counters.__dict__, sessions_kept=len(self._sessions) + len(self._previous))
+        return dict(self.counters.__dict__,
+                    sessions_kept=len(self._sessions) + len(self._previous) + len(self._closing))
 
 
 # ---------------------------------------------------------------------- the file

@@ -467,11 +467,17 @@ class Owner:
                     send(raw)
 
     def _pcap_session_freed(self, endpoint) -> None:
-        """A freed session's packets go to a file when it failed (its comparison, judged
-        to the end just before, included)."""
+        """A freed session's packets go to a file when it failed, a second later (its late
+        whole answers and the comparison's last verdicts included: ``FailedSessions.freed``)."""
         self._note_differences()
-        made = self.failed.freed(endpoint)
+        made = self.failed.freed(endpoint, self.now())
         if made is not None:
+            self._write_pcap(made)
+
+    def _write_due_pcaps(self, now: float) -> None:
+        """--pcap-failed: the files of freed sessions whose late answers had their time."""
+        self._note_differences()
+        for made in self.failed.due(now):
             self._write_pcap(made)
 
     def _note_differences(self) -> None:
@@ -522,6 +528,8 @@ class Owner:
         if self.comparing is not None:
             self.comparing.tick(now)
             self._write_differences()
+        if self.failed is not None:
+            self._write_due_pcaps(now)
             if self.failed is not None:
                 self._note_differences()
         if self.loop_meter is not None:

@@ -17,7 +17,7 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.session import engine
 from tcpcopy.session.engine import Endpoint
 from tcpcopy.session.failedpcap import (
-    HEAD_PACKETS, MIN_FILE_BYTES, FailedSessions, PcapFailedOptions, failure_reason, file_name, utc_stamp,
+    HEAD_PACKETS, LATE_FOR, MIN_FILE_BYTES, FailedSessions, PcapFailedOptions, failure_reason, file_name, utc_stamp,
 )
 from tcpcopy.session.table import SHED
 from tests.fixtures.pcapfile import LINKTYPE_RAW, parse_pcap
@@ -306,3 +306,33 @@ def test_the_file_is_a_classic_microsecond_pcap_that_wireshark_opens():
     content = keeper.freed(ENDPOINT).content
     magic, major, minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from("<IHHiIII", content)
     assert (magic, major, minor, linktype) == (0xA1B2C3D4, 2, 4, 101) and snaplen == 65535
+
+
+def test_a_freed_session_waits_a_moment_for_its_late_whole_answers_and_verdicts():
+    """intercept sends a compared answer's payload in a batch of its own, which may come
+    after the table freed the session: the file is made LATE_FOR seconds later, with it and
+    with a verdict the comparison gave meanwhile."""
+    keeper, session = FailedSessions(PcapFailedOptions(directory="/x")), Stub()
+    one_session(keeper, session)
+    whole = answer(pk.ACK | pk.PSH, b"HTTP/1.1 200 OK\r\n\r\nversion two", seq=9001)
+    keeper.answer(session, headers_of(whole), T0 + 0.003)
+    assert keeper.freed(ENDPOINT, 10.0) is None
+    keeper.whole_answer(ENDPOINT, whole, T0 + 0.004)
+    keeper.differs(ENDPOINT, "body_differs")
+    assert keeper.due(10.0 + LATE_FOR / 2) == []
+    [made] = keeper.due(10.0 + LATE_FOR)
+    assert made.name.endswith("_body_differs.pcap")
+    assert any(record.data == whole for record in records(made))
+    assert keeper.counters.memory_bytes == 0 and keeper.summary()["sessions_kept"] == 0
+
+
+def test_a_session_still_held_is_filed_at_once_when_its_endpoint_is_freed_again():
+    keeper = FailedSessions(PcapFailedOptions(directory="/x"))
+    first = Stub()
+    one_session(keeper, first)
+    keeper.ended(ENDPOINT, True, engine.TARGET_REFUSED)
+    assert keeper.freed(ENDPOINT, 10.0) is None
+    one_session(keeper, Stub(), T0 + 0.5)
+    made = keeper.freed(ENDPOINT, 10.3)
+    assert made is not None and made.name.endswith("_target_refused.pcap")
+    assert keeper.due(20.0) == []                    # the second one went well

@@ -37,7 +37,9 @@ CLIENT = 0        # captured from the real client, as captured
 SENT = 1          # sent by the copier to the target
 ANSWER = 2        # the target's answer, headers as intercept returned them (RESPONSES)
 ANSWER_WHOLE = 3  # the same answer with its payload (ANSWERS, compared sessions only)
-LATE_FOR = 1.0     # seconds a freed session waits for its late whole answers and verdicts
+# Seconds a freed session waits for its late whole answers and verdicts: longer than the
+# comparison's own wait for a baseline's answers (comparing.GRACE, 2 s).
+LATE_FOR = 2.5
 
 HEAD_PACKETS = 32     # a session's first packets, always kept (at most half its file)
 PACKET_OVERHEAD = 128  # memory a kept packet costs beyond its bytes (tuple, list slot)

@@ -467,7 +467,7 @@ class Owner:
                     send(raw)
 
     def _pcap_session_freed(self, endpoint) -> None:
-        """A freed session's packets go to a file when it failed, a second later (its late
+        """A freed session's packets go to a file when it failed, 2.5 s later (its late
         whole answers and the comparison's last verdicts included: ``FailedSessions.freed``)."""
         self._note_differences()
         made = self.failed.freed(endpoint, self.now())

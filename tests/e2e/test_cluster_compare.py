@@ -20,16 +20,9 @@ import pytest
 from tcpcopy.cluster.shard import compare_sampled, flow_shard
 from tcpcopy.lab import load
 from tcpcopy.lab.netns import CLIENT, CLIENT_ADDRESS
-from tcpcopy.lab.servers import default_site
+from tests.e2e.sites import CHANGED, GONE, ONLINE_SITE, SAME, TARGET_SITE
 
 pytestmark = pytest.mark.lab
-
-SAME, CHANGED, GONE = "/same.html", "/changed.html", "/gone.html"
-ONLINE_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
-               "changed.html": b"version one\n" * 40, "gone.html": b"still here\n"}
-TARGET_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
-               "changed.html": b"version two\n" * 40}
-
 
 FIRST_PORT = 20_000      # curl's client ports: below the client host's ephemeral range
 

@@ -26,14 +26,10 @@ from tcpcopy.lab.kvstore import wait_until_quiet
 from tcpcopy.lab.netns import CLIENT, ONLINE, ONLINE_ADDRESS
 from tcpcopy.lab.servers import default_site
 from tcpcopy.lab.slowbackend import SlowBackend
+from tests.e2e.sites import CHANGED, GONE, ONLINE_SITE, SAME, TARGET_SITE
 
 pytestmark = pytest.mark.lab
 
-SAME, CHANGED, GONE = "/same.html", "/changed.html", "/gone.html"
-ONLINE_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
-               "changed.html": b"version one\n" * 40, "gone.html": b"still here\n"}
-TARGET_SITE = {**default_site(), "same.html": b"the same page\n" * 40,
-               "changed.html": b"version two\n" * 40}
 INTERCEPT = ["--answer-bytes", "65536"]
 REDIS_PORT = 6379
 

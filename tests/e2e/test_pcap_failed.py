@@ -21,13 +21,10 @@ from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import open_capture
 from tcpcopy.lab import load
 from tcpcopy.lab.netns import CLIENT, CLIENT_ADDRESS, ONLINE_ADDRESS, TARGET_ADDRESS
-from tcpcopy.lab.servers import default_site
+from tests.e2e.sites import CHANGED, ONLINE_SITE, SAME, TARGET_SITE
 
 pytestmark = pytest.mark.lab
 
-SAME, CHANGED = "/same.html", "/changed.html"
-ONLINE_SITE = {**default_site(), "same.html": b"the same page\n" * 40, "changed.html": b"version one\n" * 40}
-TARGET_SITE = {**default_site(), "same.html": b"the same page\n" * 40, "changed.html": b"version two\n" * 40}
 ONLINE_PORT, TARGET_PORT = 80, 8080
 
 

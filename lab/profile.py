@@ -9,7 +9,11 @@ the process holds the GIL count (``py-spy --gil``), so waiting in poll or in lib
 not show as work:
 
     python -m tcpcopy.lab.profile [--load keepalive|short|redis] [--rate 5000]
-                                     [--seconds 10] [--out bench/profile]
+                                     [--seconds 10] [--out bench/profile] [--native]
+
+``--native`` adds the C frames (py-spy's own option): the functions of a mypyc-compiled hot
+path, libpcap, ZeroMQ and the interpreter show by name instead of being counted in the
+Python function that called them.
 
 py-spy is a PyPI package (``pip install py-spy``; ``make profile`` installs it into the
 venv). The lab is torn down afterwards, also on failure.
@@ -61,14 +65,17 @@ def targets(copy: LiveCopy) -> dict[str, int]:
     return found
 
 
-def start_sampling(pids: dict[str, int], seconds: float, out: Path) -> dict[str, subprocess.Popen]:
+def start_sampling(pids: dict[str, int], seconds: float, out: Path,
+                   native: bool = False) -> dict[str, subprocess.Popen]:
     """One ``py-spy record`` per process: a flame graph and a raw (collapsed stacks) file."""
     spy = py_spy()
+    # Native stacks need the process paused while py-spy reads them (no --nonblocking).
+    extra = ["--native"] if native else ["--nonblocking"]
     procs = {}
     for role, pid in pids.items():
         for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
             argv = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                    "--rate", str(SAMPLE_RATE), "--nonblocking", "--gil", "--format", fmt,
+                    "--rate", str(SAMPLE_RATE), "--gil", *extra, "--format", fmt,
                     "--output", str(out / f"{role}.{suffix}")]
             procs[f"{role}.{fmt}"] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                       stderr=subprocess.PIPE, text=True)
@@ -137,12 +144,12 @@ def offer_load(copy: LiveCopy, kind: str, rate: int, seconds: float) -> str:
     return f"redis-benchmark: {requests} SET and GET on 100 connections"
 
 
-def profile(kind: str, rate: int, seconds: float, out: Path) -> list[str]:
+def profile(kind: str, rate: int, seconds: float, out: Path, native: bool = False) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     with four_host() as lab:
         extra = {"redis_port": REDIS_PORT} if kind == "redis" else {}
         with LiveCopy(lab, **extra) as copy:
-            procs = start_sampling(targets(copy), seconds + 2, out)
+            procs = start_sampling(targets(copy), seconds + 2, out, native)
             time.sleep(0.5)
             said = offer_load(copy, kind, rate, seconds)
             problems = wait_sampling(procs, seconds + 30)
@@ -160,11 +167,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=int, default=5000, help="requests per second offered (5000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the load and the sampling run (10)")
     parser.add_argument("--out", type=Path, default=Path("bench/profile"), help="output folder (bench/profile)")
+    parser.add_argument("--native", action="store_true",
+                        help="sample C frames too: compiled hot path, libpcap, ZeroMQ, the interpreter")
     args = parser.parse_args(argv)
     if not 1 <= args.rate <= 100_000 or not 1 <= args.seconds <= 120:
         parser.error("give --rate 1..100000 and --seconds 1..120")
     try:
-        for text in profile(args.load, args.rate, args.seconds, args.out):
+        for text in profile(args.load, args.rate, args.seconds, args.out, args.native):
             print(text)
     except (ProfileError, LabError, ServerError, LiveCopyError, load.LoadError) as exc:
         print(f"profile: {exc}", file=sys.stderr)

@@ -62,6 +62,9 @@ INPUT_SLICE = 0.005
 CAPTURE_HWM = 2000           # packet batches queued per capture worker
 CAPTURE_PEER_TIMEOUT = 5.0   # seconds without a HELLO after which a capture worker is gone
 STATS_EVERY = 30.0
+# Housekeeping (shedding steps, kernel skip lists, watches, link health, stats) runs at
+# most this often: the loop wakes for every batch, and these need no finer clock.
+HOUSEKEEPING_EVERY = 0.01
 STARTUP_WAIT = 5.0
 KEYS_HINT = ("; with keys, also check that the server key is the intercept's public key and that this "
              "copier's public key is in the intercept's allowed keys (intercept logs each peer it refuses)")
@@ -152,6 +155,7 @@ class Owner:
         self._wall_offset = time.time() - self.now()   # owner time -> wall clock, for pcap timestamps
         self._pcap_failed_logged = False
         self._last_stats = 0.0
+        self._housekept_at = float("-inf")
         self._watches = []
         self.publisher = (StatsPublisher(options.stats_endpoint, "owner", options.identity,
                                          keys=options.stats_keys)
@@ -223,7 +227,9 @@ class Owner:
             self.table.run_timers(now)
             self.orphans.run_timers(now)
             self._flush()
-            self._housekeeping(now)
+            if now - self._housekept_at >= HOUSEKEEPING_EVERY:
+                self._housekept_at = now
+                self._housekeeping(now)
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -542,7 +548,7 @@ class Owner:
             self._check_memory()
 
     def _shed_live_sessions(self, now: float) -> None:
-        count = self.shedder.sessions_to_shed(now, self.table.live())
+        count = self.shedder.sessions_to_shed(now, self.table.live)
         if count:
             shed = self.table.shed(count, now)
             self.kernel_skips.admit(shed, now)

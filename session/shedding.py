@@ -29,6 +29,7 @@ Pure: the owner passes the observed age and ``now`` in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -76,9 +77,10 @@ class LoadShedder:
         self.shedding = False
         self._busy_since = None
 
-    def sessions_to_shed(self, now: float, live: int) -> int:
+    def sessions_to_shed(self, now: float, live: Callable[[], int]) -> int:
         """How many live sessions to shed now (0 unless a step is due and the owner is
-        still falling behind)."""
+        still falling behind). ``live`` counts the live sessions; it is called only when a
+        step is due, since counting walks the whole table."""
         cfg = self.config
         elapsed = now - self._step_at
         if not self.shedding or elapsed < cfg.step:
@@ -89,9 +91,12 @@ class LoadShedder:
             # What was measured spans the last shedding: judge from the next step on.
             self._settling = False
             return 0
-        if live == 0 or growth <= 0 or self.lag <= cfg.lag_high:
+        if growth <= 0 or self.lag <= cfg.lag_high:
+            return 0
+        live_now = live()
+        if live_now == 0:
             return 0
         speed = max(0.0, 1.0 - growth)
         share = min(cfg.max_share, 1.0 - speed / cfg.headroom)
         self._settling = True
-        return max(1, math.ceil(live * share))
+        return max(1, math.ceil(live_now * share))

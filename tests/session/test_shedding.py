@@ -23,7 +23,7 @@ def test_shedding_starts_past_the_high_lag_and_stops_below_the_low_one():
     assert shedder.shedding                                    # hysteresis
     shedder.observe(0.2, 3.2)
     assert not shedder.shedding
-    assert shedder.sessions_to_shed(10.0, live=100) == 0
+    assert shedder.sessions_to_shed(10.0, live=lambda: 100) == 0
     assert shedder.max_lag == pytest.approx(1.2)
 
 
@@ -31,24 +31,43 @@ def test_live_sessions_are_shed_in_proportion_to_the_shortfall():
     shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5, headroom=1.0,
                                          max_share=0.5, busy_for=0.0))
     shedder.observe(1.1, 0.0)
-    assert shedder.sessions_to_shed(0.4, live=100) == 0       # not a step yet
+    assert shedder.sessions_to_shed(0.4, live=lambda: 100) == 0       # not a step yet
     # The age grew 0.1 s per second: the owner keeps up with 90% of its input.
     shedder.observe(1.15, 0.5)
-    assert shedder.sessions_to_shed(0.5, live=100) == 10
+    assert shedder.sessions_to_shed(0.5, live=lambda: 100) == 10
     # The next step straddles that shedding: it only measures.
     shedder.observe(1.55, 1.0)
-    assert shedder.sessions_to_shed(1.0, live=90) == 0
+    assert shedder.sessions_to_shed(1.0, live=lambda: 90) == 0
     # Growing 0.8 s per second (20% kept): at most half go in one step.
     shedder.observe(1.95, 1.5)
-    assert shedder.sessions_to_shed(1.5, live=90) == 45
+    assert shedder.sessions_to_shed(1.5, live=lambda: 90) == 45
     shedder.observe(1.95, 2.0)
-    assert shedder.sessions_to_shed(2.0, live=45) == 0        # settling
+    assert shedder.sessions_to_shed(2.0, live=lambda: 45) == 0        # settling
     # Catching up: nobody more is shed, though the age is still high.
     shedder.observe(1.8, 2.5)
-    assert shedder.sessions_to_shed(2.5, live=45) == 0
+    assert shedder.sessions_to_shed(2.5, live=lambda: 45) == 0
     # A tiny shortfall still sheds one.
     shedder.observe(1.8001, 3.0)
-    assert shedder.sessions_to_shed(3.0, live=45) == 1
+    assert shedder.sessions_to_shed(3.0, live=lambda: 45) == 1
+
+
+def test_the_table_is_counted_only_when_a_shedding_step_is_due():
+    """Counting live sessions walks the whole table: an owner keeping up never pays for it."""
+    counted = []
+
+    def live() -> int:
+        counted.append(1)
+        return 100
+
+    shedder = LoadShedder(SheddingConfig(lag_high=1.0, lag_low=0.25, step=0.5, busy_for=0.0))
+    for step in range(100):
+        shedder.observe(0.1, step * 0.01)
+        assert shedder.sessions_to_shed(step * 0.01, live) == 0
+    assert counted == []
+    shedder.observe(1.1, 2.0)
+    shedder.observe(1.5, 2.5)
+    assert shedder.sessions_to_shed(2.5, live) > 0
+    assert counted == [1]
 
 
 def test_new_connections_are_shed_whole_while_refusing():
@@ -108,7 +127,7 @@ def test_an_owner_that_empties_its_queue_is_not_behind_whatever_the_age():
     assert shedder.shedding
     shedder.caught_up()       # the delay is in front of the owner, not in it
     assert not shedder.shedding
-    assert shedder.sessions_to_shed(5.0, live=100) == 0
+    assert shedder.sessions_to_shed(5.0, live=lambda: 100) == 0
     # Old input between empty queues (a slow capture worker) never starts shedding.
     for t in range(2, 10):
         shedder.observe(3.0, t)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import socket
 import select
@@ -29,6 +28,7 @@ import zmq
 from tcpcopy.capture import packet as pk
 from tcpcopy.capture.pcapfile import CaptureFileError, open_capture
 from tcpcopy.capture.pcapio import CaptureError, FilterSwapper, open_live
+from tcpcopy.cluster.collector import settle_collector
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.busy import LoopMeter
 from tcpcopy.cluster.config import load_config
@@ -325,7 +325,7 @@ def run_live(worker: Worker, iface: str, bpf: str, snaplen: int, buffer_mb: int,
     worker.linktype = handle.datalink()
     worker.skip_filter = SkipFilter(bpf, len(worker.sockets), shard)
     swapper = FilterSwapper(handle, iface, bpf)
-    gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
+    settle_collector()   # start-up objects are permanent; collections come less often
     worker.announce(iface)
     fd = handle.fileno()
 

@@ -89,6 +89,7 @@ class CaptureConfig:
     workers: int = 1
     interface: str = "any"
     filter: str = ""          # the user's -F, without the -x part or the shard part
+    all_acks: bool = False    # --all-acks: the clients' pure ACKs are captured too
     buffer_mb: int = 64
     snaplen: int = 262144
 
@@ -169,7 +170,7 @@ class ClusterConfig:
 
     def capture_bpf(self) -> str:
         """The -x filter AND the user's filter; each worker adds its shard expression."""
-        return capture_filter(self.copy.mappings, self.capture.filter or None)
+        return capture_filter(self.copy.mappings, self.capture.filter or None, self.capture.all_acks)
 
     def intercept_endpoint(self, shard: int) -> str:
         """Where intercept ``shard`` binds its ROUTER."""
@@ -236,6 +237,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workers": Key(int, 1, 1, MAX_INSTANCES),
         "interface": Key(str, "any", example='"eth0"', flag="-i"),
         "filter": Key(str, "", example='"not src net 198.18.9.0/24"', flag="-F"),
+        "all_acks": Key(bool, False, flag="--all-acks"),
         "buffer_mb": Key(int, 64, 1, 4096, flag="-B"),
         "snaplen": Key(int, 262144, 128, 262144, flag="-S"),
     },

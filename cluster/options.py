@@ -177,10 +177,38 @@ def parse_client_pool(value: str, exclude: set[str] = frozenset()) -> tuple[str,
     return tuple(pool)
 
 
-def capture_filter(mappings: tuple[Mapping, ...], user_filter: str | None = None) -> str:
+# Ports where the server speaks first (SMTP on 25, 587 and 2525, FTP, POP3, IMAP, NNTP,
+# SSH, telnet, MySQL, VNC). There the client's pure ACK of the handshake tells how long the online server's
+# greeting was, so that a replayed session waits for the target's before it speaks: the
+# capture keeps every pure ACK on them.
+SERVER_FIRST_PORTS = frozenset({21, 22, 23, 25, 110, 119, 143, 587, 2525, 3306, 5900})
+
+# A client packet the copier replays: SYN, FIN or RST, or a payload (IP length minus the
+# IP and TCP headers). A pure ACK matches none of them and never leaves the kernel: the
+# copier acknowledges the target itself (RFC 9293 §3.10.7.4: an ACK that carries nothing
+# needs no answer), and at up to half of a connection's client packets they were half of
+# the capture's and much of the owner's work. libpcap's tcp[] does not reach into IPv6, so
+# there the TCP header is read right after the fixed one (40 bytes); an IPv6 packet with
+# extension headers always passes.
+CARRIES_SOMETHING = ("((ip and (tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
+                     " or ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) != 0))"
+                     " or (ip6 and (ip6[6] != 6 or ip6[53] & 0x07 != 0"
+                     " or ip6[4:2] - ((ip6[52] & 0xf0) >> 2) != 0)))")
+
+
+def capture_filter(mappings: tuple[Mapping, ...], user_filter: str | None = None,
+                   all_acks: bool = False) -> str:
     """The BPF filter a capture worker compiles: client packets to any ``-x`` online
-    address, AND the user's ``-F`` when given."""
-    auto = _online_side_filter(mappings, "dst")
+    address, AND the user's ``-F`` when given. Pure ACKs are left out (``CARRIES_SOMETHING``)
+    unless ``all_acks`` (--all-acks) or the online port is one where the server speaks first."""
+    every = tuple(m for m in mappings if all_acks or m.online_port in SERVER_FIRST_PORTS)
+    content = tuple(m for m in mappings if m not in every)
+    terms = []
+    if content:
+        terms.append(f"(({_online_terms(content, 'dst')}) and {CARRIES_SOMETHING})")
+    if every:
+        terms.append(f"({_online_terms(every, 'dst')})")
+    auto = f"tcp and ({' or '.join(terms)})"
     return f"({auto}) and ({user_filter})" if user_filter else auto
 
 
@@ -194,10 +222,15 @@ def online_answers_capture_filter(mappings: tuple[Mapping, ...], percent: int) -
 def _online_side_filter(mappings: tuple[Mapping, ...], side: str) -> str:
     """TCP with the online address and port of any ``-x`` as its ``side`` ("dst": what
     clients send to the online server, "src": what it answers)."""
+    return f"tcp and ({_online_terms(mappings, side)})"
+
+
+def _online_terms(mappings: tuple[Mapping, ...], side: str) -> str:
+    """``(side port P [and side host H]) or ...``, once each."""
     terms = []
     for m in mappings:
         term = f"{side} port {m.online_port}"
         if m.online_ip is not None:
             term += f" and {side} host {m.online_ip}"
         terms.append(f"({term})")
-    return "tcp and (" + " or ".join(dict.fromkeys(terms)) + ")"
+    return " or ".join(dict.fromkeys(terms))

@@ -16,7 +16,6 @@ and -D (not supported) stop with an explanation. Exit status: 0 after SIGINT/SIG
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
 import logging
 import os
@@ -27,6 +26,7 @@ import sys
 import zmq
 
 from tcpcopy.capture.pcapio import CaptureError
+from tcpcopy.cluster.collector import settle_collector
 from tcpcopy.cluster.bpfcheck import filter_compiles
 from tcpcopy.cluster.config import WILDCARD_BINDS, load_config
 from tcpcopy.cluster.curve import (KeyFileError, KeyLayout, add_server_key_flags, client_keys_from_flags,
@@ -283,7 +283,7 @@ def _run(config: WorkerConfig, run_as=None) -> int:
              "watched answers %s", config.identity, worker.hello.instance, endpoint, ",".join(config.devices),
              config.bpf, config.payload,
              f"up to {config.answer_bytes} bytes" if config.answer_bytes else "off (--answer-bytes)")
-    gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
+    settle_collector()   # start-up objects are permanent; collections come less often
     code = 0
     try:
         worker.serve(lambda: reopen_logs_if_asked() or stop)

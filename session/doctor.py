@@ -154,7 +154,7 @@ class Doctor:
 
     def _capture(self) -> bool:
         args = self.args
-        bpf = capture_filter(args.mappings, args.user_filter)
+        bpf = capture_filter(args.mappings, args.user_filter, args.all_acks)
         what = f"-x {_mappings_text(args.mappings)}"
         if args.offline:
             return self._capture_file(bpf, what)

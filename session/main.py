@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture interface (default any), or the pcap file with --offline")
     p.add_argument("--offline", action="store_true", help="-i names a pcap or pcapng file to replay")
     p.add_argument("-F", dest="user_filter", metavar="FILTER", help="pcap filter ANDed with the one built from -x")
+    p.add_argument("--all-acks", action="store_true",
+                   help="capture the clients' pure ACKs too (the kernel filter leaves them out, except on "
+                        "ports where the server speaks first: 21 22 23 25 110 119 143 587 2525 3306 5900); "
+                        "for another server-first port, or to follow a client's window updates")
     p.add_argument("-B", dest="buffer_mb", type=_positive_int(1, 4096, "-B 64"), default=64,
                    help="capture buffer in MB (64)")
     p.add_argument("-S", dest="snaplen", type=_positive_int(128, 262144, "-S 262144"), default=262144,
@@ -290,7 +294,7 @@ def owner_options(args: argparse.Namespace, packet_endpoint: str) -> OwnerOption
 
 
 def capture_command(args: argparse.Namespace, packet_endpoint: str) -> list[str]:
-    bpf = capture_filter(args.mappings, args.user_filter)
+    bpf = capture_filter(args.mappings, args.user_filter, args.all_acks)
     argv = [sys.executable, "-m", "tcpcopy.capture.worker", "--filter", bpf, "--owner", packet_endpoint]
     if args.stats:
         argv += ["--stats", args.stats]

@@ -13,7 +13,6 @@ Time inside the table is seconds since the owner started (monotonic).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from tcpcopy.capture import packet as pk
+from tcpcopy.cluster.collector import settle_collector
 from tcpcopy.cluster import wire
 from tcpcopy.cluster.config import ConfigError, load_config
 from tcpcopy.cluster.curve import ClientKeys, KeyLayout, plain_warning
@@ -206,7 +206,7 @@ class Owner:
         self._log_notices()
 
     def run(self) -> None:
-        gc.freeze()   # start-up objects are permanent: keep them out of the collector's way
+        settle_collector()   # start-up objects are permanent; collections come less often
         poller = zmq.Poller()
         poller.register(self.captures, zmq.POLLIN)
         for sock in self.links.sockets():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpcopy.cluster.options import capture_filter
 from tcpcopy.cluster.ops import main as cli
 from tcpcopy.cluster.config import (INTERCEPT_MAX_ANSWER_BYTES, INTERCEPT_MAX_PAYLOAD, INTERCEPT_WATCH_MAX,
                                     ConfigError, InterceptAddress, Mapping, load_config)
@@ -68,7 +69,7 @@ def test_only_mappings_and_intercepts_are_required(tmp_path):
     assert (config.capture.workers, config.capture.interface, config.capture.filter) == (1, "any", "")
     assert config.intercept.count == 1   # as many as copy.intercepts lists
     assert config.intercept.filter == "tcp and ((src host 198.18.0.2 and src port 8080))"
-    assert config.capture_bpf() == "tcp and ((dst port 80))"
+    assert config.capture_bpf() == capture_filter(config.copy.mappings)   # pure ACKs left out
 
 
 def test_keepalive_defaults_to_session_timeout_plus_120(tmp_path):
@@ -88,7 +89,12 @@ def test_relative_directories_are_taken_from_the_config_file(tmp_path):
 
 def test_user_capture_filter_is_anded_with_the_mapping_filter(tmp_path):
     config = load(tmp_path, {"capture.filter": '"not src net 198.18.9.0/24"'})
-    assert config.capture_bpf() == "(tcp and ((dst port 80))) and (not src net 198.18.9.0/24)"
+    assert config.capture_bpf() == f"({capture_filter(config.copy.mappings)}) and (not src net 198.18.9.0/24)"
+
+
+def test_all_acks_keeps_the_clients_pure_acks_in_the_capture(tmp_path):
+    config = load(tmp_path, {"capture.all_acks": "true"})
+    assert config.capture_bpf() == "tcp and (((dst port 80)))"
 
 
 def test_several_intercepts_on_one_assistant_host(tmp_path):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tcpcopy.capture import packet as pk
 from tcpcopy.cluster.options import (DEFAULT_INTERCEPT_PORT, InterceptAddress, Mapping,
-                                     OptionError, capture_filter, parse_client_pool,
+                                     OptionError, capture_filter, CARRIES_SOMETHING, parse_client_pool,
                                      parse_baselines, parse_intercepts, parse_mappings)
 
 X_FORM = "[onlineIP:]onlinePort-targetIP:targetPort"
@@ -269,39 +269,70 @@ def test_c_malformed_dot_x_entry_is_named_as_typed():
 
 # ================================================================= capture filter
 
-def ethernet(src: str, dst: str, sport: int, dport: int) -> bytes:
-    """An Ethernet frame of a TCP SYN, as libpcap hands it to the filter."""
+def ethernet(src: str, dst: str, sport: int, dport: int, flags: int = pk.SYN, *,
+             payload: bytes = b"", options: bytes = b"", pad_to: int = 0) -> bytes:
+    """An Ethernet frame of a TCP packet (a SYN unless told), as libpcap hands it to the
+    filter; ``pad_to`` pads the frame as a NIC pads a short one (60 bytes)."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     ethertype = b"\x08\x00" if s.version == 4 else b"\x86\xdd"
-    packet = pk.build(s.packed, d.packed, sport, dport, 1000, 0, pk.SYN, 65535)
-    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + ethertype + packet.to_bytes()
+    packet = pk.build(s.packed, d.packed, sport, dport, 1000, 0, flags, 65535, payload=payload, options=options)
+    frame = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + ethertype + packet.to_bytes()
+    return frame + b"\x00" * max(0, pad_to - len(frame))
 
 
 def compiles(expr: str) -> pcap.bpf:
     return pcap.bpf(expr.encode(), 1)   # 1: DLT_EN10MB (Ethernet)
 
 
+def content(terms: str) -> str:
+    """A mapping term of the capture filter, pure ACKs left out."""
+    return f"(({terms}) and {CARRIES_SOMETHING})"
+
+
 def test_filter_for_one_mapping_without_online_ip():
-    assert capture_filter(parse_mappings("80-198.18.0.2:8080")) == "tcp and ((dst port 80))"
+    assert capture_filter(parse_mappings("80-198.18.0.2:8080")) == f"tcp and ({content('(dst port 80)')})"
 
 
 def test_filter_for_one_mapping_with_online_ip():
     assert capture_filter(parse_mappings("198.18.1.1:80-198.18.0.2:8080")) == (
-        "tcp and ((dst port 80 and dst host 198.18.1.1))")
+        f"tcp and ({content('(dst port 80 and dst host 198.18.1.1)')})")
 
 
 def test_filter_for_several_mappings_ors_them_once_each():
     mappings = parse_mappings("80-198.18.0.2:8080,198.18.1.1:443-198.18.0.3:8443,"
                               "80-198.18.0.4:8080,[2001:2::10]:80-[2001:2::2]:8080")
     assert capture_filter(mappings) == (
-        "tcp and ((dst port 80) or (dst port 443 and dst host 198.18.1.1)"
-        " or (dst port 80 and dst host 2001:2::10))")
+        "tcp and (" + content("(dst port 80) or (dst port 443 and dst host 198.18.1.1)"
+                              " or (dst port 80 and dst host 2001:2::10)") + ")")
 
 
 def test_filter_ands_the_user_filter():
     mappings = parse_mappings("80-198.18.0.2:8080")
     assert capture_filter(mappings, "src net 10.0.0.0/8 or vlan") == (
-        "(tcp and ((dst port 80))) and (src net 10.0.0.0/8 or vlan)")
+        f"(tcp and ({content('(dst port 80)')})) and (src net 10.0.0.0/8 or vlan)")
+
+
+def test_server_first_ports_and_all_acks_keep_every_pure_ack():
+    mappings = parse_mappings("80-198.18.0.2:8080,25-198.18.0.2:2525")
+    assert capture_filter(mappings) == f"tcp and ({content('(dst port 80)')} or ((dst port 25)))"
+    assert capture_filter(mappings, all_acks=True) == "tcp and (((dst port 80) or (dst port 25)))"
+
+
+@pytest.mark.parametrize("src, dst", [("198.18.5.5", "198.18.1.7"), ("2001:2::5", "2001:2::10")],
+                         ids=["ipv4", "ipv6"])
+def test_pure_client_acks_stay_in_the_kernel_and_everything_replayed_passes(src, dst):
+    bpf = compiles(capture_filter(parse_mappings("80-198.18.0.2:8080,[2001:2::10]:80-[2001:2::2]:8080,"
+                                                 "3306-198.18.0.2:3306")))
+    timestamps = b"\x01\x01\x08\x0a" + bytes(8)
+    assert not bpf.filter(ethernet(src, dst, 40000, 80, pk.ACK))
+    assert not bpf.filter(ethernet(src, dst, 40000, 80, pk.ACK, options=timestamps))
+    assert not bpf.filter(ethernet(src, dst, 40000, 80, pk.ACK, pad_to=60))       # padding is no payload
+    assert bpf.filter(ethernet(src, dst, 40000, 80, pk.SYN))
+    assert bpf.filter(ethernet(src, dst, 40000, 80, pk.FIN | pk.ACK))
+    assert bpf.filter(ethernet(src, dst, 40000, 80, pk.RST))
+    assert bpf.filter(ethernet(src, dst, 40000, 80, pk.ACK, payload=b"G"))
+    assert bpf.filter(ethernet(src, dst, 40000, 80, pk.ACK | pk.PSH, payload=b"GET /", options=timestamps))
+    assert bpf.filter(ethernet("198.18.5.5", "198.18.1.7", 40000, 3306, pk.ACK))  # the server speaks first
 
 
 @pytest.mark.parametrize("x, user", [

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help deps venv test test-fast test-packaging fuzz demo bench soak profile replay-demo lab-down clean compiled test-compiled
+.PHONY: help deps venv test test-fast test-packaging fuzz demo bench soak profile replay-demo lab-down clean compiled test-compiled bench-compiled profile-compiled
 
 help:
 	@echo "make test       install what is missing, then run the whole test suite (lab tests need root)"
@@ -21,6 +21,8 @@ help:
 	@echo "make venv       create $(VENV) and install the project (editable) with every extra and the test tools"
 	@echo "make compiled   create $(COMPILED) with the hot path (codec, engine, table) compiled by mypyc"
 	@echo "make test-compiled  the codec and session tests against that compiled build"
+	@echo "make bench-compiled  make bench with the compiled build (BENCH_ARGS, e.g. --only short-2500,keepalive-10000 --repeat 2)"
+	@echo "make profile-compiled  make profile with the compiled build, C frames included (--native)"
 
 deps:
 	@./deploy/install-deps.sh
@@ -79,6 +81,21 @@ compiled:
 	$(PYTHON) -m venv $(COMPILED)
 	$(COMPILED)/bin/pip install -q --upgrade pip
 	TCPCOPY_MYPYC=1 $(COMPILED)/bin/pip install -q '.[test]'
+
+# The lab lives in the checkout only (an editable install maps it); the compiled venv is a
+# regular install, so the lab is put on its path as tcpcopy.lab through a link.
+LABPATH := build/labpath
+
+$(LABPATH)/tcpcopy/lab:
+	mkdir -p $(LABPATH)/tcpcopy
+	ln -sfn $(CURDIR)/lab $(LABPATH)/tcpcopy/lab
+
+bench-compiled: deps compiled $(LABPATH)/tcpcopy/lab
+	PYTHONPATH=$(CURDIR)/$(LABPATH) $(COMPILED)/bin/python -m tcpcopy.lab.benchmark $(BENCH_ARGS)
+
+profile-compiled: deps compiled venv $(LABPATH)/tcpcopy/lab
+	$(BIN)/pip install -q py-spy
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR)/$(LABPATH) $(COMPILED)/bin/python -m tcpcopy.lab.profile --native $(PROFILE_ARGS)
 
 test-compiled: compiled
 	$(COMPILED)/bin/pytest -q -p no:cacheprovider -m "not lab" tests/capture tests/session

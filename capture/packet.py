@@ -38,7 +38,7 @@ __all__ = [
     "FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR",
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2",
     "LINKTYPE_IPV4", "LINKTYPE_IPV6",
-    "ip_offset", "decode", "decode_frame", "build", "split",
+    "ip_offset", "decode", "decode_frame", "route_head", "RouteKey", "build", "split",
     "opt_mss", "opt_wscale", "opt_sack_permitted", "opt_timestamps",
     "tcp_checksum_ok", "ipv4_checksum_ok", "flags_text",
     "repair_checksums", "CHECKSUM_COMPLETE", "CHECKSUM_COMPLETED",
@@ -111,6 +111,9 @@ _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 _IPV6: Final = struct.Struct("!IHBB16s16s")
 # sport, dport, seq, ack, data offset, flags, window, checksum, urgent pointer
 _TCP: Final = struct.Struct("!HHIIBBHHH")
+_TCP_HEAD: Final = struct.Struct("!HHIIBB")    # the same up to the flags
+# How far into an IPv6 answer route_head reads for extension headers (TCP must start there).
+_HEAD_EXTENSIONS: Final = 512
 _PSEUDO4_TAIL: Final = struct.Struct("!BBH")   # zero, protocol, TCP length
 _PSEUDO6_TAIL: Final = struct.Struct("!I3xB")  # TCP length, 3 zero bytes, next header
 # Bound methods, looked up once for the setters.
@@ -262,6 +265,16 @@ def _parse_ipv4(pkt: "Packet", buf: bytearray, n: int, headers_only: bool):
         raise PacketError(f"truncated IPv4 header: {n} bytes, need 20")
     vihl, _tos, total, ip_id, frag, ttl, proto, _csum, src, dst = _IPV4.unpack_from(buf, 0)
     ihl = (vihl & 0x0F) << 2
+    _check_ipv4(ihl, total, frag, proto, n, headers_only)
+    pkt.src = src
+    pkt.dst = dst
+    pkt.ip_id = ip_id
+    pkt.ttl = ttl
+    return ihl, total
+
+
+def _check_ipv4(ihl: int, total: int, frag: int, proto: int, n: int, headers_only: bool) -> None:
+    """An IPv4 header that a TCP segment can be read from (``n`` bytes captured)."""
     if ihl < 20:
         raise PacketError(f"bad IPv4 header length {ihl} (< 20)")
     if ihl > n:
@@ -275,11 +288,6 @@ def _parse_ipv4(pkt: "Packet", buf: bytearray, n: int, headers_only: bool):
         raise PacketError(f"not TCP: IPv4 protocol {proto}")
     if total > n and not headers_only:
         raise PacketError(f"IPv4 total length {total} beyond the {n} bytes captured")
-    pkt.src = src
-    pkt.dst = dst
-    pkt.ip_id = ip_id
-    pkt.ttl = ttl
-    return ihl, total
 
 
 def _parse_ipv6(pkt: "Packet", buf: bytearray, n: int, headers_only: bool):
@@ -337,14 +345,8 @@ def _parse_tcp(pkt: "Packet", buf: bytearray, n: int, tcp_off: int, total: int) 
         raise PacketError(f"truncated TCP header: {n - tcp_off} bytes, need 20")
     sport, dport, seq, ack, doff_byte, flags, window, _csum, _urg = _TCP.unpack_from(buf, tcp_off)
     doff = (doff_byte >> 4) << 2
-    if doff < 20:
-        raise PacketError(f"bad TCP data offset {doff} (< 20)")
     payload_off = tcp_off + doff
-    if payload_off > total:
-        raise PacketError(f"TCP header length {doff} beyond the IP length {total}")
-    if payload_off > n:
-        raise PacketError(f"truncated TCP options: header length {doff}, "
-                          f"{n - tcp_off} bytes captured")
+    _check_tcp_header(doff, payload_off, n, tcp_off, total)
     pkt.tcp_off = tcp_off
     pkt.payload_off = payload_off
     pkt.payload_len = total - payload_off
@@ -365,6 +367,61 @@ def _parse_tcp(pkt: "Packet", buf: bytearray, n: int, tcp_off: int, total: int) 
         pkt.ts_off = opt + 4
         return
     _parse_options(pkt, buf, opt, payload_off)
+
+
+def _check_tcp_header(doff: int, payload_off: int, n: int, tcp_off: int, total: int) -> None:
+    """A TCP header of ``doff`` bytes at ``tcp_off`` within the IP length and the capture."""
+    if doff < 20:
+        raise PacketError(f"bad TCP data offset {doff} (< 20)")
+    if payload_off > total:
+        raise PacketError(f"TCP header length {doff} beyond the IP length {total}")
+    if payload_off > n:
+        raise PacketError(f"truncated TCP options: header length {doff}, "
+                          f"{n - tcp_off} bytes captured")
+
+
+RouteKey = tuple[bytes, int, bytes, int]
+
+
+def route_head(frame, linktype: int, payload: int) -> tuple[RouteKey, bytes, int, int]:
+    """What intercept needs to route a captured answer, without making a Packet.
+
+    Returns ((dst, dport, src, sport), record, flags, payload_len): the route's key (the
+    replayed client first), the record (the IP and TCP headers and at most ``payload``
+    payload bytes, as far as the IP length and the capture reach), the TCP flags and the
+    payload length from the IP lengths. The IP and TCP headers are checked as ``decode``
+    checks them with ``headers_only``; TCP options are not read (the owner decodes the
+    record whole). Raises PacketError.
+    """
+    offset = ip_offset(frame, linktype)
+    n = len(frame) - offset
+    if n < 1:
+        raise PacketError("empty packet")
+    version = frame[offset] >> 4
+    if version == 4:
+        if n < 20:
+            raise PacketError(f"truncated IPv4 header: {n} bytes, need 20")
+        vihl, _tos, total, _id, frag, _ttl, proto, _csum, src, dst = _IPV4.unpack_from(frame, offset)
+        tcp_off = (vihl & 0x0F) << 2
+        _check_ipv4(tcp_off, total, frag, proto, n, True)
+    elif version == 6:
+        ip = bytearray(memoryview(frame)[offset:offset + 40 + _HEAD_EXTENSIONS])
+        probe = Packet()
+        tcp_off, total = _parse_ipv6(probe, ip, len(ip), True)
+        src, dst = probe.src, probe.dst
+    else:
+        raise PacketError(f"not IP: version {version}")
+    end = min(n, total)
+    if tcp_off + 20 > total:
+        raise PacketError(f"IP length {total} leaves no room for a TCP header at {tcp_off}")
+    if tcp_off + 20 > n:
+        raise PacketError(f"truncated TCP header: {n - tcp_off} bytes, need 20")
+    sport, dport, _seq, _ack, doff_byte, flags = _TCP_HEAD.unpack_from(frame, offset + tcp_off)
+    doff = (doff_byte >> 4) << 2
+    payload_off = tcp_off + doff
+    _check_tcp_header(doff, payload_off, n, tcp_off, total)
+    record = bytes(frame[offset:offset + min(end, payload_off + payload)])
+    return (dst, dport, src, sport), record, flags, total - payload_off
 
 
 def _parse_options(pkt: "Packet", buf: bytearray, i: int, end: int) -> None:

@@ -586,28 +586,32 @@ class Worker:
         self.on_frame(frame, self._linktype, self._now)
 
     def on_frame(self, frame: bytes, linktype: int, now: float) -> None:
-        """One captured frame (per-packet path): only its head is decoded (a header record
-        needs no more, and a bytes slice that long copies at most that much); a frame the
-        codec rejects is counted."""
+        """One captured frame (per-packet path): only what routing needs is read
+        (``pk.route_head``, no Packet made); a frame the codec rejects is counted."""
         try:
-            pkt = pk.decode_frame(frame[:self._head], linktype, headers_only=True)
+            key, record, flags, payload_len = pk.route_head(frame, linktype, self._payload)
         except pk.PacketError:
             self.counts["malformed"] += 1
             return
-        self.on_packet(pkt, now, frame, linktype)
+        self._route(key, record, flags, payload_len, now, frame, linktype)
 
-    def on_packet(self, pkt: pk.Packet, now: float, frame: bytes | None = None, linktype: int = 0) -> None:
-        """Route one decoded answer of the target (per-packet path). ``frame``: the whole
-        captured frame ``pkt`` was decoded from the head of (None: ``pkt.buf`` holds it all)."""
-        self.counts["all"] += 1
+    def on_packet(self, pkt: pk.Packet, now: float) -> None:
+        """Route one decoded answer of the target (``pkt.buf`` holds it all)."""
         record = bytes(pkt.buf[:pkt.payload_off + self._payload])
         key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        self._route(key, record, pkt.flags, pkt.payload_len, now, bytes(pkt.buf), pk.LINKTYPE_RAW)
+
+    def _route(self, key: pk.RouteKey, record: bytes, flags: int, payload_len: int, now: float,
+               frame: bytes, linktype: int) -> None:
+        """To the owner of ``key``, held if it may be a route's first answer, else counted
+        (per-packet path). ``frame``: the whole capture, for a watched answer."""
+        self.counts["all"] += 1
         owner = self.routes.lookup(key, now)
         if owner is not None:
             self._add(owner, record, now)
-            if self._watched and key in self._watched and pkt.payload_len:
-                self._add_answer(owner, pkt, frame, linktype, now)
-        elif pkt.flags & _SYN_OR_RST:
+            if self._watched and key in self._watched and payload_len:
+                self._add_answer(owner, frame, linktype, now)
+        elif flags & _SYN_OR_RST:
             self.routes.hold(key, record, now)   # counted there, also when full
         else:
             self.counts["unroutable"] += 1
@@ -621,16 +625,13 @@ class Worker:
             if len(batch[1]) >= BATCH_RECORDS:
                 self._flush(owner)
 
-    def _add_answer(self, owner: bytes, pkt: pk.Packet, frame: bytes | None, linktype: int,
-                    now: float) -> None:
+    def _add_answer(self, owner: bytes, frame: bytes, linktype: int, now: float) -> None:
         """A watched answer, from its IP header to ``answer_bytes`` of its payload (what the
         capture holds of it; never link padding), into its owner's ANSWERS batch."""
+        start = pk.ip_offset(frame, linktype)
+        pkt = pk.decode(memoryview(frame)[start:], headers_only=True)
         size = min(pkt.payload_off + min(self._answer_bytes, pkt.payload_len), MAX_ANSWER_BYTES)
-        if frame is None:
-            record = bytes(pkt.buf[:size])
-        else:
-            start = pk.ip_offset(frame, linktype)
-            record = frame[start:start + size]
+        record = bytes(pkt.buf[:size])
         batch = self._answer_batches.get(owner)
         if batch is None:
             batch = self._answer_batches[owner] = [now + BATCH_DELAY, [], 0]

@@ -218,6 +218,47 @@ def test_decode_frame(name):
     assert_matches_scapy(pkt, ip_bytes)
 
 
+def routed_by_decode(frame: bytes, linktype: int, payload: int):
+    """What route_head must give, from the full decoder."""
+    pkt = decode_frame(frame, linktype, headers_only=True)
+    record = bytes(pkt.buf[:pkt.payload_off + payload])
+    return (pkt.dst, pkt.dport, pkt.src, pkt.sport), record, pkt.flags, pkt.payload_len
+
+
+@pytest.mark.parametrize("payload", [0, 3, 1000])
+@pytest.mark.parametrize("name", sorted(FRAMES) + sorted(SAMPLES))
+def test_route_head_reads_what_the_decoder_reads(name, payload):
+    linktype, frame = (FRAMES[name][0], bytes(FRAMES[name][1])) if name in FRAMES else (
+        P.LINKTYPE_RAW, bytes(SAMPLES[name]))
+    assert P.route_head(frame, linktype, payload) == routed_by_decode(frame, linktype, payload)
+
+
+@pytest.mark.parametrize("name", ["v4-ts", "v4-ipopts", "v6-hbh-dst", "v6-atomic-frag", "v4-syn"])
+def test_route_head_fails_where_the_decoder_fails_on_every_cut(name):
+    """Each prefix of a well-formed answer: both refuse it, or both read the same."""
+    raw = bytes(SAMPLES[name])
+    for cut in range(len(raw) + 1):
+        try:
+            expected = routed_by_decode(raw[:cut], P.LINKTYPE_RAW, 8)
+        except PacketError:
+            with pytest.raises(PacketError):
+                P.route_head(raw[:cut], P.LINKTYPE_RAW, 8)
+            continue
+        assert P.route_head(raw[:cut], P.LINKTYPE_RAW, 8) == expected, cut
+
+
+@pytest.mark.parametrize("mangle, fault", [
+    (lambda b: b"\x35" + b[1:], "not IP"),
+    (lambda b: b[:9] + b"\x11" + b[10:], "not TCP"),
+    (lambda b: b[:6] + b"\x20\x00" + b[8:], "fragment"),
+    (lambda b: b[:32] + b"\x30" + b[33:], "data offset"),
+    (lambda b: b"\x43" + b[1:], "header length"),
+])
+def test_route_head_names_the_fault(mangle, fault):
+    with pytest.raises(PacketError, match=fault):
+        P.route_head(mangle(bytes(v4(payload=b"x", flags="PA"))), P.LINKTYPE_RAW, 0)
+
+
 def test_headers_only_accepts_missing_payload():
     raw = bytes(SAMPLES["v4-ts"])
     cut = raw[:decode(raw).payload_off + 10]

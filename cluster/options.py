@@ -144,7 +144,7 @@ def parse_intercepts(value: str, default_port: int = DEFAULT_INTERCEPT_PORT) -> 
             host, port = _split_host_port(item)
         else:
             host, port = item, ""  # a bare address, IPv4 or IPv6: the default port
-        address = _address(host, "-s", form)
+        address = _address(host or "", "-s", form)
         out.append(InterceptAddress(address, _port(port, "-s", form) if port else default_port))
     if not out:
         raise OptionError(f"-s: no intercept given ({form})")
@@ -153,7 +153,7 @@ def parse_intercepts(value: str, default_port: int = DEFAULT_INTERCEPT_PORT) -> 
     return tuple(out)
 
 
-def parse_client_pool(value: str, exclude: set[str] = frozenset()) -> tuple[str, ...]:
+def parse_client_pool(value: str, exclude: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
     """``-c``: addresses replayed sessions use as their source; ``a.b.c.x`` means
     a.b.c.1-a.b.c.254. Target addresses are left out, as TCPCopy does."""
     pool: list[str] = []

@@ -34,7 +34,7 @@ import reprlib
 import secrets
 from dataclasses import dataclass
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 FORMAT_VERSION = 1
 
@@ -93,7 +93,7 @@ class Limits:
 
 
 _ENDPOINT_LIMITS = Limits(frame=64 + ENDPOINTS_MAX * 48, bin=16, array=ENDPOINTS_MAX)
-LIMITS = {
+LIMITS: dict[int | None, Limits] = {
     HELLO: Limits(frame=64 + 3 * (TEXT_MAX + 5), str=TEXT_MAX),
     PACKETS: Limits(frame=PACKETS_MAX_FRAME, bin=PACKET_MAX_BYTES, array=PACKETS_MAX_ITEMS),
     REGISTER: _ENDPOINT_LIMITS,

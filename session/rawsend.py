@@ -70,7 +70,7 @@ class DualSender:
     (``--user``) still has them. On a host without IPv6 the second cannot exist: its
     packets are then counted as failed under that errno."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._v4 = RawSender(ipv6=False)
         self._v6: RawSender | None = None
         self._v6_missing = ""   # errno name when the host has no IPv6 raw socket

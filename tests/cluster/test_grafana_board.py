@@ -94,8 +94,9 @@ def owner_counters() -> dict:
 def intercept_counters() -> dict:
     """What an intercept publishes (Worker.stats), with a real route table."""
     routes = RouteTable()
-    routes.register(("198.18.0.1", 40000, "198.18.1.1", 8080), b"owner-0", now=1.0)
-    routes.hold(("198.18.0.2", 40002, "198.18.1.1", 8080), b"record", now=1.0)
+    online, clients = bytes([198, 18, 1, 1]), (bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+    routes.register((clients[0], 40000, online, 8080), b"owner-0", now=1.0)
+    routes.hold((clients[1], 40002, online, 8080), b"record", now=1.0)
     counts = {name: 7 for name in INTERCEPT_COUNTERS}
     parts = SimpleNamespace(counts=counts, routes=routes, owners={b"owner-0": None}, gate=None,
                             _closed_pcap_drops=3, _captures=[], loop_meter=LoopMeter(0.0), clock=lambda: 0.5)

@@ -20,7 +20,7 @@ help:
 	@echo "make deps       install the Debian packages (deploy/install-deps.sh lists them)"
 	@echo "make venv       create $(VENV) and install the project (editable) with every extra and the test tools"
 	@echo "make compiled   create $(COMPILED) with the hot path (codec, engine, table) compiled by mypyc"
-	@echo "make test-compiled  the codec and session tests against that compiled build"
+	@echo "make test-compiled  the codec, session and intercept tests against that compiled build"
 	@echo "make bench-compiled  make bench with the compiled build (BENCH_ARGS, e.g. --only short-2500,keepalive-10000 --repeat 2)"
 	@echo "make profile-compiled  make profile with the compiled build, C frames included (--native)"
 
@@ -97,8 +97,8 @@ profile-compiled: deps compiled venv $(LABPATH)/tcpcopy/lab
 	$(BIN)/pip install -q py-spy
 	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR)/$(LABPATH) $(COMPILED)/bin/python -m tcpcopy.lab.profile --native $(PROFILE_ARGS)
 
-test-compiled: compiled
-	$(COMPILED)/bin/pytest -q -p no:cacheprovider -m "not lab" tests/capture tests/session
+test-compiled: compiled $(LABPATH)/tcpcopy/lab
+	PYTHONPATH=$(CURDIR)/$(LABPATH) $(COMPILED)/bin/pytest -q -p no:cacheprovider -m "not lab" tests/capture tests/session tests/intercept
 
 replay-demo: deps venv
 	$(BIN)/python -m tcpcopy.lab.replay_demo

@@ -1,10 +1,13 @@
-"""Optional ahead-of-time compilation of the per-packet hot path with mypyc.
+"""Ahead-of-time compilation of the per-packet hot path with mypyc.
 
-Everything else about the package is in pyproject.toml. A plain install is pure Python.
-With TCPCOPY_MYPYC=1 a (non-editable) install also compiles the modules in HOT_PATH to C
-extensions, which Python imports in place of the .py files beside them:
+Everything else about the package is in pyproject.toml. A regular install compiles the
+modules in HOT_PATH to C extensions, which Python imports in place of the .py files beside
+them, when the host has a C compiler and Python's headers; otherwise, and for an editable
+install, the package is pure Python (build_support/buildmode.py decides, TCPCOPY_MYPYC=1
+insists on compiling, TCPCOPY_MYPYC=0 never compiles):
 
-    TCPCOPY_MYPYC=1 pip install .
+    pip install .                    # compiled where it can be
+    TCPCOPY_MYPYC=0 pip install .    # pure Python
 
 mypyc names a compiled module after its place in a package tree, and here the role folders
 (capture/, session/, cluster/) install as tcpcopy.<role>. So the build copies them into
@@ -22,6 +25,9 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.editable_wheel import editable_wheel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "build_support"))
+from buildmode import VARIABLE, BuildModeError, check_value, decide, missing_tools  # noqa: E402
+
 HOT_PATH = [
     "capture/packet.py",    # decode, checksums, the set_* rewrites, to_bytes
     "session/seqnum.py",
@@ -38,14 +44,6 @@ STAGE = Path("build/mypyc-src")
 GROUP = "tcpcopy_hotpath"   # the shared library every compiled module lives in
 
 
-def wants_mypyc() -> bool:
-    value = os.environ.get("TCPCOPY_MYPYC", "")
-    if value not in ("", "0", "1"):
-        sys.exit(f"TCPCOPY_MYPYC={value!r}: set it to 1 to compile the hot path with mypyc, "
-                 "or leave it unset (or 0) for a pure-Python install")
-    return value == "1"
-
-
 def stage_sources() -> list[str]:
     """Copy the role folders under build/mypyc-src/tcpcopy/; return the staged HOT_PATH."""
     for role in STAGED_ROLES:
@@ -56,19 +54,19 @@ def stage_sources() -> list[str]:
 
 
 def hot_path_extensions() -> list:
-    if not wants_mypyc():
-        return []
-    if "editable_wheel" in sys.argv:
-        sys.exit("TCPCOPY_MYPYC=1 builds a regular install only: an editable one would put "
-                 "the compiled modules beside the sources, where they hide later edits of the "
-                 ".py files. Use `pip install .` (without -e), e.g. in a venv of its own.")
-    if any(command in sys.argv for command in ("egg_info", "dist_info")):
-        return []   # metadata only: nothing is compiled (nor does mypy have to be there yet)
+    value = os.environ.get(VARIABLE, "")
     try:
-        from mypyc.build import mypycify
-    except ImportError:
-        sys.exit("TCPCOPY_MYPYC=1 needs mypyc, which comes with mypy: `pip install mypy`, "
-                 "or let pip build in an isolated environment (the default), which adds it")
+        check_value(value)
+        if any(command in sys.argv for command in ("egg_info", "dist_info", "--name", "--version")):
+            return []   # metadata only: nothing is compiled (nor does mypy have to be there yet)
+        compiled, note = decide(value, "editable_wheel" in sys.argv, missing_tools())
+    except BuildModeError as exc:
+        sys.exit(str(exc))
+    if note:
+        print(note, file=sys.stderr)
+    if not compiled:
+        return []
+    from mypyc.build import mypycify
     hot = stage_sources()
     # With explicit package bases, mypy names each module by its path under MYPYPATH:
     # tcpcopy.<role>.<module>, as installed.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tcpcopy needs on this host, only those that are missing:
 #   libpcap-dev  headers that pypcap builds against
+#   gcc, python3-dev  what pypcap and the mypyc-compiled hot path (setup.py) are built with
 #   iproute2     ip netns / veth for the lab
 #   nginx-light  the real HTTP server of the lab
-#   ethtool      turns off segmentation offloads on lab veths
+#   ethtool      turns a lab veth's offloads off (the one test that copies without them)
 #   curl         a real HTTP client for lab checks
 #   nghttp2-client  h2load, the bounded HTTP/1.1 load generator of the lab (lab/load.py)
 #   socat        runs the lab's server-first greeter, one handler per connection
@@ -11,7 +12,7 @@
 #   redis-server the lab's Redis, a small-message protocol on persistent connections (lab/kvstore.py)
 #   redis-tools  redis-benchmark and redis-cli, its bounded load and its counters
 set -euo pipefail
-wanted=(libpcap-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor
+wanted=(libpcap-dev gcc python3-dev iproute2 nginx-light ethtool curl nghttp2-client socat supervisor
         redis-server redis-tools)
 missing=()
 for pkg in "${wanted[@]}"; do

@@ -1,9 +1,11 @@
-"""The opt-in mypyc build (setup.py) refuses what it cannot do well, and says what to do."""
+"""The mypyc build (setup.py, build_support/buildmode.py): compiled by default where it can be, and what it refuses, saying what to do."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +34,38 @@ def test_without_the_variable_the_build_is_pure_python():
     done = setup_py("--name", mypyc="0")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("tcpcopy")
+
+
+# ---------------------------------------------------------------- the default: compile where it can
+
+sys.path.insert(0, str(ROOT / "build_support"))
+from buildmode import BuildModeError, decide, missing_tools  # noqa: E402
+
+
+def test_a_regular_install_compiles_by_default_where_it_can():
+    assert decide("", editable=False, missing=[]) == (True, "")
+    assert decide("1", editable=False, missing=[]) == (True, "")
+
+
+def test_without_a_compiler_the_default_build_is_pure_and_says_why():
+    compiled, note = decide("", editable=False, missing=["a C compiler (cc)"])
+    assert not compiled
+    assert "pure Python" in note and "a C compiler (cc)" in note and "TCPCOPY_MYPYC=0" in note
+
+
+def test_asking_for_the_compiled_build_without_a_compiler_names_what_is_missing():
+    with pytest.raises(BuildModeError, match=r"missing a C compiler \(cc\)"):
+        decide("1", editable=False, missing=["a C compiler (cc)"])
+
+
+def test_an_editable_install_stays_pure_by_default_and_0_is_always_pure():
+    assert decide("", editable=True, missing=[]) == (False, "")
+    assert decide("0", editable=False, missing=[]) == (False, "")
+    with pytest.raises(BuildModeError, match="regular install only"):
+        decide("1", editable=True, missing=[])
+
+
+def test_this_host_can_compile():
+    """The lab host and CI build the compiled hot path (make test-compiled): gcc and Python's
+    headers are among the Debian packages make deps installs."""
+    assert missing_tools(need_mypyc=False) == []

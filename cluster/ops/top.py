@@ -132,6 +132,11 @@ def _state(row: dict) -> str:
     return f"stale {age_text(row['age'])}" if row["stale"] else "ok"
 
 
+def _busy(row: dict) -> str:
+    value = row["counters"].get("loop_busy_percent")
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _figure_column(column: Column) -> TableColumn:
     def text(row: dict) -> str:
         return number_text(column.value(row["role"], row["counters"], row["rates"]))
@@ -145,6 +150,9 @@ TABLE = (
     TableColumn("state", 9, _state, left=True),
     TableColumn("pid", 7, lambda row: str(row["pid"])),
     TableColumn("cpu%", 5, lambda row: f"{row['cpu_percent']:.1f}"),
+    # The share of the last second its loop worked rather than waited: a loop near 100%
+    # has no headroom left, before anything is shed or dropped.
+    TableColumn("busy%", 5, _busy),
     TableColumn("rssMB", 5, lambda row: f"{row['counters'].get('rss_bytes', 0) / 2**20:.0f}"),
     TableColumn("thr", 3, lambda row: number_text(row["counters"].get("num_threads", 0))),
     TableColumn("fds", 4, lambda row: number_text(row["counters"].get("num_fds", 0))),
@@ -153,7 +161,7 @@ TABLE = (
 # The columns a narrow terminal gives up, first to last. The role is early because cluster
 # identities name it ("owner-3@online1"). The identity, CPU, memory, capt/s, sent/s, active
 # and drops/s always stay.
-DROP_ORDER = ("fds", "thr", "role", "pid", "senderr", "estab/s", "resp/s", "req/s", "state")
+DROP_ORDER = ("fds", "thr", "role", "pid", "senderr", "estab/s", "resp/s", "req/s", "state", "busy%")
 IDENTITY_ROOM = 28       # identity characters worth a column; a longer one takes only spare room
 
 

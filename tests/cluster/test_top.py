@@ -60,7 +60,8 @@ def snapshot(tmp_path):
              client_packets=500 + 1000 * step, packets_sent=600 + 1200 * step, sessions_active=37,
              established=10 + 20 * step, requests_sent=100 + 60 * step, responses=80 + 60 * step,
              client_content_packets=400, content_packets_sent=398, raw_send_failures={"EPERM": 3},
-             outcomes={"closed:completed": 90, "dropped:syn_timeout": 2 + 2 * step}, **base)
+             outcomes={"closed:completed": 90, "dropped:syn_timeout": 2 + 2 * step},
+             loop_busy_percent=40.0 + 53.0 * step, **base)
         feed(aggregator, "intercept", "intercept-1@assist1", t, pid=301, cpu_user_s=0.5,
              cpu_system_s=0.5, all=2000 + 4000 * step, resp_records=1900 + 3800 * step, routes=12,
              records_dropped=0, send_drops=1, **base)
@@ -125,19 +126,19 @@ def test_every_process_has_a_row_in_pipeline_order(snapshot):
 def test_rows_show_resources_and_the_key_rates(snapshot):
     text = render(snapshot, 200)
     assert row_of(text, "capture-0@online1") == [
-        "capture", "capture-0@online1", "ok", "101", "25.0", "64", "3", "17",
-        "1000", "1000", "2"]                          # captured/s, sent/s, drops/s
+        "capture", "capture-0@online1", "ok", "101", "25.0", "-", "64", "3", "17",
+        "1000", "1000", "2"]                          # busy% not published; captured/s, sent/s, drops/s
     assert row_of(text, "owner-0@online1") == [
-        "owner", "owner-0@online1", "ok", "201", "10.0", "64", "3", "17",
-        "500", "600", "37", "10", "30", "30", "1", "3"]  # ..., active, estab/s, req/s, resp/s, drops/s, senderr
+        "owner", "owner-0@online1", "ok", "201", "10.0", "93", "64", "3", "17",
+        "500", "600", "37", "10", "30", "30", "1", "3"]  # cpu%, busy% (the last figure), ..., senderr
     assert row_of(text, "intercept-1@assist1") == [
-        "intercept", "intercept-1@assist1", "ok", "301", "0.0", "64", "3", "17",
+        "intercept", "intercept-1@assist1", "ok", "301", "0.0", "-", "64", "3", "17",
         "2000", "1900", "12", "0", "1"]
 
 
 def test_a_silent_process_is_marked_stale_with_its_age_and_its_last_figures(snapshot):
     assert row_of(render(snapshot, 200), "owner-1@online1")[:10] == [
-        "owner", "owner-1@online1", "stale", "5s", "202", "0.0", "64", "3", "17", "0"]
+        "owner", "owner-1@online1", "stale", "5s", "202", "0.0", "-", "64", "3", "17"]
 
 
 def test_the_header_has_totals_and_the_loss_estimate(snapshot):
@@ -169,13 +170,15 @@ def test_a_cluster_frame_fits_the_width_with_one_line_per_process(cluster, width
 
 def test_a_wide_terminal_shows_every_column(cluster):
     titles = table_of(render(cluster, 160))[0]
-    assert titles == ["role", "identity", "state", "pid", "cpu%", "rssMB", "thr", "fds",
+    assert titles == ["role", "identity", "state", "pid", "cpu%", "busy%", "rssMB", "thr", "fds",
                       *(c.title for c in top.COLUMNS)]
 
 
-def test_100_columns_keep_every_figure_of_a_cluster(cluster):
+def test_100_columns_keep_every_rate_of_a_cluster(cluster):
+    """Send errors, a count that is 0 on a healthy copy, are the first figure to go."""
     titles = table_of(render(cluster, 100))[0]
-    assert titles == ["identity", "state", "cpu%", "rssMB", *(c.title for c in top.COLUMNS)]
+    assert titles == ["identity", "state", "cpu%", "busy%", "rssMB",
+                      *(c.title for c in top.COLUMNS if c.title != "senderr")]
 
 
 def test_80_columns_keep_the_most_important_figures(cluster):

@@ -45,6 +45,7 @@ log = logging.getLogger("tcpcopy.curve")
 KEY_FILE_MAX = 4096          # bytes read from a key file at most
 MAX_ALLOWED_KEYS = 1024      # public keys one allowed-keys directory may hold
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # fixed by ZeroMQ (RFC 27), one per context
+ZAP_BIND_WAIT = 2.0   # seconds a gate waits for the endpoint a closed gate releases
 GATE_LOG_LINES = 20          # lines about refused peers per GATE_LOG_WINDOW at most
 GATE_LOG_WINDOW = 60.0
 GATE_REMEMBERED = 1024       # refused keys logged once per window, remembered at most
@@ -373,11 +374,7 @@ class KeyGate:
         self._logged: set[bytes] = set()
         self._zap = self._context.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
-        try:
-            self._zap.bind(ZAP_ENDPOINT)
-        except zmq.ZMQError:
-            self._zap.close()
-            raise RuntimeError("a ZeroMQ context holds one KeyGate at most (its ZAP endpoint)") from None
+        self._bind_zap()
         tag = secrets.token_hex(6)
         self._monitor_address = f"inproc://tcpcopy-gate-{tag}"
         sock.monitor(self._monitor_address, _HANDSHAKE_EVENTS)
@@ -392,6 +389,21 @@ class KeyGate:
         self._thread = threading.Thread(target=self._run, name=f"keygate-{what}", daemon=True)
         self._thread.start()
 
+    def _bind_zap(self) -> None:
+        """The context's ZAP endpoint. A gate closed just before (a restarted worker on the
+        same context) releases it only once libzmq's reaper has closed its socket, a moment
+        later: a bind refused meanwhile is tried again for up to ZAP_BIND_WAIT seconds."""
+        deadline = time.monotonic() + ZAP_BIND_WAIT
+        while True:
+            try:
+                self._zap.bind(ZAP_ENDPOINT)
+                return
+            except zmq.ZMQError:
+                if time.monotonic() >= deadline:
+                    self._zap.close()
+                    raise RuntimeError("a ZeroMQ context holds one KeyGate at most (its ZAP endpoint)") from None
+                time.sleep(0.01)
+
     def close(self) -> None:
         """Stop the thread (before the server socket closes)."""
         if self._thread.is_alive():
@@ -399,7 +411,7 @@ class KeyGate:
                 self._stop.send(b"stop")
             except zmq.ZMQError:
                 pass
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=10)   # it stops at once unless a backlog of handshakes holds it
         try:
             self._sock.disable_monitor()
         except zmq.ZMQError:

@@ -367,12 +367,16 @@ def test_heartbeats_keep_flowing_while_junk_arrives(keys, caplog):
     finally:
         flood_over.set()
         for thread in floods:
-            thread.join(timeout=10)
+            thread.join(timeout=60)
         stop.set()
-        serving.join(timeout=5)
+        serving.join(timeout=60)
+    # A ZeroMQ socket must not be closed from another thread while its own uses it (libzmq
+    # aborts the process): the worker and the context are closed only once every thread
+    # that uses them has ended, else the test fails and leaves them to the process's exit.
+    threads_done = not serving.is_alive() and not any(t.is_alive() for t in floods)
     stats = worker.stats()
     try:
-        assert not serving.is_alive()
+        assert threads_done, "the worker or a flood did not stop within 60 s of being told to"
         gaps = [b - a for a, b in zip(beats, beats[1:])]
         assert len(beats) >= 3 and max(gaps) < 1.6, beats
         assert stats["before_hello"] > 0 and stats["register_over_quota"] > 0 and stats["peer_errors"] > 0
@@ -382,9 +386,10 @@ def test_heartbeats_keep_flowing_while_junk_arrives(keys, caplog):
         refusals = [r for r in caplog.records if r.name == "tcpcopy.curve"]   # the key gate's own budget
         assert len(refusals) <= GATE_LOG_LINES and (keys is None) == (not refusals), refusals
     finally:
-        worker.close()
-        owner.close(linger=0)
-        context.destroy(linger=0)
+        if threads_done:
+            worker.close()
+            owner.close(linger=0)
+            context.destroy(linger=0)
 
 
 def _heartbeat_times(owner: zmq.Socket, seconds: float) -> list[float]:

@@ -177,7 +177,6 @@ class Worker:
         self.loop_meter = LoopMeter(self.clock())   # the share of time step() works (stats)
         self._payload = config.payload
         self._answer_bytes = config.answer_bytes
-        self._head = HEADER_SNAPLEN + config.payload   # the part of a frame every answer needs
         self._linktype = 0                              # of the capture being read
         self._watched = self.routes.watched      # the table keeps this dict: tested per answer
         self._said_watch_off = False
@@ -599,10 +598,10 @@ class Worker:
         """Route one decoded answer of the target (``pkt.buf`` holds it all)."""
         record = bytes(pkt.buf[:pkt.payload_off + self._payload])
         key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
-        self._route(key, record, pkt.flags, pkt.payload_len, now, bytes(pkt.buf), pk.LINKTYPE_RAW)
+        self._route(key, record, pkt.flags, pkt.payload_len, now, pkt.buf, pk.LINKTYPE_RAW)
 
     def _route(self, key: pk.RouteKey, record: bytes, flags: int, payload_len: int, now: float,
-               frame: bytes, linktype: int) -> None:
+               frame: bytes | bytearray, linktype: int) -> None:
         """To the owner of ``key``, held if it may be a route's first answer, else counted
         (per-packet path). ``frame``: the whole capture, for a watched answer."""
         self.counts["all"] += 1
@@ -625,7 +624,7 @@ class Worker:
             if len(batch[1]) >= BATCH_RECORDS:
                 self._flush(owner)
 
-    def _add_answer(self, owner: bytes, frame: bytes, linktype: int, now: float) -> None:
+    def _add_answer(self, owner: bytes, frame: bytes | bytearray, linktype: int, now: float) -> None:
         """A watched answer, from its IP header to ``answer_bytes`` of its payload (what the
         capture holds of it; never link padding), into its owner's ANSWERS batch."""
         start = pk.ip_offset(frame, linktype)

@@ -8,12 +8,16 @@ import os
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403 (every hook not redefined here)
 
-from buildmode import VARIABLE, missing_tools
+from buildmode import VARIABLE, BuildModeError, decide, missing_tools
 
 MYPYC = "mypy>=1.11"   # mypyc ships inside mypy
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    value = os.environ.get(VARIABLE, "")
-    compiles = value == "1" or (value == "" and not missing_tools(need_mypyc=False))
+    """mypy when ``buildmode`` will compile, judged before mypy is there; what it refuses
+    is left for setup.py to report."""
+    try:
+        compiles, _note = decide(os.environ.get(VARIABLE, ""), False, missing_tools(need_mypyc=False))
+    except BuildModeError:
+        compiles = False
     return _setuptools.get_requires_for_build_wheel(config_settings) + ([MYPYC] if compiles else [])

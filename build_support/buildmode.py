@@ -23,12 +23,11 @@ class BuildModeError(ValueError):
     """The variable or the build cannot be what was asked; the message says what to do."""
 
 
-def check_value(value: str) -> str:
+def check_value(value: str) -> None:
     if value not in VALUES:
         raise BuildModeError(f"{VARIABLE}={value!r}: set it to 1 to compile the hot path with mypyc, "
                              "0 for a pure-Python install, or leave it unset to compile where a C "
                              "compiler is present")
-    return value
 
 
 def missing_tools(need_mypyc: bool = True) -> list[str]:
@@ -61,9 +60,7 @@ def decide(value: str, editable: bool, missing: list[str]) -> tuple[bool, str]:
     if missing:
         if value == "1":
             raise BuildModeError(f"{VARIABLE}=1 cannot compile the hot path here: missing "
-                                 + ", ".join(missing) + (". mypyc comes with mypy: pip install mypy, or "
-                                 "let pip build in an isolated environment (the default), which adds it"
-                                 if any("mypyc" in m for m in missing) else ""))
+                                 + ", ".join(missing) + " (pip's isolated build, the default, brings mypy)")
         return False, ("tcpcopy: building pure Python, the hot path is not compiled (missing "
                        + ", ".join(missing) + f"); {VARIABLE}=0 builds pure Python without this note")
     return True, ""
